@@ -1,0 +1,168 @@
+"""Reading datasets: a read-only index over the closed shards of a dataset directory.
+
+Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import numpy as np
+
+from dreamer_core.data import schema, store
+from dreamer_core.errors import DatasetError, SpacesMismatchError
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """Where one episode lives: ``shard[episodes/<group>]``."""
+
+    shard: Path
+    group: str
+    rows: int
+    ret: float
+    terminated: bool
+
+    @property
+    def steps(self) -> int:
+        return self.rows - 1
+
+
+class Dataset:
+    """A dataset directory opened for reading.
+
+    Args:
+        path: the dataset directory written by ``dreamer collect`` (or an import).
+        skip_corrupt: skip unreadable shards (listed in ``skipped``) instead of raising.
+
+    Raises:
+        DatasetError: missing directory, no closed shards, a corrupt shard (without
+            ``skip_corrupt``), another schema version, or shards with different spaces.
+    """
+
+    def __init__(self, path: Path | str, skip_corrupt: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DatasetError(
+                f"No dataset at {self.path}: the path does not exist. Create one with "
+                f"`dreamer collect --env ENV_ID --out {self.path}` or check the path."
+            )
+        if not self.path.is_dir():
+            raise DatasetError(
+                f"{self.path} is a file, but a dataset is a directory of shard-*.h5 files written "
+                "by `dreamer collect`. Pass the dataset directory instead."
+            )
+        self.shards, self.skipped = store.scan(self.path, skip_corrupt=skip_corrupt)
+        self.partial = store.partial_paths(self.path)
+        if not self.shards:
+            extra = (
+                f" It holds {len(self.partial)} unfinished shard(s) left by a collector that was "
+                "stopped before closing them; their episodes are lost."
+                if self.partial
+                else ""
+            )
+            raise DatasetError(
+                f"The dataset {self.path} has no readable shards.{extra} Collect data into it with "
+                f"`dreamer collect --env ENV_ID --out {self.path}`."
+            )
+        first = self.shards[0]
+        self.observation_space: gym.spaces.Dict = schema.space_from_json(first.observation_space)
+        self.action_space: gym.Space = schema.space_from_json(first.action_space)
+        for shard in self.shards[1:]:
+            if shard.observation_space != first.observation_space or shard.action_space != first.action_space:
+                raise SpacesMismatchError(
+                    f"Shards {first.name} and {shard.name} in {self.path} have different spaces "
+                    "(they were collected with different env options). Move one of them to another "
+                    "dataset directory."
+                )
+        self.refs = [
+            EpisodeRef(self.path / s.name, g, r, ret, term)
+            for s in self.shards
+            for g, r, ret, term in zip(s.episodes, s.rows, s.returns, s.terminated)
+        ]
+
+    # --- sizes ----------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.refs)
+
+    @property
+    def num_rows(self) -> int:
+        return int(sum(r.rows for r in self.refs))
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_rows - self.num_episodes
+
+    @property
+    def env_ids(self) -> list[str]:
+        return sorted({s.env_id for s in self.shards})
+
+    @property
+    def env_config(self) -> dict[str, Any]:
+        """Env options of the newest shard (enough to rebuild the env with make_env)."""
+        return self.shards[-1].env_config
+
+    # --- reading --------------------------------------------------------------------------
+
+    def load_episode(self, ref: EpisodeRef | int) -> schema.Episode:
+        """Read one episode fully into memory."""
+        if isinstance(ref, int):
+            ref = self.refs[ref]
+        try:
+            with h5py.File(ref.shard, "r") as f:
+                return read_episode_group(f[schema.EPISODES_GROUP][ref.group])
+        except Exception as exc:
+            raise DatasetError(
+                f"Episode {ref.group} of shard {ref.shard} cannot be read ({type(exc).__name__}: "
+                f"{exc}). The shard is damaged: pass --skip-corrupt or move it out of the dataset."
+            ) from None
+
+    def iter_episodes(self) -> Iterator[schema.Episode]:
+        """All episodes in order, reading each shard once."""
+        for shard in self.shards:
+            with h5py.File(self.path / shard.name, "r") as f:
+                for group in shard.episodes:
+                    yield read_episode_group(f[schema.EPISODES_GROUP][group])
+
+    def summary(self) -> dict[str, Any]:
+        """Figures for ``dreamer data info`` (JSON-able)."""
+        returns = np.array([r.ret for r in self.refs], dtype=np.float64)
+        lengths = np.array([r.steps for r in self.refs], dtype=np.int64)
+        return {
+            "path": str(self.path),
+            "env_ids": self.env_ids,
+            "policies": sorted({s.policy for s in self.shards}),
+            "schema_version": schema.SCHEMA_VERSION,
+            "shards": len(self.shards),
+            "episodes": self.num_episodes,
+            "steps": self.num_steps,
+            "terminated_episodes": int(sum(r.terminated for r in self.refs)),
+            "return_mean": float(returns.mean()),
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
+            "length_mean": float(lengths.mean()),
+            "observation_space": {k: str(s) for k, s in self.observation_space.spaces.items()},
+            "action_space": str(self.action_space),
+            "size_bytes": store.dir_size(self.path),
+            "partial_shards": [p.name for p in self.partial],
+            "skipped_corrupt": [str(p) for p, _ in self.skipped],
+        }
+
+
+def read_episode_group(group: h5py.Group) -> schema.Episode:
+    """Read the columns of one episode group into an Episode."""
+    return schema.Episode(
+        obs={k: group[schema.OBS_GROUP][k][()] for k in group[schema.OBS_GROUP]},
+        action=group[schema.ACTION][()],
+        reward=group[schema.REWARD][()],
+        is_first=group[schema.IS_FIRST][()],
+        is_last=group[schema.IS_LAST][()],
+        is_terminal=group[schema.IS_TERMINAL][()],
+    )
