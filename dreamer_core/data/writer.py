@@ -68,28 +68,40 @@ class EpisodeBuilder:
 
     def start(self, obs: dict[str, np.ndarray]) -> None:
         """Begin an episode at its first observation (row 0: zero action, zero reward)."""
+        self.start_from_batch(obs, None)
+
+    def add(self, action: Any, reward: float, obs: dict[str, np.ndarray]) -> None:
+        """Append the row reached by ``action``: (obs_t, a_t that led to it, r_t)."""
+        self.add_from_batch(action, reward, obs, None)
+
+    def start_from_batch(self, obs: dict[str, np.ndarray], index: int | None) -> None:
+        """Like :meth:`start`, reading row ``index`` of batched ``[K, ...]`` observations."""
         self.rows = 0
         self.ret = 0.0
         self.action[0] = 0
         self.reward[0] = 0.0
-        self._put_obs(obs)
+        self._put_obs(obs, index)
         self.rows = 1
 
-    def add(self, action: Any, reward: float, obs: dict[str, np.ndarray]) -> None:
-        """Append the row reached by ``action``: (obs_t, a_t that led to it, r_t)."""
+    def add_from_batch(self, action: Any, reward: float, obs: dict[str, np.ndarray], index: int | None) -> None:
+        """Like :meth:`add`, reading row ``index`` of batched ``[K, ...]`` observations."""
         if self.rows == self._capacity:
             self._grow()
         t = self.rows
         self.action[t] = action
         self.reward[t] = reward
         self.ret += float(reward)
-        self._put_obs(obs)
+        self._put_obs(obs, index)
         self.rows = t + 1
 
-    def _put_obs(self, obs: dict[str, np.ndarray]) -> None:
+    def _put_obs(self, obs: dict[str, np.ndarray], index: int | None) -> None:
         t = self.rows
-        for k, buf in self.obs.items():
-            buf[t] = obs[k]
+        if index is None:
+            for k, buf in self.obs.items():
+                buf[t] = obs[k]
+        else:
+            for k, buf in self.obs.items():
+                buf[t] = obs[k][index]
 
     def finish(self, terminated: bool) -> schema.Episode:
         """Return the episode so far (copied) as rows; ``terminated`` marks its final row."""

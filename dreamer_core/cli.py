@@ -1,0 +1,197 @@
+"""The `dreamer` command line: one typer app, one command per stage, plus `data` tools.
+
+    dreamer collect --env CartPole-v1 --out data/cartpole --steps 20000
+    dreamer data info data/cartpole
+    dreamer data import-minari ~/.minari/datasets/cartpole/random-v0 data/cartpole-minari
+    dreamer data export-minari data/cartpole exported/cartpole
+
+Commands parse flags, resolve a config and call a stage's ``run``; they hold no logic of
+their own. A :class:`~dreamer_core.errors.DreamerError` is printed as one paragraph on
+stderr with exit code 2 and no traceback; anything else is a bug and shows its traceback.
+
+Imports: stages, data, config, errors (top of the package; nothing imports this but the
+scripts and ``__main__``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dreamer_core import __version__
+from dreamer_core.errors import DreamerError
+
+app = typer.Typer(
+    name="dreamer",
+    help="dreamer-core: collect -> train world model -> train behavior -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def user_errors(fn):
+    """Print DreamerError as one paragraph and exit 2 (typer.Exit passes through)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DreamerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
+    return wrapper
+
+
+# Options shared by every stage command.
+PresetOpt = Annotated[list[str], typer.Option("--preset", help="Named preset; repeat to compose, applied in order.")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="Override any config key: --set a.b=value (repeatable).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+
+
+def _import_env_modules(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise DreamerError(
+                f"--env-module {name!r} could not be imported ({exc}). Make it importable (install "
+                "its package or add its folder to PYTHONPATH) so it can register your environments."
+            ) from None
+
+
+@app.command()
+@user_errors
+def collect(
+    env: Annotated[str, typer.Option("--env", help="Env id: any gymnasium id, ALE/Pong-v5, retro:Airstriker-Genesis-v0, dmc:cartpole-balance.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset directory (created, or appended to).")],
+    steps: Annotated[Optional[int], typer.Option(help="Env steps to collect (default 10000).")] = None,
+    episodes: Annotated[Optional[int], typer.Option(help="Finished episodes to collect (instead of --steps).")] = None,
+    num_envs: Annotated[Optional[int], typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for envs and policy (default 0).")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="'random' or a run directory with a trained agent.")] = None,
+    pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
+    obs: Annotated[Optional[str], typer.Option("--obs", help="default | pixels | both (image and vector).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image height and width (default 64).")] = None,
+    grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--rgb", help="Grayscale images [H,W,1].")] = None,
+    action_repeat: Annotated[Optional[int], typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
+    sticky_actions: Annotated[Optional[float], typer.Option("--sticky-actions", help="Atari repeat-action probability (0 disables).")] = None,
+    life_loss_terminal: Annotated[Optional[bool], typer.Option("--life-loss-terminal/--no-life-loss-terminal", help="Atari: losing a life ends the episode.")] = None,
+    full_action_space: Annotated[Optional[bool], typer.Option("--full-action-space/--minimal-action-space", help="Atari action set.")] = None,
+    time_limit: Annotated[Optional[int], typer.Option("--time-limit", help="Max env steps per episode (0 = the env's own).")] = None,
+    env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
+    backend: Annotated[Optional[str], typer.Option(help="auto | serial | async | ale: how the K envs run.")] = None,
+    shard_episodes: Annotated[Optional[int], typer.Option("--shard-episodes", help="Close a shard every K episodes (default 100).")] = None,
+    shard_seconds: Annotated[Optional[float], typer.Option("--shard-seconds", help="...or every S seconds (default 60).")] = None,
+    compression: Annotated[Optional[str], typer.Option(help="Image compression: lzf (default) | gzip | none.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Stage 01: run a policy in K envs and write the rollouts to a dataset."""
+    from dreamer_core.stages import collect as stage
+
+    _import_env_modules(env_module)
+    if pixels and obs not in (None, "pixels"):
+        raise DreamerError(f"--pixels and --obs {obs} disagree; give one of them.")
+    flags = {
+        "env.id": env, "env.obs": "pixels" if pixels else obs,
+        "env.size": None if size is None else [size, size], "env.grayscale": grayscale,
+        "env.action_repeat": action_repeat, "env.sticky_actions": sticky_actions,
+        "env.life_loss_terminal": life_loss_terminal, "env.full_action_space": full_action_space,
+        "env.time_limit": time_limit, "env.env_module": env_module[0] if env_module else None,
+        "steps": steps, "episodes": episodes, "num_envs": num_envs, "seed": seed, "policy": policy,
+        "backend": backend, "shard_episodes": shard_episodes, "shard_seconds": shard_seconds,
+        "compression": compression, "device": device,
+    }
+    cfg = stage.make_config(str(out), preset, set_, flags)
+    result = stage.run(cfg, progress=not quiet)
+    typer.echo(result.summary_line())
+    if result.interrupted:
+        raise typer.Exit(code=130)
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards instead of failing.")] = False,
+) -> None:
+    """Summarise a dataset: shards, episodes, steps, returns, spaces, env id, size on disk."""
+    from dreamer_core.data.dataset import Dataset
+
+    summary = Dataset(dataset, skip_corrupt=skip_corrupt).summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(format_summary(summary))
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"dataset      {s['path']}",
+        f"env          {', '.join(s['env_ids'])}   (policy: {', '.join(s['policies'])})",
+        f"shards       {s['shards']}   size on disk {s['size_bytes'] / 2**20:.2f} MiB   schema v{s['schema_version']}",
+        f"episodes     {s['episodes']}   ({s['terminated_episodes']} terminated, mean length {s['length_mean']:.1f})",
+        f"steps        {s['steps']}",
+        f"return       mean {s['return_mean']:.3f}   min {s['return_min']:.3f}   max {s['return_max']:.3f}",
+        f"observation  " + "   ".join(f"{k}: {v}" for k, v in s["observation_space"].items()),
+        f"action       {s['action_space']}",
+    ]
+    if s["partial_shards"]:
+        lines.append(f"unfinished   {len(s['partial_shards'])} shard(s) from a stopped collector (ignored)")
+    if s["skipped_corrupt"]:
+        lines.append(f"skipped      {len(s['skipped_corrupt'])} corrupt shard(s): {', '.join(s['skipped_corrupt'])}")
+    return "\n".join(lines)
+
+
+@data_app.command("import-minari")
+@user_errors
+def data_import_minari(
+    src: Annotated[str, typer.Argument(help="Minari dataset directory (or local dataset id, e.g. cartpole/random-v0).")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory to write.")],
+) -> None:
+    """Convert a Farama Minari dataset into a dreamer-core dataset."""
+    from dreamer_core.data.minari import import_minari
+
+    summary = import_minari(src, dataset)
+    typer.echo(f"imported {summary['episodes']} episodes, {summary['steps']} steps -> {dataset}")
+
+
+@data_app.command("export-minari")
+@user_errors
+def data_export_minari(
+    dataset: Annotated[Path, typer.Argument(help="dreamer-core dataset directory.")],
+    dst: Annotated[Path, typer.Argument(help="Minari dataset directory to create (must not exist).")],
+    dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Minari id, e.g. cartpole/random-v0.")] = None,
+) -> None:
+    """Convert a dreamer-core dataset into a Farama Minari dataset (lossless frames)."""
+    from dreamer_core.data.minari import export_minari
+
+    summary = export_minari(dataset, dst, dataset_id=dataset_id)
+    typer.echo(f"exported {summary['episodes']} episodes, {summary['steps']} steps -> {dst}")
+
+
+@app.command()
+def version() -> None:
+    """Print the dreamer-core version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app(prog_name="dreamer")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Stage configs: frozen dataclasses, named presets, and ``--set a.b=c`` overrides.
+
+Each stage owns a frozen dataclass composed of module-owned configs (e.g. ``EnvConfig`` from
+``envs``). A config is resolved in one order: dataclass defaults, then the CLI flags the user
+gave, then presets in the order given, then ``--set`` overrides. An unknown key is an error
+naming the valid ones. The resolved config is JSON-able (:func:`to_dict`) and is stored with
+every artifact.
+
+Imports: dataclasses and the config dataclasses of lower layers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from dreamer_core.errors import DreamerError
+
+C = TypeVar("C")
+
+# Named presets: stage name -> preset name -> dotted overrides. A preset may say nothing about
+# a stage (applying it there changes nothing); a preset name that no stage knows is an error.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "collect": {
+        # DreamerV3's Atari setting: action repeat 4, sticky actions, 30 no-op starts.
+        "atari": {"env.action_repeat": 4, "env.sticky_actions": 0.25, "env.noop_max": 30},
+        # Atari 100k benchmark protocol: no sticky actions.
+        "atari100k": {"env.action_repeat": 4, "env.sticky_actions": 0.0, "env.noop_max": 30},
+        # DMC: action repeat 2, 64x64 pixels.
+        "dmc_vision": {"env.action_repeat": 2, "env.obs": "pixels"},
+        "dmc_proprio": {"env.action_repeat": 2, "env.obs": "default"},
+    },
+}
+
+
+def known_presets() -> list[str]:
+    return sorted({name for stage in PRESETS.values() for name in stage})
+
+
+def apply_presets(cfg: C, stage: str, names: Iterable[str]) -> C:
+    """Apply named presets in order (each one's overrides for ``stage``)."""
+    for name in names:
+        if name not in known_presets():
+            raise DreamerError(
+                f"Unknown preset {name!r}. Known presets: {', '.join(known_presets())}. "
+                "Presets compose in the order given, e.g. --preset atari --preset tiny."
+            )
+        cfg = apply_overrides(cfg, PRESETS.get(stage, {}).get(name, {}))
+    return cfg
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``["a.b=1", "c=x"]`` into ``{"a.b": "1", "c": "x"}`` (values converted later)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DreamerError(
+                f"Cannot parse --set {item!r}: write it as --set key=value, e.g. --set env.size=[96,96]."
+            )
+        out[key.strip()] = value
+    return out
+
+
+def apply_overrides(cfg: C, overrides: Mapping[str, Any]) -> C:
+    """Return ``cfg`` with dotted-key overrides applied (strings are converted to the field type)."""
+    for key, value in overrides.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _set(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    name = path[0]
+    if name not in fields:
+        valid = ", ".join(_dotted_keys(cfg))
+        raise DreamerError(f"Unknown config key {full_key!r}. Valid keys: {valid}.")
+    current = getattr(cfg, name)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise DreamerError(f"Config key {'.'.join(path[:1])!r} in {full_key!r} has no sub-keys.")
+        return dataclasses.replace(cfg, **{name: _set(current, path[1:], value, full_key)})
+    hint = typing.get_type_hints(type(cfg))[name]
+    return dataclasses.replace(cfg, **{name: _convert(value, hint, full_key)})
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Convert a --set string (or a preset value) to the annotated field type."""
+    if not isinstance(value, str):
+        return _coerce(value, hint, key)
+    text = value.strip()
+    args = typing.get_args(hint)
+    if text.lower() in ("none", "null") and type(None) in args:
+        return None
+    if hint is str or (str in args and not text.startswith(("[", "{"))):
+        return text
+    try:
+        parsed = json.loads(text.replace("'", '"'))
+    except ValueError:
+        if text.lower() in ("true", "false", "yes", "no", "on", "off"):
+            parsed = text.lower() in ("true", "yes", "on")
+        else:
+            parsed = text
+    return _coerce(parsed, hint, key)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    try:
+        if hint in (int, float, str, bool):
+            if hint is bool and not isinstance(value, bool):
+                raise ValueError
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return hint(value)
+        if origin is tuple:
+            return tuple(value)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            if value is None and type(None) in args:
+                return None
+            for arg in args:
+                if arg is type(None):
+                    continue
+                try:
+                    return _coerce(value, arg, key)
+                except DreamerError:
+                    continue
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DreamerError(
+            f"Config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}."
+        ) from None
+    return value
+
+
+def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_dotted_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -1,0 +1,213 @@
+"""Stage 01: run a policy in K environments and write the rollouts as a dataset.
+
+    dreamer collect --env CartPole-v1 --out data/cartpole --steps 20000 --num-envs 2
+
+The loop steps an EnvPool (autoreset on the step after an episode ends), asks the policy for
+K actions at once, and appends each env's row to its EpisodeBuilder. Finished episodes go
+to the DatasetWriter, which closes a shard every few episodes or seconds, so a killed
+collector loses little. Ctrl-C or SIGTERM ends collection early but keeps everything
+collected, including the episodes in progress (written as truncated).
+
+Imports: envs, data, policies, config, logging.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dreamer_core import config as config_lib
+from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
+from dreamer_core.envs import EnvConfig, make_env_pool
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import ProgressBar
+from dreamer_core.policies import load_policy
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Everything `dreamer collect` needs.
+
+    ``steps`` counts env steps (transitions) over all envs; ``episodes`` counts finished
+    episodes. Exactly one of them is positive.
+    """
+
+    out: str
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(id="CartPole-v1"))
+    steps: int = 10_000
+    episodes: int = 0
+    num_envs: int = 1
+    seed: int | None = 0
+    policy: str = "random"
+    backend: str = "auto"
+    shard_episodes: int = 100
+    shard_seconds: float = 60.0
+    compression: str = "lzf"
+    device: str = "auto"
+
+
+@dataclass
+class CollectResult:
+    steps: int
+    episodes: int
+    returns: list[float]
+    seconds: float
+    shards: int
+    out: str
+    interrupted: bool = False
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / max(self.seconds, 1e-9)
+
+    def summary_line(self) -> str:
+        if self.returns:
+            r = np.asarray(self.returns)
+            ret = f"return mean {r.mean():.2f} (min {r.min():.2f}, max {r.max():.2f})"
+        else:
+            ret = "no finished episode"
+        stop = " [interrupted]" if self.interrupted else ""
+        return (
+            f"collected {self.steps} steps, {self.episodes} episodes, {ret}, "
+            f"{self.steps_per_second:,.0f} env steps/s -> {self.out} ({self.shards} shards){stop}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps, "episodes": self.episodes, "seconds": self.seconds,
+            "steps_per_second": self.steps_per_second, "shards": self.shards, "out": self.out,
+            "return_mean": float(np.mean(self.returns)) if self.returns else None,
+            "interrupted": self.interrupted,
+        }
+
+
+def validate(cfg: CollectConfig) -> None:
+    if (cfg.steps > 0) == (cfg.episodes > 0):
+        raise DreamerError(
+            f"Give exactly one budget: --steps N or --episodes N (got steps={cfg.steps}, "
+            f"episodes={cfg.episodes})."
+        )
+    if cfg.num_envs < 1:
+        raise DreamerError(f"--num-envs must be at least 1 (got {cfg.num_envs}).")
+
+
+def run(cfg: CollectConfig, progress: bool = True) -> CollectResult:
+    """Collect until the step or episode budget is reached; return what was written."""
+    validate(cfg)
+    pool = make_env_pool(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, backend=cfg.backend)
+    try:
+        policy = load_policy(
+            cfg.policy, pool.observation_space, pool.action_space, cfg.num_envs, seed=cfg.seed, device=cfg.device
+        )
+        writer = DatasetWriter(
+            cfg.out,
+            env_id=cfg.env.id,
+            env_config=cfg.env.to_dict(),
+            observation_space=pool.observation_space,
+            action_space=pool.action_space,
+            policy=policy.name,
+            seed=cfg.seed,
+            shard_episodes=cfg.shard_episodes,
+            shard_seconds=cfg.shard_seconds,
+            compression=cfg.compression,
+        )
+        with writer, _stop_on_sigterm():
+            return _loop(cfg, pool, policy, writer, progress)
+    finally:
+        pool.close()
+
+
+def _loop(cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool) -> CollectResult:
+    K = cfg.num_envs
+    builders = [EpisodeBuilder(pool.observation_space, pool.action_space) for _ in range(K)]
+    obs = pool.reset(seed=cfg.seed)
+    for i, builder in enumerate(builders):
+        builder.start_from_batch(obs, i)
+    is_first = np.ones(K, dtype=bool)
+    resetting = np.zeros(K, dtype=bool)  # env i ended last step: this step returns its reset obs
+    steps = episodes = 0
+    returns: list[float] = []
+    recent: deque[float] = deque(maxlen=100)
+    target = cfg.steps if cfg.steps > 0 else cfg.episodes
+    unit = "env steps" if cfg.steps > 0 else "episodes"
+    start = time.perf_counter()
+    interrupted = False
+    bar = ProgressBar(target, f"collect {cfg.env.id}", enabled=progress)
+    with bar:
+        try:
+            while (steps if cfg.steps > 0 else episodes) < target:
+                actions = policy.act(obs, is_first)
+                obs, reward, terminated, truncated = pool.step(actions)
+                is_first = resetting.copy()
+                for i in range(K):
+                    if resetting[i]:
+                        builders[i].start_from_batch(obs, i)
+                        resetting[i] = False
+                        continue
+                    if cfg.steps > 0 and steps >= cfg.steps:
+                        continue  # budget reached mid-batch: drop the extra steps
+                    builders[i].add_from_batch(actions[i], reward[i], obs, i)
+                    steps += 1
+                    if terminated[i] or truncated[i]:
+                        resetting[i] = True
+                        if cfg.episodes > 0 and episodes >= cfg.episodes:
+                            continue
+                        episode = builders[i].finish(bool(terminated[i]))
+                        writer.add_episode(episode)
+                        returns.append(episode.ret)
+                        recent.append(episode.ret)
+                        episodes += 1
+                writer.maybe_close_shard()
+                if bar.due():
+                    rate = steps / max(time.perf_counter() - start, 1e-9)
+                    mean = f"{np.mean(recent):.1f}" if recent else "-"
+                    bar.update(
+                        steps if cfg.steps > 0 else episodes,
+                        f"{rate:,.0f} steps/s | episodes {episodes} | return {mean}",
+                    )
+        except KeyboardInterrupt:
+            interrupted = True
+        bar.update(steps if cfg.steps > 0 else episodes, f"episodes {episodes}", force=True)
+    if cfg.steps > 0 or interrupted:
+        # Keep the episodes in progress: they are real data, cut by the collector (a truncation).
+        for builder in builders:
+            if builder.rows > 1:
+                writer.add_episode(builder.finish(terminated=False))
+    seconds = time.perf_counter() - start
+    writer.close()
+    return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted)
+
+
+class _stop_on_sigterm:
+    """Turn SIGTERM into KeyboardInterrupt so `kill` ends collection cleanly (kill -9 cannot)."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    @staticmethod
+    def _handle(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+
+def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> CollectConfig:
+    """Resolve a CollectConfig: defaults, then presets in order, then the flags the user gave
+    (dotted keys; None means not given), then ``--set`` overrides."""
+    cfg = config_lib.apply_presets(CollectConfig(out=out), "collect", presets)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "episodes" in given and "steps" not in given:
+        given["steps"] = 0  # --episodes N alone replaces the default step budget
+    cfg = config_lib.apply_overrides(cfg, given)
+    return config_lib.apply_overrides(cfg, config_lib.parse_sets(sets))
