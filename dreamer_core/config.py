@@ -76,7 +76,8 @@ def _set(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     name = path[0]
     if name not in fields:
-        valid = ", ".join(_dotted_keys(cfg))
+        parent = full_key[: len(full_key) - len(".".join(path))]
+        valid = ", ".join(_dotted_keys(cfg, parent))
         raise DreamerError(f"Unknown config key {full_key!r}. Valid keys: {valid}.")
     current = getattr(cfg, name)
     if len(path) > 1:

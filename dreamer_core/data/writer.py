@@ -288,9 +288,9 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or exc_type is KeyboardInterrupt:
-            self.close()  # Ctrl-C keeps every finished episode
-        else:
+        if exc_type is None:
+            self.close()
+        else:  # after an error (or a hard interrupt) the open shard's state is unknown: drop it
             self.discard()
 
     # --- internals ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ The loop steps an EnvPool (autoreset on the step after an episode ends), asks th
 K actions at once, and appends each env's row to its EpisodeBuilder. Finished episodes go
 to the DatasetWriter, which closes a shard every few episodes or seconds, so a killed
 collector loses little. Ctrl-C or SIGTERM ends collection early but keeps everything
-collected, including the episodes in progress (written as truncated).
+collected, including the episodes in progress (written as truncated); the command then exits
+with code 130.
 
 Imports: envs, data, policies, config, logging.
 """
@@ -116,13 +117,15 @@ def run(cfg: CollectConfig, progress: bool = True) -> CollectResult:
             shard_seconds=cfg.shard_seconds,
             compression=cfg.compression,
         )
-        with writer, _stop_on_sigterm():
-            return _loop(cfg, pool, policy, writer, progress)
+        with writer, _StopRequest() as stop:
+            return _loop(cfg, pool, policy, writer, progress, stop)
     finally:
         pool.close()
 
 
-def _loop(cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool) -> CollectResult:
+def _loop(
+    cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool, stop: _StopRequest
+) -> CollectResult:
     K = cfg.num_envs
     builders = [EpisodeBuilder(pool.observation_space, pool.action_space) for _ in range(K)]
     obs = pool.reset(seed=cfg.seed)
@@ -134,45 +137,41 @@ def _loop(cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: boo
     returns: list[float] = []
     recent: deque[float] = deque(maxlen=100)
     target = cfg.steps if cfg.steps > 0 else cfg.episodes
-    unit = "env steps" if cfg.steps > 0 else "episodes"
     start = time.perf_counter()
-    interrupted = False
     bar = ProgressBar(target, f"collect {cfg.env.id}", enabled=progress)
     with bar:
-        try:
-            while (steps if cfg.steps > 0 else episodes) < target:
-                actions = policy.act(obs, is_first)
-                obs, reward, terminated, truncated = pool.step(actions)
-                is_first = resetting.copy()
-                for i in range(K):
-                    if resetting[i]:
-                        builders[i].start_from_batch(obs, i)
-                        resetting[i] = False
+        while (steps if cfg.steps > 0 else episodes) < target and not stop.requested:
+            actions = policy.act(obs, is_first)
+            obs, reward, terminated, truncated = pool.step(actions)
+            is_first = resetting.copy()
+            for i in range(K):
+                if resetting[i]:
+                    builders[i].start_from_batch(obs, i)
+                    resetting[i] = False
+                    continue
+                if cfg.steps > 0 and steps >= cfg.steps:
+                    continue  # budget reached mid-batch: drop the extra steps
+                builders[i].add_from_batch(actions[i], reward[i], obs, i)
+                steps += 1
+                if terminated[i] or truncated[i]:
+                    resetting[i] = True
+                    if cfg.episodes > 0 and episodes >= cfg.episodes:
                         continue
-                    if cfg.steps > 0 and steps >= cfg.steps:
-                        continue  # budget reached mid-batch: drop the extra steps
-                    builders[i].add_from_batch(actions[i], reward[i], obs, i)
-                    steps += 1
-                    if terminated[i] or truncated[i]:
-                        resetting[i] = True
-                        if cfg.episodes > 0 and episodes >= cfg.episodes:
-                            continue
-                        episode = builders[i].finish(bool(terminated[i]))
-                        writer.add_episode(episode)
-                        returns.append(episode.ret)
-                        recent.append(episode.ret)
-                        episodes += 1
-                writer.maybe_close_shard()
-                if bar.due():
-                    rate = steps / max(time.perf_counter() - start, 1e-9)
-                    mean = f"{np.mean(recent):.1f}" if recent else "-"
-                    bar.update(
-                        steps if cfg.steps > 0 else episodes,
-                        f"{rate:,.0f} steps/s | episodes {episodes} | return {mean}",
-                    )
-        except KeyboardInterrupt:
-            interrupted = True
+                    episode = builders[i].finish(bool(terminated[i]))
+                    writer.add_episode(episode)
+                    returns.append(episode.ret)
+                    recent.append(episode.ret)
+                    episodes += 1
+            writer.maybe_close_shard()
+            if bar.due():
+                rate = steps / max(time.perf_counter() - start, 1e-9)
+                mean = f"{np.mean(recent):.1f}" if recent else "-"
+                bar.update(
+                    steps if cfg.steps > 0 else episodes,
+                    f"{rate:,.0f} steps/s | episodes {episodes} | return {mean}",
+                )
         bar.update(steps if cfg.steps > 0 else episodes, f"episodes {episodes}", force=True)
+    interrupted = stop.requested
     if cfg.steps > 0 or interrupted:
         # Keep the episodes in progress: they are real data, cut by the collector (a truncation).
         for builder in builders:
@@ -183,23 +182,32 @@ def _loop(cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: boo
     return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted)
 
 
-class _stop_on_sigterm:
-    """Turn SIGTERM into KeyboardInterrupt so `kill` ends collection cleanly (kill -9 cannot)."""
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a stop never lands in
+    the middle of an HDF5 write (an exception raised there could leave a half-written shard
+    header). A second Ctrl-C raises KeyboardInterrupt at once; the writer then discards its
+    open shard instead of closing it. kill -9 cannot be caught: the open shard stays .partial."""
 
-    def __enter__(self) -> None:
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
-    @staticmethod
-    def _handle(signum, frame) -> None:
-        raise KeyboardInterrupt
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> CollectConfig:
