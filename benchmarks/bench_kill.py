@@ -74,7 +74,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_kill_"))
     rows = []
     try:
-        for i in range(args.trials):
+        for _ in range(args.trials):
             delay = rng.uniform(3 * args.shard_seconds, 5 * args.shard_seconds)
             row = trial(args.env, args.shard_seconds, delay, work)
             rows.append(row)

@@ -20,7 +20,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -74,25 +74,25 @@ def _import_env_modules(modules: list[str]) -> None:
 def collect(
     env: Annotated[str, typer.Option("--env", help="Env id: any gymnasium id, ALE/Pong-v5, retro:Airstriker-Genesis-v0, dmc:cartpole-balance.")],
     out: Annotated[Path, typer.Option("--out", help="Dataset directory (created, or appended to).")],
-    steps: Annotated[Optional[int], typer.Option(help="Env steps to collect (default 10000).")] = None,
-    episodes: Annotated[Optional[int], typer.Option(help="Finished episodes to collect (instead of --steps).")] = None,
-    num_envs: Annotated[Optional[int], typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for envs and policy (default 0).")] = None,
-    policy: Annotated[Optional[str], typer.Option(help="'random' or a run directory with a trained agent.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps to collect (default 10000).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Finished episodes to collect (instead of --steps).")] = None,
+    num_envs: Annotated[int | None, typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for envs and policy (default 0).")] = None,
+    policy: Annotated[str | None, typer.Option(help="'random' or a run directory with a trained agent.")] = None,
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
-    obs: Annotated[Optional[str], typer.Option("--obs", help="default | pixels | both (image and vector).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Image height and width (default 64).")] = None,
-    grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--rgb", help="Grayscale images [H,W,1].")] = None,
-    action_repeat: Annotated[Optional[int], typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
-    sticky_actions: Annotated[Optional[float], typer.Option("--sticky-actions", help="Atari repeat-action probability (0 disables).")] = None,
-    life_loss_terminal: Annotated[Optional[bool], typer.Option("--life-loss-terminal/--no-life-loss-terminal", help="Atari: losing a life ends the episode.")] = None,
-    full_action_space: Annotated[Optional[bool], typer.Option("--full-action-space/--minimal-action-space", help="Atari action set.")] = None,
-    time_limit: Annotated[Optional[int], typer.Option("--time-limit", help="Max env steps per episode (0 = the env's own).")] = None,
+    obs: Annotated[str | None, typer.Option("--obs", help="default | pixels | both (image and vector).")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width (default 64).")] = None,
+    grayscale: Annotated[bool | None, typer.Option("--grayscale/--rgb", help="Grayscale images [H,W,1].")] = None,
+    action_repeat: Annotated[int | None, typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
+    sticky_actions: Annotated[float | None, typer.Option("--sticky-actions", help="Atari repeat-action probability (0 disables).")] = None,
+    life_loss_terminal: Annotated[bool | None, typer.Option("--life-loss-terminal/--no-life-loss-terminal", help="Atari: losing a life ends the episode.")] = None,
+    full_action_space: Annotated[bool | None, typer.Option("--full-action-space/--minimal-action-space", help="Atari action set.")] = None,
+    time_limit: Annotated[int | None, typer.Option("--time-limit", help="Max env steps per episode (0 = the env's own).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
-    backend: Annotated[Optional[str], typer.Option(help="auto | serial | async | ale: how the K envs run.")] = None,
-    shard_episodes: Annotated[Optional[int], typer.Option("--shard-episodes", help="Close a shard every K episodes (default 100).")] = None,
-    shard_seconds: Annotated[Optional[float], typer.Option("--shard-seconds", help="...or every S seconds (default 60).")] = None,
-    compression: Annotated[Optional[str], typer.Option(help="Image compression: lzf (default) | gzip | none.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto | serial | async | ale: how the K envs run.")] = None,
+    shard_episodes: Annotated[int | None, typer.Option("--shard-episodes", help="Close a shard every K episodes (default 1000).")] = None,
+    shard_seconds: Annotated[float | None, typer.Option("--shard-seconds", help="...or every S seconds (default 60).")] = None,
+    compression: Annotated[str | None, typer.Option(help="Image compression: lzf (default) | gzip | none.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
@@ -146,7 +146,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"episodes     {s['episodes']}   ({s['terminated_episodes']} terminated, mean length {s['length_mean']:.1f})",
         f"steps        {s['steps']}",
         f"return       mean {s['return_mean']:.3f}   min {s['return_min']:.3f}   max {s['return_max']:.3f}",
-        f"observation  " + "   ".join(f"{k}: {v}" for k, v in s["observation_space"].items()),
+        "observation  " + "   ".join(f"{k}: {v}" for k, v in s["observation_space"].items()),
         f"action       {s['action_space']}",
     ]
     if s["partial_shards"]:
@@ -174,7 +174,7 @@ def data_import_minari(
 def data_export_minari(
     dataset: Annotated[Path, typer.Argument(help="dreamer-core dataset directory.")],
     dst: Annotated[Path, typer.Argument(help="Minari dataset directory to create (must not exist).")],
-    dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Minari id, e.g. cartpole/random-v0.")] = None,
+    dataset_id: Annotated[str | None, typer.Option("--dataset-id", help="Minari id, e.g. cartpole/random-v0.")] = None,
 ) -> None:
     """Convert a dreamer-core dataset into a Farama Minari dataset (lossless frames)."""
     from dreamer_core.data.minari import export_minari

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamer_core.cli import app
-from dreamer_core.data import schema, store
+from dreamer_core.data import store
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.envs import EnvConfig, make_env
@@ -149,20 +149,24 @@ def test_no_space_left(tmp_path, monkeypatch):
     out, _ = _dataset_with_two_shards(tmp_path)
     before = digest(out)
     calls = {"n": 0}
-    original = DatasetWriter._write_episode
+    original = DatasetWriter._write_episodes
 
-    def fill_up(self, episode):
+    def fill_up(self, episodes):
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 1:  # the first shard closes fine, the second hits a full disk
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, episode)
+        return original(self, episodes)
 
-    monkeypatch.setattr(DatasetWriter, "_write_episode", fill_up)
+    monkeypatch.setattr(DatasetWriter, "_write_episodes", fill_up)
     result = dreamer("collect", "--env", "dreamer/DummyDiscrete-v0", "--out", out, "--episodes", 10,
                      "--shard-episodes", 5, "-q")
     assert_user_error(result, "No space left on device", "Free disk space")
-    assert digest(out) == before  # the earlier shards and the manifest are untouched
-    assert store.partial_paths(out) == []
+    after = digest(out)
+    # the shards from before are untouched, this run's first shard closed before the disk filled
+    assert all(after[name] == sha for name, sha in before.items() if name.startswith("shard-"))
+    assert len(store.shard_paths(out)) == 3
+    assert store.partial_paths(out) == []  # the shard that hit the full disk was removed
+    assert Dataset(out).num_episodes == 6 + 5
 
 
 def test_bad_flags(tmp_path):

@@ -20,10 +20,10 @@ from dreamer_core.errors import DatasetError, SpacesMismatchError
 
 @dataclass(frozen=True)
 class EpisodeRef:
-    """Where one episode lives: ``shard[episodes/<group>]``."""
+    """Where one episode lives: rows ``start : start + rows`` of ``shard``'s ``steps/`` columns."""
 
     shard: Path
-    group: str
+    start: int
     rows: int
     ret: float
     terminated: bool
@@ -81,9 +81,9 @@ class Dataset:
                     "dataset directory."
                 )
         self.refs = [
-            EpisodeRef(self.path / s.name, g, r, ret, term)
+            EpisodeRef(self.path / s.name, start, r, ret, term)
             for s in self.shards
-            for g, r, ret, term in zip(s.episodes, s.rows, s.returns, s.terminated)
+            for start, r, ret, term in zip(s.starts, s.rows, s.returns, s.terminated)
         ]
 
     # --- sizes ----------------------------------------------------------------------------
@@ -117,10 +117,10 @@ class Dataset:
             ref = self.refs[ref]
         try:
             with h5py.File(ref.shard, "r") as f:
-                return read_episode_group(f[schema.EPISODES_GROUP][ref.group])
+                return read_rows(f, ref.start, ref.start + ref.rows)
         except Exception as exc:
             raise DatasetError(
-                f"Episode {ref.group} of shard {ref.shard} cannot be read ({type(exc).__name__}: "
+                f"The episode at rows {ref.start}:{ref.start + ref.rows} of shard {ref.shard} cannot be read ({type(exc).__name__}: "
                 f"{exc}). The shard is damaged: pass --skip-corrupt or move it out of the dataset."
             ) from None
 
@@ -128,8 +128,9 @@ class Dataset:
         """All episodes in order, reading each shard once."""
         for shard in self.shards:
             with h5py.File(self.path / shard.name, "r") as f:
-                for group in shard.episodes:
-                    yield read_episode_group(f[schema.EPISODES_GROUP][group])
+                columns = read_rows(f, 0, shard.num_rows)  # one read per column per shard
+            for start, rows in zip(shard.starts, shard.rows):
+                yield _slice(columns, start, start + rows)
 
     def summary(self) -> dict[str, Any]:
         """Figures for ``dreamer data info`` (JSON-able)."""
@@ -156,13 +157,25 @@ class Dataset:
         }
 
 
-def read_episode_group(group: h5py.Group) -> schema.Episode:
-    """Read the columns of one episode group into an Episode."""
+def read_rows(f: h5py.File, lo: int, hi: int) -> schema.Episode:
+    """Rows ``lo:hi`` of a shard's ``steps/`` columns (an episode when they bound one)."""
+    steps = f[schema.STEPS_GROUP]
     return schema.Episode(
-        obs={k: group[schema.OBS_GROUP][k][()] for k in group[schema.OBS_GROUP]},
-        action=group[schema.ACTION][()],
-        reward=group[schema.REWARD][()],
-        is_first=group[schema.IS_FIRST][()],
-        is_last=group[schema.IS_LAST][()],
-        is_terminal=group[schema.IS_TERMINAL][()],
+        obs={k: steps[schema.OBS_GROUP][k][lo:hi] for k in steps[schema.OBS_GROUP]},
+        action=steps[schema.ACTION][lo:hi],
+        reward=steps[schema.REWARD][lo:hi],
+        is_first=steps[schema.IS_FIRST][lo:hi],
+        is_last=steps[schema.IS_LAST][lo:hi],
+        is_terminal=steps[schema.IS_TERMINAL][lo:hi],
+    )
+
+
+def _slice(columns: schema.Episode, lo: int, hi: int) -> schema.Episode:
+    return schema.Episode(
+        obs={k: v[lo:hi] for k, v in columns.obs.items()},
+        action=columns.action[lo:hi],
+        reward=columns.reward[lo:hi],
+        is_first=columns.is_first[lo:hi],
+        is_last=columns.is_last[lo:hi],
+        is_terminal=columns.is_terminal[lo:hi],
     )

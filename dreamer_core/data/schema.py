@@ -18,17 +18,23 @@ Step alignment (one row per observation; an episode of N env steps has N + 1 row
 So a training window is a plain slice ``rows[s : s + T]`` of every column, and a window that
 crosses into the next episode sees ``is_first`` where the world model must reset its state.
 
-HDF5 layout of one shard (readable with plain h5py; see data/README.md)::
+HDF5 layout of one shard (readable with plain h5py; see data/README.md). The rows of all
+episodes in a shard are stored back to back, so an episode (or any window inside the shard)
+is one slice per column, and writing an episode costs no HDF5 metadata of its own::
 
     shard-<utc>-<id>.h5
       attrs: format, schema_version, env_id, env_config (JSON), observation_space (JSON),
-             action_space (JSON), policy, seed, created, dreamer_core_version
-      episodes/
-        000000/                 attrs: steps, rows, return, terminated
-          obs/<key>             [N+1, ...]  images uint8 [N+1, H, W, C] (chunked), vectors float32
-          action                [N+1, ...]  int64 (Discrete, MultiDiscrete), float32 (Box), int8 (MultiBinary)
-          reward                float32 [N+1]
-          is_first, is_last, is_terminal   bool [N+1]
+             action_space (JSON), policy, seed, created, dreamer_core_version, num_episodes
+      steps/                    R = total rows of the shard
+        obs/<key>               [R, ...]  images uint8 [R, H, W, C] (chunked), vectors float32
+        action                  [R, ...]  int64 (Discrete, MultiDiscrete), float32 (Box), int8 (MultiBinary)
+        reward                  float32 [R]
+        is_first, is_last, is_terminal   bool [R]
+      episodes/                 E = episodes in the shard
+        start                   int64 [E]   first row of episode e in steps/
+        rows                    int64 [E]   its rows (= env steps + 1)
+        return                  float64 [E]
+        terminated              bool [E]
 
 Imports: numpy and gymnasium only (no torch, nothing from dreamer_core above data/).
 """
@@ -49,8 +55,10 @@ SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"  # shards being written: ".shard-<...>.h5.partial"
 
+STEPS_GROUP = "steps"
 EPISODES_GROUP = "episodes"
 OBS_GROUP = "obs"
+EPISODE_INDEX = ("start", "rows", "return", "terminated")
 ACTION = "action"
 REWARD = "reward"
 IS_FIRST = "is_first"

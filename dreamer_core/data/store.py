@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
 from dreamer_core.data import schema
 from dreamer_core.errors import DatasetError
@@ -40,14 +39,22 @@ class ShardInfo:
     seed: int | None
     created: str
     dreamer_core_version: str
-    episodes: list[str] = field(default_factory=list)  # group names, in order
+    starts: list[int] = field(default_factory=list)  # first row of each episode in steps/
     rows: list[int] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     terminated: list[bool] = field(default_factory=list)
 
     @property
+    def num_episodes(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_rows(self) -> int:
+        return int(sum(self.rows))
+
+    @property
     def num_steps(self) -> int:
-        return int(sum(self.rows) - len(self.rows))
+        return self.num_rows - self.num_episodes
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -136,12 +143,15 @@ def read_shard_info(path: Path) -> ShardInfo:
                 created=str(attrs["created"]),
                 dreamer_core_version=str(attrs["dreamer_core_version"]),
             )
-            for name in sorted(f[schema.EPISODES_GROUP].keys()):
-                ep_attrs = f[schema.EPISODES_GROUP][name].attrs
-                info.episodes.append(name)
-                info.rows.append(int(ep_attrs["rows"]))
-                info.returns.append(float(ep_attrs["return"]))
-                info.terminated.append(bool(ep_attrs["terminated"]))
+            index = f[schema.EPISODES_GROUP]
+            info.starts = [int(x) for x in index["start"][()]]
+            info.rows = [int(x) for x in index["rows"][()]]
+            info.returns = [float(x) for x in index["return"][()]]
+            info.terminated = [bool(x) for x in index["terminated"][()]]
+            total = f[schema.STEPS_GROUP][schema.REWARD].shape[0]
+            ends = [s + r for s, r in zip(info.starts, info.rows)]
+            if ends and (max(ends) > total or info.starts[0] != 0):
+                raise ValueError(f"episode index points past the {total} stored rows")
     except DatasetError:
         raise
     except Exception as exc:  # h5py raises OSError, KeyError, ValueError on damaged files
@@ -174,7 +184,7 @@ def write_manifest(root: Path, shards: list[ShardInfo]) -> None:
         "env_ids": sorted({s.env_id for s in shards}),
         "observation_space": first.observation_space if first else None,
         "action_space": first.action_space if first else None,
-        "shards": {s.name: asdict(s) for s in shards},
+        "shards": {s.name: vars(s) for s in shards},
     }
     atomic_write_bytes(Path(root) / schema.MANIFEST_NAME, json.dumps(data, indent=1).encode())
 

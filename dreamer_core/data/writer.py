@@ -3,11 +3,13 @@
 :class:`EpisodeBuilder` accumulates one env's steps in preallocated arrays (no per-step
 allocation) and hands out an :class:`~dreamer_core.data.schema.Episode` when it ends.
 
-:class:`DatasetWriter` appends finished episodes to a dataset directory. Episodes go into
-an open shard named ``.shard-<...>.h5.partial``; the shard is closed (flushed, fsynced and
-renamed to ``shard-<...>.h5``) every ``shard_episodes`` episodes or ``shard_seconds``
-seconds, so a killed collector loses at most the open shard and the episodes in progress.
-Existing shards are never opened for writing.
+:class:`DatasetWriter` appends finished episodes to a dataset directory. Episodes are
+buffered in memory and appended in batches (``flush_bytes``) to an open shard named
+``.shard-<...>.h5.partial``; the shard is closed (flushed, fsynced and renamed to
+``shard-<...>.h5``) every ``shard_episodes`` episodes, ``shard_seconds`` seconds or
+``shard_bytes`` bytes, so a killed collector loses at most the open shard and the episodes in
+progress. Existing shards are never opened for writing. Batching matters: HDF5 spends about
+0.15 ms per dataset it creates or resizes, more than a CartPole episode takes to play.
 
 Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
 """
@@ -180,6 +182,8 @@ class DatasetWriter:
         shard_episodes: close the open shard after this many episodes.
         shard_seconds: close the open shard when it is this old and holds an episode.
         compression: "lzf" (fast, h5py-native), "gzip" or "none"; applied to image keys.
+        shard_bytes: close the open shard once this many bytes (uncompressed) went into it.
+        flush_bytes: append buffered episodes to the open shard once they hold this many bytes.
         clock: monotonic time source (injectable for tests).
     """
 
@@ -195,6 +199,8 @@ class DatasetWriter:
         shard_episodes: int = 100,
         shard_seconds: float = 60.0,
         compression: str = "lzf",
+        shard_bytes: int = 1 << 30,
+        flush_bytes: int = 16 << 20,
         clock: Callable[[], float] = time.monotonic,
     ):
         if compression not in COMPRESSIONS:
@@ -224,7 +230,13 @@ class DatasetWriter:
         self._tmp_path: Path | None = None
         self._final_path: Path | None = None
         self._opened_at = 0.0
-        self._count = 0
+        self.shard_bytes = shard_bytes
+        self.flush_bytes = flush_bytes
+        self._pending: list[schema.Episode] = []  # finished, not yet in the open shard
+        self._pending_bytes = 0
+        self._shard_bytes = 0
+        self._shard_rows = 0
+        self._count = 0  # episodes in the open shard, including pending ones
         self._pending_steps = 0
         self.episodes_written = 0  # episodes in closed shards, by this writer
         self.steps_written = 0
@@ -232,27 +244,32 @@ class DatasetWriter:
     # --- public ---------------------------------------------------------------------------
 
     def add_episode(self, episode: schema.Episode) -> None:
-        """Write one finished episode into the open shard; rotate the shard when it is full."""
+        """Queue one finished episode for the open shard; flush and rotate when limits say so."""
         episode.validate(self.observation_space, self.action_space)
-        with self._disk_errors():
-            if self._file is None:
-                self._open_shard()
-            self._write_episode(episode)
+        if self._count == 0:
+            self._opened_at = self._clock()
+        size = _nbytes(episode)
+        self._pending.append(episode)
+        self._pending_bytes += size
+        self._shard_bytes += size
         self._count += 1
         self._pending_steps += episode.steps
-        if self._count >= self.shard_episodes:
+        if self._count >= self.shard_episodes or self._shard_bytes >= self.shard_bytes:
             self.close_shard()
+        elif self._pending_bytes >= self.flush_bytes:
+            self._flush()
 
     def maybe_close_shard(self) -> None:
         """Close the open shard if it is older than ``shard_seconds`` (call this regularly)."""
-        if self._file is not None and self._clock() - self._opened_at >= self.shard_seconds:
+        if self._count and self._clock() - self._opened_at >= self.shard_seconds:
             self.close_shard()
 
     def close_shard(self) -> None:
-        """Flush, fsync and rename the open shard, then update the manifest."""
-        if self._file is None:
+        """Write what is pending, then flush, fsync and rename the open shard and update the manifest."""
+        if self._count == 0:
             return
-        assert self._tmp_path is not None and self._final_path is not None
+        self._flush()
+        assert self._file is not None and self._tmp_path is not None and self._final_path is not None
         with self._disk_errors():
             self._file.attrs["num_episodes"] = self._count
             self._file.flush()
@@ -267,13 +284,17 @@ class DatasetWriter:
         self.episodes_written += self._count
         self.steps_written += self._pending_steps
         self._tmp_path = self._final_path = None
+        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
 
     def close(self) -> None:
         """Close the open shard (if any). Safe to call twice."""
         self.close_shard()
 
     def discard(self) -> None:
-        """Drop the open shard without renaming it (used after an error)."""
+        """Drop the open shard and pending episodes without renaming anything (after an error)."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
         if self._file is not None:
             try:
                 self._file.close()
@@ -300,33 +321,56 @@ class DatasetWriter:
         name = f"{schema.SHARD_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}{schema.SHARD_SUFFIX}"
         self._final_path = self.path / name
         self._tmp_path = self.path / f".{name}{schema.PARTIAL_SUFFIX}"
-        self._file = h5py.File(self._tmp_path, "w")
+        f = self._file = h5py.File(self._tmp_path, "w")
         for key, value in self._header.items():
-            self._file.attrs[key] = value
-        self._file.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self._file.create_group(schema.EPISODES_GROUP)
-        self._opened_at = self._clock()
-        self._count = 0
-        self._pending_steps = 0
-
-    def _write_episode(self, episode: schema.Episode) -> None:
-        assert self._file is not None
-        group = self._file[schema.EPISODES_GROUP].create_group(f"{self._count:06d}")
-        group.attrs["rows"] = episode.rows
-        group.attrs["steps"] = episode.steps
-        group.attrs["return"] = episode.ret
-        group.attrs["terminated"] = episode.terminated
-        obs_group = group.create_group(schema.OBS_GROUP)
-        for key, value in episode.obs.items():
-            if value.ndim == 4:  # image: chunk by time so windows read few chunks
-                chunks = (min(len(value), 32), *value.shape[1:])
-                obs_group.create_dataset(key, data=value, chunks=chunks, compression=self.compression)
+            f.attrs[key] = value
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        steps = f.create_group(schema.STEPS_GROUP)
+        obs = steps.create_group(schema.OBS_GROUP)
+        for key, space in self.observation_space.spaces.items():
+            shape, dtype = schema.obs_column_spec(space)
+            if schema.is_image_space(space):  # chunk by time so a window reads few chunks
+                _resizable(obs, key, shape, dtype, chunk_rows=32, compression=self.compression)
             else:
-                obs_group.create_dataset(key, data=value.astype(np.float32, copy=False))
-        group.create_dataset(schema.ACTION, data=episode.action)
-        group.create_dataset(schema.REWARD, data=episode.reward.astype(np.float32, copy=False))
+                _resizable(obs, key, shape, dtype, chunk_rows=_small_chunk_rows(shape, dtype))
+        a_shape, a_dtype = schema.action_column_spec(self.action_space)
+        _resizable(steps, schema.ACTION, a_shape, a_dtype, chunk_rows=_small_chunk_rows(a_shape, a_dtype))
+        _resizable(steps, schema.REWARD, (), np.dtype(np.float32), chunk_rows=4096)
         for flag in schema.FLAGS:
-            group.create_dataset(flag, data=getattr(episode, flag).astype(bool, copy=False))
+            _resizable(steps, flag, (), np.dtype(bool), chunk_rows=4096)
+        episodes = f.create_group(schema.EPISODES_GROUP)
+        for name, dtype in zip(schema.EPISODE_INDEX, (np.int64, np.int64, np.float64, bool)):
+            _resizable(episodes, name, (), np.dtype(dtype), chunk_rows=1024)
+        self._shard_rows = 0
+
+    def _flush(self) -> None:
+        """Append the pending episodes to the open shard (opening it if needed)."""
+        if not self._pending:
+            return
+        with self._disk_errors():
+            if self._file is None:
+                self._open_shard()
+            self._write_episodes(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _write_episodes(self, episodes: list[schema.Episode]) -> None:
+        """Append whole episodes: one resize and one write per column."""
+        assert self._file is not None
+        steps = self._file[schema.STEPS_GROUP]
+        for key in self.observation_space.spaces:
+            _append(steps[schema.OBS_GROUP][key], np.concatenate([e.obs[key] for e in episodes]))
+        _append(steps[schema.ACTION], np.concatenate([e.action for e in episodes]))
+        _append(steps[schema.REWARD], np.concatenate([e.reward for e in episodes]))
+        for flag in schema.FLAGS:
+            _append(steps[flag], np.concatenate([getattr(e, flag) for e in episodes]))
+        rows = np.array([e.rows for e in episodes], dtype=np.int64)
+        index = self._file[schema.EPISODES_GROUP]
+        _append(index["start"], self._shard_rows + np.concatenate([[0], np.cumsum(rows)[:-1]]))
+        _append(index["rows"], rows)
+        _append(index["return"], np.array([e.ret for e in episodes], dtype=np.float64))
+        _append(index["terminated"], np.array([e.terminated for e in episodes], dtype=bool))
+        self._shard_rows += int(rows.sum())
 
     @contextlib.contextmanager
     def _disk_errors(self) -> Iterator[None]:
@@ -345,6 +389,28 @@ class DatasetWriter:
                 "the command again (collecting into an existing dataset adds shards and never "
                 "rewrites one)."
             ) from None
+
+
+def _resizable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+               compression: str | None = None) -> None:
+    group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                         chunks=(chunk_rows, *shape), compression=compression)
+
+
+def _small_chunk_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    # about 64 KiB per chunk for vectors and actions
+    row = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    return int(max(64, min(4096, (64 << 10) // row)))
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    n = dataset.shape[0]
+    dataset.resize(n + len(values), axis=0)
+    dataset[n:] = values.astype(dataset.dtype, copy=False)
+
+
+def _nbytes(episode: schema.Episode) -> int:
+    return sum(v.nbytes for v in episode.obs.values()) + episode.action.nbytes + 8 * episode.rows
 
 
 def _is_no_space(exc: BaseException) -> bool:

@@ -46,7 +46,7 @@ class CollectConfig:
     seed: int | None = 0
     policy: str = "random"
     backend: str = "auto"
-    shard_episodes: int = 100
+    shard_episodes: int = 1000
     shard_seconds: float = 60.0
     compression: str = "lzf"
     device: str = "auto"

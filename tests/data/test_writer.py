@@ -54,9 +54,10 @@ def test_images_are_uint8_and_chunked(tmp_path):
     write(tmp_path / "ds", obs_space, action_space, [make_episode(obs_space, action_space, 40, True)])
     (shard,) = store.shard_paths(tmp_path / "ds")
     with h5py.File(shard) as f:
-        image = f["episodes/000000/obs/image"]
+        image = f["steps/obs/image"]
         assert image.dtype == np.uint8 and image.shape == (41, 8, 8, 3)
         assert image.chunks == (32, 8, 8, 3)
+        assert f["episodes/start"][()].tolist() == [0] and f["episodes/rows"][()].tolist() == [41]
         assert f.attrs["schema_version"] == schema.SCHEMA_VERSION
         assert json.loads(f.attrs["observation_space"])["type"] == "Dict"
 
@@ -83,11 +84,32 @@ def test_shard_closes_after_seconds(tmp_path):
                       shard_seconds=10, clock=lambda: now[0])
     w.add_episode(make_episode(obs_space, action_space, 3, True))
     w.maybe_close_shard()
-    assert store.shard_paths(tmp_path / "ds") == [] and len(store.partial_paths(tmp_path / "ds")) == 1
+    assert store.shard_paths(tmp_path / "ds") == []  # pending in memory, no shard closed yet
     now[0] = 10.5
     w.maybe_close_shard()
     assert len(store.shard_paths(tmp_path / "ds")) == 1 and store.partial_paths(tmp_path / "ds") == []
     w.close()
+
+
+def test_pending_episodes_are_flushed_by_size(tmp_path):
+    obs_space, action_space = OBS_SPACES["image"], ACTION_SPACES["discrete"]
+    w = DatasetWriter(tmp_path / "ds", "T", {}, obs_space, action_space, flush_bytes=1000)
+    w.add_episode(make_episode(obs_space, action_space, 30, True))  # ~6 KB of frames > 1000 bytes
+    assert len(store.partial_paths(tmp_path / "ds")) == 1 and store.shard_paths(tmp_path / "ds") == []
+    w.add_episode(make_episode(obs_space, action_space, 5, False, 1))
+    w.close()
+    assert store.partial_paths(tmp_path / "ds") == []
+    ds = Dataset(tmp_path / "ds")
+    assert len(ds.shards) == 1 and [r.rows for r in ds.refs] == [31, 6] and [r.start for r in ds.refs] == [0, 31]
+
+
+def test_shard_closes_after_bytes(tmp_path):
+    obs_space, action_space = OBS_SPACES["image"], ACTION_SPACES["discrete"]
+    w = DatasetWriter(tmp_path / "ds", "T", {}, obs_space, action_space, shard_bytes=5000)
+    for i in range(3):
+        w.add_episode(make_episode(obs_space, action_space, 30, True, i))
+    w.close()
+    assert len(store.shard_paths(tmp_path / "ds")) == 3
 
 
 def test_append_adds_shards_and_never_rewrites(tmp_path):
@@ -192,8 +214,8 @@ def test_no_space_left_keeps_closed_shards(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    w.add_episode(make_episode(obs_space, action_space, 5, True, 2))  # opens shard 2
-    monkeypatch.setattr(w, "_write_episode", full_disk)
+    w.add_episode(make_episode(obs_space, action_space, 5, True, 2))  # pending in shard 2
+    monkeypatch.setattr(w, "_write_episodes", full_disk)
     with pytest.raises(DatasetError, match="No space left on device") as info:
         w.add_episode(make_episode(obs_space, action_space, 5, True, 3))
     assert "Free disk space" in str(info.value)
