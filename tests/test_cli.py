@@ -212,3 +212,51 @@ def test_entry_points(tmp_path, entry):
 def test_console_script_help():
     done = subprocess.run(["dreamer", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "collect" in done.stdout and "data" in done.stdout
+
+
+def test_minari_export_and_import_through_the_cli(tmp_path):
+    minari = pytest.importorskip("minari")
+    out = tmp_path / "ds"
+    assert dreamer("collect", "--env", "CartPole-v1", "--out", out, "--episodes", 4, "-q").exit_code == 0
+    result = dreamer("data", "export-minari", out, tmp_path / "m" / "cartpole-v0")
+    assert result.exit_code == 0, result.output
+    loaded = minari.MinariDataset(tmp_path / "m" / "cartpole-v0" / "data")
+    assert loaded.total_episodes == 4
+    result = dreamer("data", "import-minari", tmp_path / "m" / "cartpole-v0", tmp_path / "back")
+    assert result.exit_code == 0, result.output
+    for a, b in zip(Dataset(out).iter_episodes(), Dataset(tmp_path / "back").iter_episodes()):
+        np.testing.assert_array_equal(a.obs["vector"], b.obs["vector"])
+        np.testing.assert_array_equal(a.action, b.action)
+        np.testing.assert_array_equal(a.is_terminal, b.is_terminal)
+    # exporting over an existing directory is refused and leaves it alone
+    result = dreamer("data", "export-minari", out, tmp_path / "m" / "cartpole-v0")
+    assert_user_error(result)
+    assert minari.MinariDataset(tmp_path / "m" / "cartpole-v0" / "data").total_episodes == 4
+
+
+SUITES = [
+    pytest.param("ALE/Pong-v5", [], {"image": (64, 64, 3)}, "ale_py", marks=pytest.mark.atari, id="atari"),
+    pytest.param("ALE/Pong-v5", ["--grayscale"], {"image": (64, 64, 1)}, "ale_py", marks=pytest.mark.atari, id="atari-gray"),
+    pytest.param("retro:Airstriker-Genesis-v0", [], {"image": (64, 64, 3)}, "stable_retro", marks=pytest.mark.retro, id="retro"),
+    pytest.param("dmc:cartpole-balance", [], {"vector": (5,)}, "dm_control", marks=pytest.mark.dmc, id="dmc"),
+    pytest.param("dmc:cartpole-balance", ["--pixels"], {"image": (64, 64, 3)}, "dm_control", marks=pytest.mark.dmc, id="dmc-pixels"),
+    pytest.param("LunarLander-v3", [], {"vector": (8,)}, "Box2D", id="box2d"),
+    pytest.param("dreamer/DummyDict-v0", [], {"image": (64, 64, 3), "state": (4,)}, None, id="dict"),
+]
+
+
+@pytest.mark.parametrize("env_id,flags,keys,module", SUITES)
+def test_collect_every_suite(tmp_path, env_id, flags, keys, module):
+    if module:
+        pytest.importorskip(module)
+    result = dreamer("collect", "--env", env_id, *flags, "--out", tmp_path / "ds", "--steps", 40, "-q")
+    assert result.exit_code == 0, result.output
+    ds = Dataset(tmp_path / "ds")
+    assert ds.num_steps == 40
+    assert {k: s.shape for k, s in ds.observation_space.spaces.items()} == keys
+    episode = ds.load_episode(0)
+    for key, shape in keys.items():
+        assert episode.obs[key].shape[1:] == shape
+        assert episode.obs[key].dtype == (np.uint8 if len(shape) == 3 else np.float32)
+    if env_id.startswith("retro:"):
+        assert episode.action.shape[1:] == (12,) and episode.action.dtype == np.int8  # MultiBinary(12) kept

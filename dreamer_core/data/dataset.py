@@ -124,13 +124,22 @@ class Dataset:
                 f"{exc}). The shard is damaged: pass --skip-corrupt or move it out of the dataset."
             ) from None
 
-    def iter_episodes(self) -> Iterator[schema.Episode]:
-        """All episodes in order, reading each shard once."""
+    def iter_episodes(self, block_bytes: int = 64 << 20) -> Iterator[schema.Episode]:
+        """All episodes in order, reading runs of whole episodes of about ``block_bytes``."""
+        row_bytes = max(1, _row_bytes(self.observation_space, self.action_space))
+        block_rows = max(1, block_bytes // row_bytes)
         for shard in self.shards:
             with h5py.File(self.path / shard.name, "r") as f:
-                columns = read_rows(f, 0, shard.num_rows)  # one read per column per shard
-            for start, rows in zip(shard.starts, shard.rows):
-                yield _slice(columns, start, start + rows)
+                i = 0
+                while i < shard.num_episodes:
+                    j, lo = i + 1, shard.starts[i]
+                    while j < shard.num_episodes and shard.starts[j] + shard.rows[j] - lo <= block_rows:
+                        j += 1
+                    hi = shard.starts[j - 1] + shard.rows[j - 1]
+                    columns = read_rows(f, lo, hi)  # one read per column per block
+                    for start, rows in zip(shard.starts[i:j], shard.rows[i:j]):
+                        yield _slice(columns, start - lo, start - lo + rows)
+                    i = j
 
     def summary(self) -> dict[str, Any]:
         """Figures for ``dreamer data info`` (JSON-able)."""
@@ -168,6 +177,15 @@ def read_rows(f: h5py.File, lo: int, hi: int) -> schema.Episode:
         is_last=steps[schema.IS_LAST][lo:hi],
         is_terminal=steps[schema.IS_TERMINAL][lo:hi],
     )
+
+
+def _row_bytes(observation_space: gym.spaces.Dict, action_space: gym.Space) -> int:
+    total = 8  # reward and flags
+    for space in observation_space.spaces.values():
+        shape, dtype = schema.obs_column_spec(space)
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape, dtype = schema.action_column_spec(action_space)
+    return total + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def _slice(columns: schema.Episode, lo: int, hi: int) -> schema.Episode:

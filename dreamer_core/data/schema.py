@@ -273,12 +273,17 @@ class Episode:
         if set(self.obs) != set(observation_space.spaces):
             raise ValueError(f"obs keys {sorted(self.obs)} != space keys {sorted(observation_space.spaces)}")
         for key, space in observation_space.spaces.items():
-            shape, _ = obs_column_spec(space)
+            shape, dtype = obs_column_spec(space)
             if self.obs[key].shape != (rows, *shape):
                 raise ValueError(f"obs '{key}' shape {self.obs[key].shape} != {(rows, *shape)}")
-        a_shape, _ = action_column_spec(action_space)
+            if dtype == np.uint8 and self.obs[key].dtype != np.uint8:
+                # a float image in [0, 1] would be stored as zeros: refuse it instead
+                raise ValueError(f"image '{key}' must be uint8, got {self.obs[key].dtype}")
+        a_shape, a_dtype = action_column_spec(action_space)
         if self.action.shape != (rows, *a_shape):
             raise ValueError(f"action shape {self.action.shape} != {(rows, *a_shape)}")
+        if a_dtype.kind in "iu" and self.action.dtype.kind not in "iub":
+            raise ValueError(f"actions of {action_space} must be integers, got {self.action.dtype}")
         for name in (REWARD, *FLAGS):
             if getattr(self, name).shape != (rows,):
                 raise ValueError(f"{name} shape {getattr(self, name).shape} != ({rows},)")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 from dreamer_core.data import schema
 from dreamer_core.errors import DatasetError
@@ -148,10 +149,7 @@ def read_shard_info(path: Path) -> ShardInfo:
             info.rows = [int(x) for x in index["rows"][()]]
             info.returns = [float(x) for x in index["return"][()]]
             info.terminated = [bool(x) for x in index["terminated"][()]]
-            total = f[schema.STEPS_GROUP][schema.REWARD].shape[0]
-            ends = [s + r for s, r in zip(info.starts, info.rows)]
-            if ends and (max(ends) > total or info.starts[0] != 0):
-                raise ValueError(f"episode index points past the {total} stored rows")
+            _check_columns(f, info)
     except DatasetError:
         raise
     except Exception as exc:  # h5py raises OSError, KeyError, ValueError on damaged files
@@ -161,6 +159,20 @@ def read_shard_info(path: Path) -> ShardInfo:
             "the file out of the dataset directory."
         ) from None
     return info
+
+
+def _check_columns(f: h5py.File, info: ShardInfo) -> None:
+    """The episode index must tile the stored rows exactly, and every column be that long."""
+    starts, rows = np.asarray(info.starts, np.int64), np.asarray(info.rows, np.int64)
+    total = int(rows.sum())
+    if len(starts) != len(rows) or np.any(rows < 1) or not np.array_equal(starts, np.cumsum(rows) - rows):
+        raise ValueError("the episode index does not tile the stored rows")
+    steps = f[schema.STEPS_GROUP]
+    columns = {name: steps[name] for name in schema.COLUMNS}
+    columns.update({f"obs/{k}": v for k, v in steps[schema.OBS_GROUP].items()})
+    for name, column in columns.items():
+        if column.shape[0] != total:
+            raise ValueError(f"column {name} has {column.shape[0]} rows, the episode index {total}")
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

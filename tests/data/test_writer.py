@@ -222,3 +222,38 @@ def test_no_space_left_keeps_closed_shards(tmp_path, monkeypatch):
     assert digest(tmp_path / "ds") == before
     assert store.partial_paths(tmp_path / "ds") == []  # the open shard was discarded, not left half-written
     assert Dataset(tmp_path / "ds").num_episodes == 2
+
+
+def test_iter_episodes_in_small_blocks_matches_load_episode(tmp_path):
+    obs_space, action_space = OBS_SPACES["dict"], ACTION_SPACES["box"]
+    episodes = [make_episode(obs_space, action_space, steps=3 + 2 * i, terminated=i % 3 == 0, episode_id=i) for i in range(7)]
+    write(tmp_path / "ds", obs_space, action_space, episodes, shard_episodes=4)
+    ds = Dataset(tmp_path / "ds")
+    for block_bytes in (1, 500, 1 << 30):  # one episode per read, a few, the whole shard
+        loaded = list(ds.iter_episodes(block_bytes=block_bytes))
+        assert len(loaded) == 7
+        for i, episode in enumerate(loaded):
+            np.testing.assert_array_equal(episode.obs["image"], episodes[i].obs["image"])
+            np.testing.assert_array_equal(episode.action, ds.load_episode(i).action)
+
+
+def test_validate_refuses_float_images_and_float_discrete_actions(tmp_path):
+    obs_space, action_space = OBS_SPACES["image"], ACTION_SPACES["discrete"]
+    episode = make_episode(obs_space, action_space, 3, True)
+    episode.obs["image"] = episode.obs["image"] / 255.0
+    w = DatasetWriter(tmp_path / "ds", "T", {}, obs_space, action_space)
+    with pytest.raises(ValueError, match="uint8"):
+        w.add_episode(episode)
+    episode = make_episode(obs_space, action_space, 3, True)
+    episode.action = episode.action.astype(np.float32)
+    with pytest.raises(ValueError, match="integers"):
+        w.add_episode(episode)
+
+
+def test_index_that_does_not_tile_the_rows_is_corrupt(tmp_path):
+    first, _ = _two_shards(tmp_path)
+    (tmp_path / "ds" / schema.MANIFEST_NAME).unlink()
+    with h5py.File(first, "r+") as f:
+        f["episodes/start"][1] = 3  # overlaps episode 0
+    with pytest.raises(DatasetError, match="does not tile"):
+        Dataset(tmp_path / "ds")
