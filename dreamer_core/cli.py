@@ -121,6 +121,41 @@ def collect(
         raise typer.Exit(code=130)
 
 
+@app.command("train-world-model")
+@user_errors
+def train_world_model(
+    datasets: Annotated[list[Path], typer.Argument(help="One or more dataset directories.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (created).")],
+    updates: Annotated[int | None, typer.Option(help="Gradient updates in total (default 5000).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="B (default 16).")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="T (default 64).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    inverse_model: Annotated[bool | None, typer.Option("--inverse-model/--no-inverse-model", help="Train an inverse-dynamics head.")] = None,
+    balance: Annotated[str | None, typer.Option(help="fixed (paper loss scales) | calibrate (measure, then weight by priority).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adam (2023) | laprop (2025, with AGC).")] = None,
+    precision: Annotated[str | None, typer.Option(help="float32 | bf16.")] = None,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Stage 02: train the world model (DreamerV3 by default) offline from datasets."""
+    from dreamer_core.stages import train_world_model as stage
+
+    flags = {
+        "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
+        "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
+        "precision": precision, "device": device, "skip_corrupt": skip_corrupt or None,
+    }
+    cfg = stage.make_config([str(d) for d in datasets], str(out), preset, set_, flags)
+    result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
+    parts = [f"{k.split('/', 1)[1]} {v:.4g}" for k, v in result.items() if k in (
+        "wm/loss", "val/wm/loss", "val/wm/openloop_mse_last", "val/wm/openloop_baseline_mse_last")]
+    typer.echo(f"trained {result['updates']} updates -> {out / stage.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
+
+
 @data_app.command("info")
 @user_errors
 def data_info(

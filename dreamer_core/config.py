@@ -21,6 +21,16 @@ from dreamer_core.errors import DreamerError
 
 C = TypeVar("C")
 
+def _size(deter: int, units: int, layers: int, depth: int, stoch: int = 32, classes: int = 32) -> dict[str, Any]:
+    """Overrides for one model size (GRU size, MLP width and depth, CNN base depth)."""
+    return {
+        "model.rssm.deter": deter, "model.rssm.hidden": units, "model.rssm.stoch": stoch,
+        "model.rssm.classes": classes, "model.encoder.cnn_depth": depth, "model.encoder.mlp_units": units,
+        "model.encoder.mlp_layers": layers, "model.heads.units": units, "model.heads.layers": layers,
+        "model.inverse.units": units,
+    }
+
+
 # Named presets: stage name -> preset name -> dotted overrides. A preset may say nothing about
 # a stage (applying it there changes nothing); a preset name that no stage knows is an error.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -32,6 +42,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # DMC: action repeat 2, 64x64 pixels.
         "dmc_vision": {"env.action_repeat": 2, "env.obs": "pixels"},
         "dmc_proprio": {"env.action_repeat": 2, "env.obs": "default"},
+    },
+    "train-world-model": {
+        # Variants (HYPERPARAMS.md). dreamerv3 is the default config; naming it is a no-op.
+        "dreamerv3": {},
+        "dreamerv2": {
+            "model.kl.mode": "v2", "model.kl.balance": 0.8, "model.kl.free_nats": 1.0,
+            "model.scales.kl": 1.0, "model.heads.reward": "mse", "model.encoder.symlog_inputs": False,
+            "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
+            "model.rssm.deter": 600, "model.rssm.hidden": 600,
+            "optim.lr": 3e-4, "optim.eps": 1e-5, "optim.clip": 100.0,
+        },
+        "dreamerv1": {
+            "model.rssm.latent": "gaussian", "model.rssm.stoch": 30, "model.rssm.deter": 200,
+            "model.rssm.hidden": 200, "model.kl.mode": "v1", "model.kl.free_nats": 3.0, "model.scales.kl": 1.0,
+            "model.heads.reward": "mse", "model.heads.units": 400, "model.encoder.symlog_inputs": False,
+            "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
+            "optim.lr": 6e-4, "optim.eps": 1e-7, "optim.clip": 100.0,
+        },
+        # 2025 code: one LaProp optimizer with adaptive gradient clipping, dyn scale 1.0.
+        "laprop": {"optim.name": "laprop", "optim.lr": 4e-5, "optim.eps": 1e-20, "optim.agc": 0.3,
+                   "optim.warmup": 1000, "model.scales.dyn": 1.0},
+        # Sizes of the DreamerV3 paper's table (2023 code), plus `tiny` for tests and smoke runs.
+        "tiny": _size(deter=64, units=64, layers=1, depth=8, stoch=8, classes=8) | {"batch_size": 4, "seq_len": 16},
+        "XS": _size(deter=256, units=256, layers=1, depth=24),
+        "S": _size(deter=512, units=512, layers=2, depth=32),
+        "M": _size(deter=1024, units=640, layers=3, depth=48),
+        "L": _size(deter=2048, units=768, layers=4, depth=64),
+        "XL": _size(deter=4096, units=1024, layers=5, depth=96),
     },
 }
 

@@ -1,15 +1,18 @@
-"""Console progress for long work (rich), cheap enough to call from a hot loop.
+"""Console progress and the metrics sink.
 
 ``ProgressBar.update`` only redraws every ``refresh`` seconds, so a collector can call it
-once per env step. The JSONL/TensorBoard metrics sink arrives with the training stages.
+once per env step. ``MetricsSink`` writes ``RUN/metrics.jsonl`` and TensorBoard events.
 
-Imports: rich only.
+Imports: rich, json; torch's SummaryWriter lazily (only when TensorBoard is on).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -78,3 +81,68 @@ class ProgressBar:
     def due(self) -> bool:
         """Whether the next update would redraw (lets callers build the status lazily)."""
         return self._progress is not None and time.monotonic() - self._last >= self.refresh
+
+
+class MetricsSink:
+    """Append metrics to ``RUN/metrics.jsonl`` (one JSON object per line with ``step``) and to
+    TensorBoard under ``RUN/tb/``.
+
+    Values are python floats by the time they arrive here: reduce tensors once per log
+    interval (one host sync), never per step.
+    """
+
+    def __init__(self, run_dir: Path | str, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> MetricsSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
+    """All records of ``RUN/metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan/inf
+    return value

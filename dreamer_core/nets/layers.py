@@ -1,0 +1,284 @@
+"""Building blocks shared by the encoders, the RSSM and the heads.
+
+Owns: norm and activation factories (``make_norm``, ``make_act``, ``ChannelNorm`` for NCHW
+feature maps), the ``MLP`` (Linear -> Norm -> Act blocks, DreamerV3 style), DreamerV3's weight
+initialisation (``init_weights``: truncated normal with fan-average scaling; ``zero_init`` for
+the reward and critic outputs), ``BlockLinear`` (block-diagonal linear map) and the two GRU
+cells of the RSSM: ``NormGRUCell`` (DreamerV3 2023: one Linear over ``[x, deter]`` with
+LayerNorm on the gates, update bias -1) and ``BlockGRUCell`` (DreamerV3 2025: block-diagonal
+recurrent weights).
+
+Imports: torch only. Must not import anything from dreamer_core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MLP",
+    "BlockGRUCell",
+    "BlockLinear",
+    "ChannelNorm",
+    "NormGRUCell",
+    "gru_update",
+    "init_weights",
+    "make_act",
+    "make_norm",
+    "zero_init",
+]
+
+NORMS = ("layer", "rms", "none")
+ACTS = ("silu", "elu", "relu", "gelu", "tanh", "none")
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """Normalisation over the last axis: ``layer`` (eps 1e-3, as DreamerV3), ``rms``, ``none``."""
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=1e-3)
+    if kind == "rms":
+        return nn.RMSNorm(dim, eps=1e-4)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
+
+
+def make_act(name: str) -> nn.Module:
+    """Activation module by name (one of ``ACTS``)."""
+    table = {
+        "silu": nn.SiLU,
+        "elu": nn.ELU,
+        "relu": nn.ReLU,
+        "gelu": nn.GELU,
+        "tanh": nn.Tanh,
+        "none": nn.Identity,
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; choose one of {ACTS}")
+    return table[name]()
+
+
+class ChannelNorm(nn.Module):
+    """Normalise an NCHW feature map over its channels only (DreamerV3's conv norm).
+
+    Shapes:
+        x, returns: ``[N, C, Hi, Wi]``
+    """
+
+    def __init__(self, kind: str, channels: int):
+        super().__init__()
+        self.norm = make_norm(kind, channels)
+        self.identity = kind == "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [N, C, Hi, Wi]
+
+
+class MLP(nn.Module):
+    """``layers`` blocks of Linear -> Norm -> Act, then an optional output Linear.
+
+    The hidden Linears have no bias when a norm follows (the norm's shift replaces it). With
+    ``layers=0`` and ``out_dim=None`` the MLP is the identity.
+
+    Args:
+        in_dim: input features.
+        out_dim: size of the final plain Linear, or None to end on the last hidden block.
+        units: hidden width.
+        layers: number of hidden blocks.
+        norm: ``layer`` | ``rms`` | ``none``.
+        act: activation name (see ``make_act``).
+
+    Shapes:
+        x: ``[..., in_dim]``      returns: ``[..., out_dim or units]``
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int | None = None,
+        units: int = 512,
+        layers: int = 2,
+        norm: str = "layer",
+        act: str = "silu",
+    ):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers):
+            blocks += [
+                nn.Linear(dim, units, bias=norm == "none"),
+                make_norm(norm, units),
+                make_act(act),
+            ]
+            dim = units
+        if out_dim is not None:
+            blocks.append(nn.Linear(dim, out_dim))
+            dim = out_dim
+        self.net = nn.Sequential(*blocks)
+        self.in_dim, self.out_dim = in_dim, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == self.in_dim, (x.shape, self.in_dim)
+        return self.net(x)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear map: G independent ``in/G -> out/G`` maps on consecutive slices.
+
+    Shapes:
+        x: ``[..., in_features]``      returns: ``[..., out_features]``
+    """
+
+    def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True):
+        super().__init__()
+        if in_features % blocks or out_features % blocks:
+            raise ValueError(
+                f"features {in_features}->{out_features} not divisible by {blocks} blocks"
+            )
+        self.in_features, self.out_features, self.blocks = in_features, out_features, blocks
+        self.weight = nn.Parameter(
+            torch.empty(blocks, in_features // blocks, out_features // blocks)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        trunc_normal_fan_avg_(self.weight, in_features // blocks, out_features // blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.blocks, self.in_features // self.blocks).transpose(0, 1)  # [G, M, i]
+        y = torch.bmm(x, self.weight.to(x.dtype)).transpose(0, 1)  # [M, G, o]
+        y = y.reshape(*lead, self.out_features)  # [..., out]
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def gru_update(gates: torch.Tensor, deter: torch.Tensor, update_bias: float = -1.0) -> torch.Tensor:
+    """DreamerV3's GRU state update from pre-activation gates ``[reset, cand, update]``.
+
+    ``reset = sigmoid(r)``, ``cand = tanh(reset * c)``, ``update = sigmoid(u + update_bias)``
+    (bias -1 makes the cell keep its state early in training), ``deter' = update * cand +
+    (1 - update) * deter``.
+
+    Shapes:
+        gates: ``[..., 3, D]`` (the three gates stacked)      deter, returns: ``[..., D]``
+    """
+    reset, cand, update = gates.unbind(-2)  # 3 x [..., D]
+    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    update = torch.sigmoid(update + update_bias)
+    return update * cand + (1.0 - update) * deter
+
+
+class NormGRUCell(nn.Module):
+    """DreamerV3 (2023) GRU: ``gates = Norm(W [x, deter])``, then :func:`gru_update`.
+
+    Shapes:
+        x: ``[..., in_dim]``      deter, returns: ``[..., D]``
+    """
+
+    def __init__(self, in_dim: int, deter: int, norm: str = "layer", update_bias: float = -1.0):
+        super().__init__()
+        self.linear = nn.Linear(in_dim + deter, 3 * deter, bias=norm == "none")
+        self.norm = make_norm(norm, 3 * deter)
+        self.deter, self.update_bias = deter, update_bias
+
+    def forward(self, x: torch.Tensor, deter: torch.Tensor) -> torch.Tensor:
+        gates = self.norm(self.linear(torch.cat([x, deter], -1)))  # [..., 3D]
+        gates = gates.unflatten(-1, (3, self.deter))  # [..., 3, D]
+        return gru_update(gates, deter, self.update_bias)
+
+
+class BlockGRUCell(nn.Module):
+    """DreamerV3 (2025) block GRU: G groups of D/G state units with block-diagonal weights.
+
+    Each group sees its own slice of ``deter`` and the whole (shared) input ``x``. In the
+    reference code the input is copied to every group and concatenated with the group's state
+    before a block-diagonal Linear; here the same map is computed without the copy as
+    ``BlockLinear(deter) + Linear(x)``. ``layers`` hidden blocks (Norm over all D, Act) precede
+    the block-diagonal gate layer, which has no norm. Gates are laid out per group, so the
+    recurrence never mixes groups; mixing comes from the input ``x`` (which in the RSSM includes
+    a projection of the full ``deter``).
+
+    Shapes:
+        x: ``[..., in_dim]``      deter, returns: ``[..., D]``
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        deter: int,
+        blocks: int,
+        layers: int = 1,
+        norm: str = "layer",
+        act: str = "silu",
+        update_bias: float = -1.0,
+    ):
+        super().__init__()
+        if layers < 1:
+            raise ValueError("BlockGRUCell needs at least one hidden layer")
+        bias = norm == "none"
+        self.deter_in = BlockLinear(deter, deter, blocks, bias=False)
+        self.x_in = nn.Linear(in_dim, deter, bias=bias)
+        hidden: list[nn.Module] = [make_norm(norm, deter), make_act(act)]
+        for _ in range(layers - 1):
+            hidden += [
+                BlockLinear(deter, deter, blocks, bias=bias),
+                make_norm(norm, deter),
+                make_act(act),
+            ]
+        self.hidden = nn.Sequential(*hidden)
+        self.gates = BlockLinear(deter, 3 * deter, blocks)
+        self.deter, self.blocks, self.update_bias = deter, blocks, update_bias
+
+    def forward(self, x: torch.Tensor, deter: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(self.deter_in(deter) + self.x_in(x))  # [..., D]
+        group = self.deter // self.blocks
+        gates = self.gates(h).unflatten(-1, (self.blocks, 3, group))  # [..., G, 3, D/G]
+        gates = gates.transpose(-3, -2).flatten(-2)  # [..., 3, D] (group-major inside each gate)
+        return gru_update(gates, deter, self.update_bias)
+
+
+# --- initialisation ----------------------------------------------------------------------------
+
+
+def trunc_normal_fan_avg_(
+    weight: torch.Tensor, fan_in: int, fan_out: int, scale: float = 1.0
+) -> None:
+    """DreamerV3 init: normal truncated at 2 std, ``std = sqrt(scale / fan_avg) / 0.8796``.
+
+    0.8796 is the std of a standard normal truncated to [-2, 2], so the result has the
+    variance of a fan-average (Glorot-like) normal.
+    """
+    std = math.sqrt(scale / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+    with torch.no_grad():
+        nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Apply DreamerV3 initialisation to every Linear / Conv / BlockLinear inside ``module``.
+
+    Weights get :func:`trunc_normal_fan_avg_` with each layer's own fans (receptive field
+    included for convolutions), biases zeros; norm layers keep their ones/zeros.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            receptive = math.prod(layer.weight.shape[2:])
+            fan_a, fan_b = layer.weight.shape[0] * receptive, layer.weight.shape[1] * receptive
+            trunc_normal_fan_avg_(layer.weight, fan_b, fan_a)
+        elif isinstance(layer, BlockLinear):
+            trunc_normal_fan_avg_(layer.weight, layer.weight.shape[1], layer.weight.shape[2])
+        else:
+            continue
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+def zero_init(linear: nn.Linear | BlockLinear) -> nn.Module:
+    """Zero the weights and bias (DreamerV3 reward and critic outputs start at exactly 0)."""
+    with torch.no_grad():
+        linear.weight.zero_()
+        if linear.bias is not None:
+            linear.bias.zero_()
+    return linear

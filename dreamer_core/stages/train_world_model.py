@@ -1,0 +1,444 @@
+"""Stage 02: train the world model offline from one or more datasets.
+
+    dreamer train-world-model data/cartpole --out runs/cartpole --updates 5000 --preset S
+
+Owns what the model does not: the held-out episode split, the sampler, the optimizer and
+gradient clipping, precision, logging cadence, loss-weight calibration, non-finite guards
+and checkpoints. Writes into RUN/: ``config.yaml``, ``world_model.pt`` (weights + config +
+spaces, what stage 03 loads), ``checkpoints/latest.pt`` (everything needed to resume),
+``metrics.jsonl`` and ``tb/``.
+
+Imports: world_model, optim, data, checkpoint, config, logging.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from dreamer_core import checkpoint
+from dreamer_core import config as config_lib
+from dreamer_core.data.dataset import Dataset
+from dreamer_core.data.sampler import SequenceSampler
+from dreamer_core.data.store import atomic_write_bytes
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import MetricsSink, ProgressBar, read_metrics
+from dreamer_core.optim import OptimConfig, clip_gradients, make_optimizer, warmup_factor
+from dreamer_core.types import Batch
+from dreamer_core.world_model import LossScales, WorldModel, WorldModelConfig
+
+WORLD_MODEL = "world_model.pt"
+LATEST = Path("checkpoints") / "latest.pt"
+
+
+@dataclass(frozen=True)
+class TrainWorldModelConfig:
+    """Everything `dreamer train-world-model` needs (see DESIGN.md §5 for the resolution order)."""
+
+    datasets: tuple[str, ...] = ()
+    out: str = "runs/world_model"
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 16
+    seq_len: int = 64
+    updates: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "float32"  # float32 | bf16 (autocast; master weights and losses stay float32)
+    val_fraction: float = 0.1  # share of episodes held out
+    val_batches: int = 4
+    log_every: int = 100
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    openloop_context: int = 5
+    openloop_horizon: int = 15
+    balance: str = "fixed"  # fixed (paper scales) | calibrate
+    calibrate_updates: int = 50
+    priority: tuple[str, ...] = ("recon", "reward", "cont", "dyn", "rep", "kl", "inverse")
+    max_nonfinite: int = 5
+    memory_budget: int = 4 << 30
+    skip_corrupt: bool = False
+
+
+def make_config(datasets: list[str], out: str, presets: list[str], sets: list[str],
+                flags: dict[str, Any]) -> TrainWorldModelConfig:
+    """Defaults, then presets in order, then the flags given (None = not given), then --set."""
+    cfg = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
+    cfg = config_lib.apply_presets(cfg, "train-world-model", presets)
+    cfg = config_lib.apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
+    return config_lib.apply_overrides(cfg, config_lib.parse_sets(sets))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DreamerError("--device cuda was asked for, but torch sees no CUDA device. Use --device auto or cpu.")
+    return torch.device(name)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def open_datasets(paths: tuple[str, ...], skip_corrupt: bool) -> list[Dataset]:
+    if not paths:
+        raise DreamerError("No dataset given. Pass one or more dataset directories written by `dreamer collect`.")
+    return [Dataset(p, skip_corrupt=skip_corrupt) for p in paths]
+
+
+def split_episodes(datasets: list[Dataset], fraction: float, seed: int) -> tuple[list[Dataset], list[Dataset]]:
+    """Hold out ``fraction`` of the episodes (at least one when there are two or more).
+
+    Returns two lists of Dataset views (same files, filtered ``refs``)."""
+    total = sum(d.num_episodes for d in datasets)
+    n_val = 0 if total < 2 or fraction <= 0 else max(1, int(round(fraction * total)))
+    rng = np.random.default_rng(seed)
+    val_ids = set(rng.choice(total, size=n_val, replace=False).tolist()) if n_val else set()
+    train, val, i = [], [], 0
+    for ds in datasets:
+        keep_train, keep_val = [], []
+        for ref in ds.refs:
+            (keep_val if i in val_ids else keep_train).append(ref)
+            i += 1
+        for refs, out in ((keep_train, train), (keep_val, val)):
+            if refs:
+                view = copy.copy(ds)
+                view.refs = refs
+                out.append(view)
+    return train, val
+
+
+def openloop_starts(sampler: SequenceSampler, length: int, count: int) -> np.ndarray:
+    """Up to ``count`` window starts that stay inside one episode for ``length`` rows."""
+    starts = np.asarray(sampler.episode_starts)
+    rows = np.diff(np.append(starts, sampler.num_rows))
+    candidates = [s for s, r in zip(starts, rows) if r >= length]
+    if not candidates:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.linspace(0, len(candidates) - 1, num=min(count, len(candidates))).round().astype(int)
+    return np.asarray(candidates, dtype=np.int64)[idx]
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One world-model training run (fresh or resumed)."""
+
+    def __init__(self, cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
+                 resume_updates: int | None = None):
+        """``resume_updates``: the new total when resuming (None: the run's own target)."""
+        self.run_dir = Path(cfg.out)
+        self.progress = progress
+        latest = self.run_dir / LATEST
+        blob = None
+        if resume:
+            blob = checkpoint.load(latest)
+            # The run's own config, except the data given now and a larger update budget.
+            stored = _config_from_dict(blob["config"])
+            cfg = dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
+                                      updates=resume_updates or stored.updates)
+        elif latest.exists() or (self.run_dir / WORLD_MODEL).exists():
+            raise DreamerError(
+                f"The run {self.run_dir} already holds a world model. Pass --resume to continue it, or "
+                "choose another --out; nothing was changed."
+            )
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        datasets = open_datasets(cfg.datasets, cfg.skip_corrupt)
+        self.observation_space, self.action_space = datasets[0].observation_space, datasets[0].action_space
+        if blob is not None:
+            checkpoint.check_spaces(blob, self.observation_space, self.action_space, "The dataset", latest)
+        train, val = split_episodes(datasets, cfg.val_fraction, cfg.seed)
+        self.sampler = SequenceSampler(train, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
+                                       memory_budget=cfg.memory_budget)
+        self.val_sampler = None
+        if val and sum(v.num_rows for v in val) >= cfg.seq_len:
+            self.val_sampler = SequenceSampler(val, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1,
+                                               memory_budget=cfg.memory_budget)
+        length = cfg.openloop_context + cfg.openloop_horizon
+        self.openloop_sampler = None
+        if val and sum(v.num_rows for v in val) >= length:
+            self.openloop_sampler = SequenceSampler(val, cfg.batch_size, length, seed=cfg.seed + 2,
+                                                    memory_budget=cfg.memory_budget)
+        self.model = WorldModel(cfg.model, self.observation_space, self.action_space).to(self.device)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.update = 0
+        self.calibration: dict[str, Any] | None = None
+        if blob is not None:
+            self._restore(blob)
+
+    # --- loop -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.update == 0 and cfg.balance == "calibrate" and self.calibration is None:
+            self.calibrate()
+        self._write_config()
+        sums: dict[str, float] = {}
+        count = nonfinite_in_row = 0
+        last_metrics: dict[str, float] = {}
+        start, start_update = time.perf_counter(), self.update
+        with MetricsSink(self.run_dir) as sink, ProgressBar(cfg.updates, "world model", self.progress) as bar:
+            bar.update(self.update, force=True)
+            while self.update < cfg.updates:
+                ok, metrics = self.train_step(self.sampler.sample())
+                if not ok:
+                    nonfinite_in_row += 1
+                    sink.log(self.update, {"wm/nonfinite": 1.0})
+                    if nonfinite_in_row >= cfg.max_nonfinite:
+                        raise DreamerError(
+                            f"Stopped after {nonfinite_in_row} non-finite losses in a row at update "
+                            f"{self.update}. The last good checkpoint ({self.run_dir / LATEST}) is kept. "
+                            "Lower the learning rate (--set optim.lr=...), use --precision float32, or "
+                            "check the dataset for extreme values; then continue with --resume."
+                        )
+                    continue
+                nonfinite_in_row = 0
+                self.update += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if self.update % cfg.log_every == 0 or self.update == cfg.updates:
+                    last_metrics = {f"wm/{k}": v / count for k, v in sums.items()}
+                    rate = (self.update - start_update) / (time.perf_counter() - start)
+                    last_metrics["wm/updates_per_second"] = rate
+                    sink.log(self.update, last_metrics)
+                    sums, count = {}, 0
+                if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
+                    last_metrics.update(self.evaluate())
+                    sink.log(self.update, {k: v for k, v in last_metrics.items() if k.startswith("val/")})
+                if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
+                    self.save()
+                if bar.due():
+                    loss = last_metrics.get("wm/loss", float("nan"))
+                    bar.update(self.update, f"loss {loss:.3f} | {self.update - start_update} updates")
+            bar.update(self.update, force=True)
+        return {"updates": self.update, **last_metrics}
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def train_step(self, batch: Batch, scales: LossScales | None = None) -> tuple[bool, dict[str, float]]:
+        """One update. Returns (finite, metrics as floats); a non-finite loss changes nothing."""
+        batch = batch.to(self.device)
+        self.model.train()
+        with self._autocast():
+            loss, metrics, _ = self.model.loss(batch)
+        grads_ok = True
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            norm = clip_gradients(self.model.parameters(), self.cfg.optim)
+            grads_ok = bool(torch.isfinite(norm))
+        if not (grads_ok and torch.isfinite(loss)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False, {}
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.optim.lr * warmup_factor(self.update, self.cfg.optim)
+        self.optimizer.step()
+        out = {k: float(v) for k, v in metrics.items()}  # one sync per update
+        out["loss"] = float(loss.detach())
+        out["grad_norm"] = float(norm)
+        return True, out
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss terms, latent usage, inverse accuracy and open-loop error vs baseline.
+
+        Runs on a forked RNG, so evaluating never changes what training samples next (a resumed
+        run reproduces an uninterrupted one whatever the evaluation cadence)."""
+        if self.val_sampler is None:
+            return {}
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        self.model.eval()
+        sums: dict[str, float] = {}
+        usage = []
+        state = self.val_sampler.state_dict()
+        for _ in range(self.cfg.val_batches):
+            batch = self.val_sampler.sample().to(self.device)
+            loss, metrics, post = self.model.loss(batch)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            usage.append(float(self.model.latent_usage(post)))
+            if self.model.inverse_head is not None:
+                acc = self.model.inverse_accuracy(post.feat(), batch)
+                sums["inverse_metric"] = sums.get("inverse_metric", 0.0) + float(acc)
+        self.val_sampler.load_state_dict(state)  # the same held-out windows every time
+        out.update({f"val/wm/{k}": v / self.cfg.val_batches for k, v in sums.items()})
+        out["val/wm/latent_usage"] = float(np.mean(usage))
+        out.update(self._openloop())
+        return out
+
+    def _openloop(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.openloop_sampler is None:
+            return {}
+        starts = openloop_starts(self.openloop_sampler, cfg.openloop_context + cfg.openloop_horizon, 64)
+        if len(starts) == 0:
+            return {}
+        result = self.model.open_loop(self.openloop_sampler.gather(starts).to(self.device),
+                                      cfg.openloop_context, cfg.openloop_horizon)
+        mse, base = result["mse"].cpu().numpy(), result["baseline"].cpu().numpy()
+        out = {
+            "val/wm/openloop_mse": float(mse.mean()),
+            "val/wm/openloop_mse_last": float(mse[-1]),
+            "val/wm/openloop_baseline_mse": float(base.mean()),
+            "val/wm/openloop_baseline_mse_last": float(base[-1]),
+            "val/wm/openloop_reward_mse": float(result["reward_mse"].mean()),
+            "val/wm/openloop_windows": float(len(starts)),
+        }
+        out["val/wm/openloop_ratio_last"] = out["val/wm/openloop_baseline_mse_last"] / max(out["val/wm/openloop_mse_last"], 1e-12)
+        return out
+
+    # --- loss-weight calibration ----------------------------------------------------------
+
+    def calibrate(self) -> dict[str, Any]:
+        """Measure each term with unit weights, then pick weights that order the weighted terms
+        by ``priority`` within one order of magnitude (see seeds/004: the hand recipe).
+
+        Trains a throwaway copy for ``calibrate_updates`` updates with unit weights, averages the
+        terms over the second half, and restores model, optimizer and RNG state, so calibration
+        does not change what the real run sees for a fixed seed.
+        """
+        cfg = self.cfg
+        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                 torch.get_rng_state(), self.sampler.state_dict())
+        unit = dataclasses.replace(cfg.model.scales, **{f.name: 1.0 for f in dataclasses.fields(LossScales)})
+        self.model.cfg = dataclasses.replace(cfg.model, scales=unit)
+        sums: dict[str, float] = {}
+        n = 0
+        for i in range(cfg.calibrate_updates):
+            ok, metrics = self.train_step(self.sampler.sample())
+            if ok and i >= cfg.calibrate_updates // 2:
+                n += 1
+                for k, v in metrics.items():
+                    if k.startswith("loss/"):
+                        sums[k[5:]] = sums.get(k[5:], 0.0) + abs(v)
+        self.model.load_state_dict(saved[0])
+        self.optimizer.load_state_dict(saved[1])
+        torch.set_rng_state(saved[2])
+        self.sampler.load_state_dict(saved[3])
+        magnitudes = {k: v / max(n, 1) for k, v in sums.items()}
+        weights = balance_weights(magnitudes, cfg.priority)
+        scales = dataclasses.replace(cfg.model.scales, **weights)
+        self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scales=scales))
+        self.model.cfg = self.cfg.model
+        self.calibration = {"magnitudes": magnitudes, "weights": weights}
+        lines = ", ".join(f"{k}: |{magnitudes[k]:.4g}| x {weights[k]:.4g}" for k in weights)
+        if self.progress:
+            print(f"calibrated loss weights ({cfg.calibrate_updates} updates): {lines}")
+        return self.calibration
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        data = {"stage": "train-world-model", "config": config_lib.to_dict(self.cfg)}
+        if self.calibration is not None:
+            data["calibration"] = self.calibration
+        atomic_write_bytes(self.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False).encode())
+
+    def save(self) -> None:
+        cfg_dict = config_lib.to_dict(self.cfg)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "update": self.update,
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "calibration": self.calibration,
+        }
+        checkpoint.save(self.run_dir / LATEST, state, cfg_dict, self.observation_space, self.action_space)
+        checkpoint.save(self.run_dir / WORLD_MODEL, {"model": self.model.state_dict(), "update": self.update,
+                                                     "calibration": self.calibration},
+                        cfg_dict, self.observation_space, self.action_space)
+
+    def _restore(self, blob: dict[str, Any]) -> None:
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.update = int(blob["update"])
+        self.sampler.load_state_dict(blob["sampler"])
+        torch.set_rng_state(blob["torch_rng"])
+        self.calibration = blob.get("calibration")
+        _truncate_metrics(self.run_dir, self.update)
+
+
+def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> dict[str, float]:
+    """Weights so that the weighted terms fall in ``priority`` order, spread evenly over one
+    order of magnitude (the first at the top), with the total loss magnitude unchanged.
+
+    Example: magnitudes {recon: 2000, reward: 3, cont: 0.1} -> weighted values in the ratio
+    1 : 10^(-1/3) : 10^(-2/3), summing to 2003.1.
+    """
+    order = [k for k in priority if k in magnitudes] + sorted(k for k in magnitudes if k not in priority)
+    n = len(order)
+    targets = {k: 10.0 ** (-i / n) for i, k in enumerate(order)}
+    scale = sum(magnitudes.values()) / sum(targets.values())
+    return {k: scale * targets[k] / max(magnitudes[k], 1e-8) for k in order}
+
+
+def _truncate_metrics(run_dir: Path, update: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= update]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def _config_from_dict(data: dict[str, Any]) -> TrainWorldModelConfig:
+    """Rebuild the config stored in a checkpoint (nested dataclasses, tuples from lists)."""
+    return _build(TrainWorldModelConfig, data)
+
+
+def _build(cls, data: dict[str, Any]):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
+        resume_updates: int | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the final metrics."""
+    trainer = Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates)
+    return trainer.run()
+
+
+def world_model_from_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
+    """Rebuild a WorldModel from ``world_model.pt`` alone (config and spaces are inside)."""
+    blob = checkpoint.load(path, map_location=device)
+    cfg = _config_from_dict(blob["config"])
+    obs_space, act_space = checkpoint.spaces(blob)
+    model = WorldModel(cfg.model, obs_space, act_space).to(device)
+    model.load_state_dict(blob["model"])
+    return model, blob
+

@@ -1,0 +1,186 @@
+"""Tests of nets/layers.py and nets/encoders.py: shapes, routing of keys, init, equivalences."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dreamer_core.nets.distributions import MSEDist, SymlogMSEDist
+from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image, split_keys
+from dreamer_core.nets.layers import (
+    MLP,
+    BlockGRUCell,
+    BlockLinear,
+    NormGRUCell,
+    init_weights,
+    zero_init,
+)
+
+SMALL = dict(cnn_depth=4, mlp_units=16, mlp_layers=1)
+
+
+def image(size: int, channels: int) -> gym.spaces.Box:
+    return gym.spaces.Box(0, 255, (size, size, channels), np.uint8)
+
+
+def vector(*shape: int) -> gym.spaces.Box:
+    return gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
+
+
+OBS_SPACES = {
+    "image64x3": gym.spaces.Dict({"image": image(64, 3)}),
+    "image64x1": gym.spaces.Dict({"image": image(64, 1)}),
+    "image16x3": gym.spaces.Dict({"image": image(16, 3)}),
+    "vector": gym.spaces.Dict({"state": vector(4)}),
+    "dict": gym.spaces.Dict(
+        {"image": image(16, 3), "depth": image(16, 1), "pos": vector(3), "speed": vector()}
+    ),
+}
+
+
+def random_obs(
+    space: gym.spaces.Dict, lead: tuple[int, ...], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    obs = {}
+    for key, sub in space.spaces.items():
+        if sub.dtype == np.uint8:
+            obs[key] = torch.randint(0, 256, (*lead, *sub.shape), dtype=torch.uint8, generator=gen)
+        else:
+            obs[key] = 10 * torch.randn((*lead, *sub.shape), generator=gen)
+    return obs
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def test_mlp_blocks_shapes_and_biases():
+    mlp = MLP(5, 3, units=8, layers=2, norm="layer", act="silu")
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert [m.bias is None for m in linears] == [True, True, False]
+    assert any(isinstance(m, nn.LayerNorm) for m in mlp.modules())
+    assert mlp(torch.randn(2, 4, 5)).shape == (2, 4, 3) and mlp.out_dim == 3
+    assert MLP(5, None, 8, 1, "rms", "elu")(torch.randn(7, 5)).shape == (7, 8)
+    assert all(
+        m.bias is not None for m in MLP(5, None, 8, 2, "none").modules() if isinstance(m, nn.Linear)
+    )
+    x = torch.randn(3, 5)
+    assert torch.equal(MLP(5, None, 8, 0)(x), x)
+    with pytest.raises(ValueError, match="unknown norm"):
+        MLP(5, 3, 8, 1, norm="batch")
+
+
+def test_init_weights_is_truncated_fan_avg_and_zero_init_zeroes():
+    layer = nn.Linear(600, 400)
+    init_weights(layer)
+    std = math.sqrt(1 / 500) / 0.87962566103423978
+    assert layer.weight.std().item() == pytest.approx(math.sqrt(1 / 500), rel=0.02)
+    assert layer.weight.abs().max().item() <= 2 * std and torch.equal(layer.bias, torch.zeros(400))
+    out = zero_init(nn.Linear(4, 3))
+    assert torch.equal(out(torch.randn(2, 4)), torch.zeros(2, 3))
+
+
+def test_block_linear_equals_a_block_diagonal_dense_linear():
+    block = BlockLinear(12, 8, blocks=4)
+    dense = torch.block_diag(*block.weight.detach())  # [12, 8]
+    x = torch.randn(2, 3, 12)
+    torch.testing.assert_close(block(x), x @ dense + block.bias.detach())
+    with pytest.raises(ValueError, match="divisible"):
+        BlockLinear(10, 8, blocks=4)
+
+
+def test_norm_gru_cell_matches_the_dreamerv3_formula():
+    cell = NormGRUCell(6, 4, norm="layer")
+    x, deter = torch.randn(3, 6), torch.randn(3, 4)
+    gates = cell.norm(cell.linear(torch.cat([x, deter], -1)))
+    reset, cand, update = gates.split(4, -1)
+    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    update = torch.sigmoid(update - 1)
+    torch.testing.assert_close(cell(x, deter), update * cand + (1 - update) * deter)
+
+
+def test_block_gru_cell_matches_the_copied_input_formulation():
+    """Reference: each group's Linear sees [deter_g, x]; our cell splits that into two maps."""
+    D, G, X = 8, 4, 5
+    cell = BlockGRUCell(X, D, G, layers=1, norm="none")
+    x, deter = torch.randn(2, X), torch.randn(2, D)
+    w_x = cell.x_in.weight.detach().T.reshape(X, G, D // G)  # [X, G, D/G]
+    weight = torch.cat([cell.deter_in.weight.detach(), w_x.transpose(0, 1)], 1)  # [G, D/G + X, D/G]
+    copies = x[:, None].expand(2, G, X)  # [2, G, X]
+    inputs = torch.cat([deter.reshape(2, G, D // G), copies], -1)  # [2, G, D/G + X]
+    hidden = torch.einsum("bgi,gio->bgo", inputs, weight).reshape(2, D) + cell.x_in.bias.detach()
+    hidden = torch.nn.functional.silu(hidden)
+    gates = cell.gates(hidden).reshape(2, G, 3, D // G)
+    reset, cand, update = (gates[:, :, i].reshape(2, D) for i in range(3))
+    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    update = torch.sigmoid(update - 1)
+    torch.testing.assert_close(cell(x, deter), update * cand + (1 - update) * deter)
+
+
+# --- encoder / decoder -------------------------------------------------------------------------
+
+
+def test_split_keys_routes_and_rejects():
+    assert split_keys(OBS_SPACES["dict"]) == (["depth", "image"], ["pos", "speed"])
+    with pytest.raises(ValueError, match="neither an image"):
+        split_keys(gym.spaces.Dict({"float_image": gym.spaces.Box(0, 1, (8, 8, 3), np.float32)}))
+    with pytest.raises(ValueError, match="powers of two"):
+        MultiEncoder(gym.spaces.Dict({"image": image(12, 3)}), **SMALL)
+    with pytest.raises(ValueError, match="share one size"):
+        MultiEncoder(gym.spaces.Dict({"a": image(16, 3), "b": image(32, 3)}), **SMALL)
+
+
+def test_preprocess_image_range():
+    pixels = torch.tensor([0, 255, 51], dtype=torch.uint8)
+    torch.testing.assert_close(preprocess_image(pixels), torch.tensor([-0.5, 0.5, -0.3]))
+
+
+@pytest.mark.parametrize("name", list(OBS_SPACES))
+@pytest.mark.parametrize("B, T", [(1, 1), (3, 5)])
+def test_encoder_decoder_shapes(name, B, T):
+    space = OBS_SPACES[name]
+    enc = MultiEncoder(space, **SMALL)
+    embed = enc(random_obs(space, (B, T)))
+    assert embed.shape == (B, T, enc.embed_dim) and torch.isfinite(embed).all()
+    dec = MultiDecoder(10, space, **SMALL)
+    dists = dec(torch.randn(B, T, 10))
+    assert set(dists) == set(dec.image_keys) | set(dec.vector_keys) == set(space.spaces)
+    for key, dist in dists.items():
+        assert isinstance(dist, MSEDist if key in dec.image_keys else SymlogMSEDist)
+        assert dist.mode.shape == (B, T, *space[key].shape)
+        target = random_obs(space, (B, T), seed=1)[key]
+        target = preprocess_image(target) if key in dec.image_keys else target
+        assert dist.log_prob(target).shape == (B, T)
+
+
+def test_embed_dims_of_the_dreamerv3_layout():
+    enc = MultiEncoder(OBS_SPACES["image64x3"], cnn_depth=32, cnn_mults=(2, 3, 4, 4))
+    assert enc.embed_dim == 4 * 4 * 128  # four stride-2 stages: 64 -> 4
+    enc = MultiEncoder(OBS_SPACES["image16x3"], cnn_depth=32, cnn_mults=(1, 2, 4, 8))
+    assert enc.embed_dim == 4 * 4 * 64  # two stages: 16 -> 4
+    assert MultiEncoder(OBS_SPACES["vector"], mlp_units=64, mlp_layers=2).embed_dim == 64
+
+
+def test_encoder_treats_every_row_independently_and_accepts_any_lead_shape():
+    space = OBS_SPACES["dict"]
+    enc = MultiEncoder(space, **SMALL)
+    obs = random_obs(space, (2, 3))
+    embed = enc(obs)  # [2, 3, E]
+    single = enc({k: v[1, 2] for k, v in obs.items()})  # [E]
+    flat = enc({k: v.flatten(0, 1) for k, v in obs.items()})  # [6, E]
+    torch.testing.assert_close(single, embed[1, 2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flat, embed.flatten(0, 1))
+
+
+def test_kernel_five_and_large_images():
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (128, 64, 1), np.uint8)})
+    enc = MultiEncoder(space, cnn_depth=2, kernel=5)
+    assert enc(random_obs(space, (2,))).shape == (2, enc.embed_dim)
+    assert enc.cnn.out_shape == (8, 8, 4)  # 4 stages (shorter side 64 -> 4)
+    dec = MultiDecoder(6, space, cnn_depth=2, kernel=5)
+    assert dec(torch.randn(2, 6))["image"].mode.shape == (2, 128, 64, 1)
