@@ -13,8 +13,6 @@ Imports: torch, data.schema, data.store, errors.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +42,7 @@ def save(path: Path | str, payload: dict[str, Any], config: dict[str, Any],
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    store.fsync_dir(path.parent)
+    store.atomic_write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
