@@ -175,3 +175,15 @@ def test_inverse_head_learns_a_deterministic_action_mapping(tmp_path):
                             {"updates": 150, "model.inverse.enabled": True})
     result = stage.run(cfg, progress=False)
     assert result["val/wm/inverse_metric"] > 0.9, result
+
+
+def test_thin_script_runs_the_same_command(dummy_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "02_train_world_model.py"
+    done = subprocess.run([sys.executable, str(script), str(dummy_data), "--out", str(tmp_path / "run"),
+                           "--updates", "3", "--preset", "tiny", "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trained 3 updates" in done.stdout and (tmp_path / "run" / "world_model.pt").exists()
