@@ -26,6 +26,7 @@ from dreamer_core.nets.distributions import (
     symlog,
     two_hot,
 )
+from tests.nets import single_thread  # noqa: F401  (autouse fixture)
 
 BINS5 = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
 

@@ -20,6 +20,7 @@ from dreamer_core.nets.layers import (
     init_weights,
     zero_init,
 )
+from tests.nets import single_thread  # noqa: F401  (autouse fixture)
 
 SMALL = dict(cnn_depth=4, mlp_units=16, mlp_layers=1)
 

@@ -10,6 +10,7 @@ import torch
 from dreamer_core.nets.distributions import GaussianLatent, OneHotDist, kl_categorical, kl_gaussian
 from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
 from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
+from tests.nets import single_thread  # noqa: F401  (autouse fixture)
 from tests.nets.test_layers_encoders import OBS_SPACES, SMALL, random_obs
 
 E, A = 6, 3
