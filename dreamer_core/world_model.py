@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_core import losses
+from dreamer_core.errors import DreamerError
 from dreamer_core.nets import distributions as dists
 from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
 from dreamer_core.nets.layers import MLP, zero_init
@@ -144,6 +145,11 @@ class WorldModel(nn.Module):
         self.cont_head = MLP(feat, 1, heads.units, heads.layers, norm=cfg.norm, act=cfg.act)
         self.inverse_head = None
         if cfg.inverse.enabled:
+            if self.codec.kind == "multidiscrete":
+                raise DreamerError(
+                    f"--inverse-model supports Discrete, MultiBinary and Box actions, not {action_space}. "
+                    "Train without --inverse-model for this dataset."
+                )
             inv = cfg.inverse
             self.inverse_head = MLP(2 * feat, self._inverse_out_dim(), inv.units, inv.layers, norm=cfg.norm,
                                     act=cfg.act)
