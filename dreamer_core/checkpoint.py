@@ -74,12 +74,7 @@ def spaces(blob: dict[str, Any]) -> tuple[gym.spaces.Dict, gym.Space]:
 def check_spaces(blob: dict[str, Any], observation_space: gym.Space, action_space: gym.Space,
                  what: str, checkpoint_path: Path | str) -> None:
     """Raise a clear DreamerError when data (or an env) does not fit the checkpoint's spaces."""
-    obs, act = spaces(blob)
-    problems = []
-    if not schema.spaces_equal(obs, observation_space):
-        problems.append(f"observations {observation_space} (the checkpoint expects {obs})")
-    if not schema.spaces_equal(act, action_space):
-        problems.append(f"actions {action_space} (the checkpoint expects {act})")
+    problems = schema.space_mismatches(*spaces(blob), observation_space, action_space)
     if problems:
         raise DreamerError(
             f"{what} does not fit the checkpoint {checkpoint_path}: it has {' and '.join(problems)}. "

@@ -122,6 +122,18 @@ def spaces_equal(a: gym.Space, b: gym.Space) -> bool:
     return space_to_json(a) == space_to_json(b)
 
 
+def space_mismatches(
+    expected_obs: gym.Space, expected_act: gym.Space, got_obs: gym.Space, got_act: gym.Space
+) -> list[str]:
+    """Human-readable differences between two (observation, action) space pairs; [] if none."""
+    problems = []
+    if not spaces_equal(expected_obs, got_obs):
+        problems.append(f"observation space {got_obs} (expected {expected_obs})")
+    if not spaces_equal(expected_act, got_act):
+        problems.append(f"action space {got_act} (expected {expected_act})")
+    return problems
+
+
 def _bound_to_json(bound: np.ndarray) -> Any:
     # Store a scalar when the bound is uniform, so JSON stays small for images.
     flat = np.asarray(bound, dtype=np.float64).ravel()

@@ -152,16 +152,13 @@ def prepare_output_dir(
     path.mkdir(parents=True, exist_ok=True)
     shards, _ = store.scan(path)
     if shards:
-        existing_obs = schema.space_from_json(shards[0].observation_space)
-        existing_act = schema.space_from_json(shards[0].action_space)
-        problems = []
-        if not schema.spaces_equal(existing_obs, observation_space):
-            problems.append(f"observation space {existing_obs} (new data: {observation_space})")
-        if not schema.spaces_equal(existing_act, action_space):
-            problems.append(f"action space {existing_act} (new data: {action_space})")
+        problems = schema.space_mismatches(
+            schema.space_from_json(shards[0].observation_space), schema.space_from_json(shards[0].action_space),
+            observation_space, action_space,
+        )
         if problems:
             raise SpacesMismatchError(
-                f"The dataset {path} holds data of env '{shards[0].env_id}' with "
+                f"The dataset {path} holds data of env '{shards[0].env_id}'; the new data has "
                 f"{' and '.join(problems)}. A dataset keeps one set of spaces so every window "
                 "can be batched; nothing was written. Write this data to a new --out directory, "
                 "or collect with the same env options (e.g. --pixels, --size) as the existing data."
