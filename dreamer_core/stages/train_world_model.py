@@ -55,6 +55,8 @@ class TrainWorldModelConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "float32"  # float32 | bf16 (autocast; master weights and losses stay float32)
+    threads: int = 0  # torch CPU threads; 0 = torch's default. Use 1 when other busy processes share the CPU:
+    # OpenMP spin-waiting made a 2-thread update up to 180x slower under contention on 2 cores.
     val_fraction: float = 0.1  # share of episodes held out
     val_batches: int = 4
     log_every: int = 100
@@ -155,6 +157,8 @@ class Trainer:
             )
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         datasets = open_datasets(cfg.datasets, cfg.skip_corrupt)
         self.observation_space, self.action_space = datasets[0].observation_space, datasets[0].action_space

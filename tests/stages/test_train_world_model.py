@@ -187,3 +187,13 @@ def test_thin_script_runs_the_same_command(dummy_data, tmp_path):
                            "--updates", "3", "--preset", "tiny", "-q"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "trained 3 updates" in done.stdout and (tmp_path / "run" / "world_model.pt").exists()
+
+
+def test_threads_setting(dummy_data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg = stage.make_config([str(dummy_data)], str(tmp_path / "run"), ["tiny"], ["threads=1"], {"updates": 1})
+        stage.Trainer(cfg, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
