@@ -322,7 +322,9 @@ def _decoder_target(obs: Tensor) -> Tensor:
 
 
 def _per_step_mse(pred: Tensor, truth: Tensor) -> Tensor:
-    """``[B, H, ...]`` -> ``[H]``; uint8 truth is compared in [0, 1] units (pred already is)."""
+    """``[B, H, ...]`` -> ``[H]``; uint8 tensors (frames) are compared in [0, 1] units."""
     if truth.dtype == torch.uint8:
         truth = truth.float() / 255.0
+    if pred.dtype == torch.uint8:  # the repeat-last-frame baseline
+        pred = pred.float() / 255.0
     return (pred.float() - truth.float()).pow(2).flatten(2).mean(-1).mean(0)

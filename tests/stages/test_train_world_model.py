@@ -197,3 +197,25 @@ def test_threads_setting(dummy_data, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_open_loop_errors_are_in_pixel_units_for_model_and_baseline(tmp_path):
+    """Both the model's and the repeat-last baseline's image errors are in [0, 1] pixel units,
+    and with a context covering the window the baseline is the exact frame difference."""
+    from dreamer_core.world_model import _per_step_mse
+
+    truth = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
+    last = truth[:, :1].expand_as(truth)
+    expected = ((last.float() - truth.float()) / 255).pow(2).flatten(2).mean(-1).mean(0)
+    torch.testing.assert_close(_per_step_mse(last, truth), expected)
+    assert _per_step_mse(last, truth).max() <= 1.0
+    obs_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+    ds = _write_dataset(tmp_path / "ds", obs_space, ACTION_SPACES["discrete"], episodes=2, steps=30)
+    cfg = stage.make_config([], "x", ["tiny"], [], {})
+    model = WorldModel(cfg.model, ds.observation_space, ds.action_space)
+    batch = SequenceSampler(ds, 2, 12, seed=0).gather([0, 31])
+    result = model.open_loop(batch, context=4, horizon=8)
+    assert result["mse"].shape == (8,) and result["baseline"].shape == (8,)
+    assert float(result["mse"].max()) <= 1.0 and float(result["baseline"].max()) <= 1.0
+    torch.testing.assert_close(result["baseline"], _per_step_mse(batch.obs["image"][:, 3:4].expand(-1, 8, -1, -1, -1),
+                                                                 batch.obs["image"][:, 4:12]))
