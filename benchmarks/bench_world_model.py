@@ -149,17 +149,17 @@ def main() -> None:
             lines += profile_summary(*models[key], label=f"{key[0]} {key[1]}") + [""]
     if args.compile and ("XS", "vector") in models:
         model, sampler, cfg = models[("XS", "vector")]
-        compiled = torch.compile(model.loss)
+        compiled = torch.compile(model.loss, dynamic=False)
         start = time.perf_counter()
         time_updates(model, sampler, cfg, 1, bf16=False, loss_fn=compiled)
         cold = time.perf_counter() - start
         warm = time_updates(model, sampler, cfg, args.updates, bf16=False, loss_fn=compiled)
         eager = time_updates(model, sampler, cfg, args.updates, bf16=False)
         text = (f"## torch.compile (stage 02)\n\nCommand: `python benchmarks/bench_world_model.py --sizes XS "
-                f"--updates {args.updates} --compile`. `torch.compile(model.loss)` on the XS vector world model, "
+                f"--updates {args.updates} --compile`. `torch.compile(model.loss, dynamic=False)` on the XS vector world model, "
                 f"B=16, T=64: cold compile + 3 warm-up updates {cold:.0f} s; then {warm:.0f} ms/update vs eager "
                 f"{eager:.0f} ms/update measured right after ({eager / warm:.2f}x). The 64-step RSSM loop is unrolled "
-                "into the graph, hence the long cold start; it is off by default.")
+                "into the graph (long cold start), and `F.one_hot` of the actions breaks the graph; no gain, so it is off.")
         print(text)
         update_section("world-model-compile", text)
         if args.compile_only:
