@@ -180,12 +180,8 @@ def read_rows(f: h5py.File, lo: int, hi: int) -> schema.Episode:
 
 
 def _row_bytes(observation_space: gym.spaces.Dict, action_space: gym.Space) -> int:
-    total = 8  # reward and flags
-    for space in observation_space.spaces.values():
-        shape, dtype = schema.obs_column_spec(space)
-        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    shape, dtype = schema.action_column_spec(action_space)
-    return total + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    obs = sum(schema.column_bytes(*schema.obs_column_spec(s)) for s in observation_space.spaces.values())
+    return 8 + obs + schema.column_bytes(*schema.action_column_spec(action_space))  # 8: reward and flags
 
 
 def _slice(columns: schema.Episode, lo: int, hi: int) -> schema.Episode:

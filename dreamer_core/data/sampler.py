@@ -208,7 +208,7 @@ class SequenceSampler:
     @property
     def memory_bytes(self) -> int:
         """Bytes of the rows held in memory (allocated capacity may be larger)."""
-        columns = self._rows * sum(_row_bytes(*spec) for spec in self._memory_specs().values())
+        columns = self._rows * sum(schema.column_bytes(*spec) for spec in self._memory_specs().values())
         appended = sum(
             array.nbytes for s in self._segments if s.arrays for array in s.arrays.values()
         )
@@ -436,10 +436,10 @@ class SequenceSampler:
         """
         if memory_budget < 0:
             raise ValueError(f"memory_budget must be >= 0 bytes, got {memory_budget}")
-        sizes = {k: rows * _row_bytes(*spec) for k, spec in self._obs_specs.items()}
+        sizes = {k: rows * schema.column_bytes(*spec) for k, spec in self._obs_specs.items()}
         images = [k for k, s in self.observation_space.spaces.items() if schema.is_image_space(s)]
         used = sum(size for k, size in sizes.items() if k not in images)
-        used += sum(rows * _row_bytes(*spec) for spec in self._column_specs.values())
+        used += sum(rows * schema.column_bytes(*spec) for spec in self._column_specs.values())
         disk = []
         for key in sorted(images, key=lambda k: sizes[k]):
             if used + sizes[key] <= memory_budget:
@@ -660,10 +660,6 @@ def _check_column(
             "or the manifest is inconsistent: delete dataset.json (it is rebuilt from the "
             "shards) or move the shard out of the dataset."
         )
-
-
-def _row_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def _is_positive_int(value: Any) -> bool:

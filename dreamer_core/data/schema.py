@@ -183,6 +183,22 @@ def action_column_spec(space: gym.Space) -> tuple[tuple[int, ...], np.dtype]:
     raise TypeError(f"unsupported action space {space}")
 
 
+def column_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes of one row of a column with this per-row shape and dtype."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def episode_flags(rows: int, terminated: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``is_first``, ``is_last``, ``is_terminal`` of one episode of ``rows`` rows (see the diagram)."""
+    is_first = np.zeros(rows, dtype=bool)
+    is_first[0] = True
+    is_last = np.zeros(rows, dtype=bool)
+    is_last[-1] = True
+    is_terminal = np.zeros(rows, dtype=bool)
+    is_terminal[-1] = bool(terminated)
+    return is_first, is_last, is_terminal
+
+
 # --- the episode record ----------------------------------------------------------------------
 
 
@@ -252,13 +268,7 @@ class Episode:
         if steps == 0:  # keep the action's per-row shape even without any action
             action = np.zeros((1, *actions.shape[1:]), dtype=actions.dtype)
         reward = np.concatenate([np.zeros(1, np.float32), rewards])
-        is_first = np.zeros(steps + 1, dtype=bool)
-        is_first[0] = True
-        is_last = np.zeros(steps + 1, dtype=bool)
-        is_last[-1] = True
-        is_terminal = np.zeros(steps + 1, dtype=bool)
-        is_terminal[-1] = bool(terminated)
-        return cls(dict(observations), action, reward, is_first, is_last, is_terminal)
+        return cls(dict(observations), action, reward, *episode_flags(steps + 1, terminated))
 
     def to_transitions(
         self,
@@ -299,10 +309,7 @@ class Episode:
         for name in (REWARD, *FLAGS):
             if getattr(self, name).shape != (rows,):
                 raise ValueError(f"{name} shape {getattr(self, name).shape} != ({rows},)")
-        expected_first = np.zeros(rows, bool)
-        expected_first[0] = True
-        expected_last = np.zeros(rows, bool)
-        expected_last[-1] = True
+        expected_first, expected_last, _ = episode_flags(rows, terminated=False)
         if not np.array_equal(self.is_first, expected_first):
             raise ValueError("is_first must be set on row 0 only")
         if not np.array_equal(self.is_last, expected_last):

@@ -108,19 +108,11 @@ class EpisodeBuilder:
     def finish(self, terminated: bool) -> schema.Episode:
         """Return the episode so far (copied) as rows; ``terminated`` marks its final row."""
         n = self.rows
-        is_first = np.zeros(n, bool)
-        is_first[0] = True
-        is_last = np.zeros(n, bool)
-        is_last[-1] = True
-        is_terminal = np.zeros(n, bool)
-        is_terminal[-1] = bool(terminated)
         episode = schema.Episode(
-            obs={k: v[:n].copy() for k, v in self.obs.items()},
-            action=self.action[:n].copy(),
-            reward=self.reward[:n].copy(),
-            is_first=is_first,
-            is_last=is_last,
-            is_terminal=is_terminal,
+            {k: v[:n].copy() for k, v in self.obs.items()},
+            self.action[:n].copy(),
+            self.reward[:n].copy(),
+            *schema.episode_flags(n, terminated),
         )
         self.rows = 0
         return episode
