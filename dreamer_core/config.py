@@ -90,6 +90,14 @@ def apply_presets(cfg: C, stage: str, names: Iterable[str]) -> C:
     return cfg
 
 
+def resolve(base: C, stage: str, presets: Iterable[str], flags: Mapping[str, Any], sets: Iterable[str]) -> C:
+    """The one resolution order: ``base`` (defaults), presets in order, the flags the user gave
+    (dotted keys; None means not given), then ``--set key=value`` overrides."""
+    cfg = apply_presets(base, stage, presets)
+    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
+    return apply_overrides(cfg, parse_sets(sets))
+
+
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
     """Parse ``["a.b=1", "c=x"]`` into ``{"a.b": "1", "c": "x"}`` (values converted later)."""
     out: dict[str, Any] = {}
@@ -185,6 +193,22 @@ def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{f.name}")
     return keys
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output (lists become tuples)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -213,9 +213,7 @@ class _StopRequest:
 def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> CollectConfig:
     """Resolve a CollectConfig: defaults, then presets in order, then the flags the user gave
     (dotted keys; None means not given), then ``--set`` overrides."""
-    cfg = config_lib.apply_presets(CollectConfig(out=out), "collect", presets)
-    given = {k: v for k, v in flags.items() if v is not None}
-    if "episodes" in given and "steps" not in given:
-        given["steps"] = 0  # --episodes N alone replaces the default step budget
-    cfg = config_lib.apply_overrides(cfg, given)
-    return config_lib.apply_overrides(cfg, config_lib.parse_sets(sets))
+    flags = dict(flags)
+    if flags.get("episodes") is not None and flags.get("steps") is None:
+        flags["steps"] = 0  # --episodes N alone replaces the default step budget
+    return config_lib.resolve(CollectConfig(out=out), "collect", presets, flags, sets)

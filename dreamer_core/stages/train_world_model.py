@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import json
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,8 @@ class TrainWorldModelConfig:
 def make_config(datasets: list[str], out: str, presets: list[str], sets: list[str],
                 flags: dict[str, Any]) -> TrainWorldModelConfig:
     """Defaults, then presets in order, then the flags given (None = not given), then --set."""
-    cfg = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
-    cfg = config_lib.apply_presets(cfg, "train-world-model", presets)
-    cfg = config_lib.apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    return config_lib.apply_overrides(cfg, config_lib.parse_sets(sets))
+    base = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
+    return config_lib.resolve(base, "train-world-model", presets, flags, sets)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,7 +144,7 @@ class Trainer:
         if resume:
             blob = checkpoint.load(latest)
             # The run's own config, except the data given now and a larger update budget.
-            stored = _config_from_dict(blob["config"])
+            stored = config_lib.from_dict(TrainWorldModelConfig, blob["config"])
             cfg = dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
                                       updates=resume_updates or stored.updates)
         elif latest.exists() or (self.run_dir / WORLD_MODEL).exists():
@@ -410,26 +407,6 @@ def _truncate_metrics(run_dir: Path, update: int) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
-def _config_from_dict(data: dict[str, Any]) -> TrainWorldModelConfig:
-    """Rebuild the config stored in a checkpoint (nested dataclasses, tuples from lists)."""
-    return _build(TrainWorldModelConfig, data)
-
-
-def _build(cls, data: dict[str, Any]):
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, hint = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value)
-        elif typing.get_origin(hint) is tuple:
-            value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
     """Train (or resume) and return the final metrics."""
@@ -440,7 +417,7 @@ def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
 def world_model_from_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
     """Rebuild a WorldModel from ``world_model.pt`` alone (config and spaces are inside)."""
     blob = checkpoint.load(path, map_location=device)
-    cfg = _config_from_dict(blob["config"])
+    cfg = config_lib.from_dict(TrainWorldModelConfig, blob["config"])
     obs_space, act_space = checkpoint.spaces(blob)
     model = WorldModel(cfg.model, obs_space, act_space).to(device)
     model.load_state_dict(blob["model"])
