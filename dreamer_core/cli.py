@@ -151,8 +151,9 @@ def train_world_model(
     }
     cfg = stage.make_config([str(d) for d in datasets], str(out), preset, set_, flags)
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
-    parts = [f"{k.split('/', 1)[1]} {v:.4g}" for k, v in result.items() if k in (
-        "wm/loss", "val/wm/loss", "val/wm/openloop_mse_last", "val/wm/openloop_baseline_mse_last")]
+    labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
+              "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
+    parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
     typer.echo(f"trained {result['updates']} updates -> {out / stage.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
