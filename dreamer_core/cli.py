@@ -1,6 +1,9 @@
 """The `dreamer` command line: one typer app, one command per stage, plus `data` tools.
 
     dreamer collect --env CartPole-v1 --out data/cartpole --steps 20000
+    dreamer train-world-model data/cartpole --out runs/cartpole
+    dreamer train-behavior --run runs/cartpole
+    dreamer evaluate --run runs/cartpole --episodes 20 --video
     dreamer data info data/cartpole
     dreamer data import-minari ~/.minari/datasets/cartpole/random-v0 data/cartpole-minari
     dreamer data export-minari data/cartpole exported/cartpole
@@ -155,6 +158,66 @@ def train_world_model(
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
     typer.echo(f"trained {result['updates']} updates -> {out / stage.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
+
+
+@app.command("train-behavior")
+@user_errors
+def train_behavior(
+    run: Annotated[Path, typer.Option("--run", help="Run directory holding world_model.pt (from train-world-model).")],
+    dataset: Annotated[list[Path], typer.Option("--dataset", help="Replay data (repeatable); default: the run's own datasets.")] = [],
+    updates: Annotated[int | None, typer.Option(help="Actor-critic updates in total (default 5000).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the behavior in --run from its last checkpoint.")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="B replay windows (default: the world model's).")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="T (default: the world model's); B*T start states.")] = None,
+    horizon: Annotated[int | None, typer.Option(help="Imagination horizon H (default 15).")] = None,
+    actor_grad: Annotated[str | None, typer.Option("--actor-grad", help="auto | reinforce | dynamics.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Stage 03: train the actor-critic in imagination from the run's frozen world model."""
+    from dreamer_core.stages import train_behavior as stage
+
+    flags = {
+        "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "behavior.horizon": horizon,
+        "behavior.actor.grad": actor_grad, "seed": seed, "device": device, "skip_corrupt": skip_corrupt or None,
+    }
+    cfg = stage.make_config(str(run), [str(d) for d in dataset], preset, set_, flags)
+    result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
+    parts = [f"{label} {result[key]:.4g}" for key, label in
+             (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
+    typer.echo(f"trained {result['updates']} behavior updates -> {run / stage.BEHAVIOR}"
+               + (f" ({', '.join(parts)})" if parts else ""))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", help="Run directory with world_model.pt and behavior.pt.")],
+    env: Annotated[str | None, typer.Option("--env", help="Env id (default: the env the run's data came from).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Episodes to play (default 10).")] = None,
+    video: Annotated[bool, typer.Option("--video", help="Write real | reconstruction | dream videos.")] = False,
+    video_format: Annotated[str | None, typer.Option("--video-format", help="gif (default) | mp4.")] = None,
+    mode: Annotated[str | None, typer.Option(help="mode (greedy, default) | sample.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Episode i uses seed + i (default 0).")] = None,
+    env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Stage 04: play episodes with the run's agent in the real env; report, plot, videos."""
+    from dreamer_core.stages import evaluate as stage
+
+    _import_env_modules(env_module)
+    flags = {"env": env, "episodes": episodes, "video": video or None, "video_format": video_format,
+             "mode": mode, "seed": seed, "device": device}
+    cfg = stage.make_config(str(run), preset, set_, flags)
+    result = stage.run(cfg, progress=not quiet)
+    typer.echo(result.summary_line())
 
 
 @data_app.command("info")

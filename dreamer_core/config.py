@@ -31,6 +31,12 @@ def _size(deter: int, units: int, layers: int, depth: int, stoch: int = 32, clas
     }
 
 
+def _behavior_size(units: int, layers: int) -> dict[str, Any]:
+    """Actor and critic MLP width and depth of one model size."""
+    return {"behavior.actor.units": units, "behavior.actor.layers": layers,
+            "behavior.critic.units": units, "behavior.critic.layers": layers}
+
+
 # Named presets: stage name -> preset name -> dotted overrides. A preset may say nothing about
 # a stage (applying it there changes nothing); a preset name that no stage knows is an error.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -70,6 +76,32 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "M": _size(deter=1024, units=640, layers=3, depth=48),
         "L": _size(deter=2048, units=768, layers=4, depth=64),
         "XL": _size(deter=4096, units=1024, layers=5, depth=96),
+    },
+    "train-behavior": {
+        "dreamerv3": {},
+        # DreamerV2 (Atari settings of its configs): MSE critic copied to the target every 100
+        # updates and bootstrapping the returns; no return normalisation; no replay value loss.
+        "dreamerv2": {
+            "behavior.gamma": 0.999, "behavior.actor.entropy": 1e-3, "behavior.actor.unimix": 0.0,
+            "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0, "behavior.critic.slow_every": 100,
+            "behavior.critic.slow_reg": 0.0, "behavior.critic.slow_target": True, "behavior.critic.replay_scale": 0.0,
+            "behavior.retnorm.mode": "none", "behavior.norm": "none", "behavior.act": "elu",
+            "behavior.actor_optim.lr": 4e-5, "behavior.critic_optim.lr": 1e-4,
+        },
+        # DreamerV1: dynamics backprop for every action kind, MSE value, no entropy bonus.
+        "dreamerv1": {
+            "behavior.gamma": 0.99, "behavior.actor.entropy": 0.0, "behavior.actor.unimix": 0.0,
+            "behavior.actor.grad": "dynamics", "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0,
+            "behavior.critic.slow_reg": 0.0, "behavior.critic.replay_scale": 0.0, "behavior.retnorm.mode": "none",
+            "behavior.norm": "none", "behavior.act": "elu", "behavior.actor_optim.lr": 8e-5,
+            "behavior.critic_optim.lr": 8e-5,
+        },
+        "tiny": _behavior_size(64, 1) | {"batch_size": 4, "seq_len": 16},
+        "XS": _behavior_size(256, 1),
+        "S": _behavior_size(512, 2),
+        "M": _behavior_size(640, 3),
+        "L": _behavior_size(768, 4),
+        "XL": _behavior_size(1024, 5),
     },
 }
 

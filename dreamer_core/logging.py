@@ -91,10 +91,11 @@ class MetricsSink:
     interval (one host sync), never per step.
     """
 
-    def __init__(self, run_dir: Path | str, tensorboard: bool = True):
+    def __init__(self, run_dir: Path | str, tensorboard: bool = True, name: str = "metrics.jsonl"):
+        """``name``: the JSONL file inside ``run_dir`` (stage 03 writes ``behavior_metrics.jsonl``)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl = open(self.run_dir / name, "a", buffering=1)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -127,9 +128,9 @@ class MetricsSink:
         self.close()
 
 
-def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
-    """All records of ``RUN/metrics.jsonl`` (a torn last line from a crash is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_metrics(run_dir: Path | str, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """All records of ``RUN/<name>`` (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / name
     records = []
     if path.exists():
         for line in path.read_text().splitlines():

@@ -3,20 +3,25 @@
 A policy receives the batched observations of K envs and a flag per env that says which of
 them just started an episode (so a stateful agent can reset its latent state there), and
 returns one action per env in the action space's dtype. ``RandomPolicy`` samples uniformly;
-the trained agent (stage 03) plugs in through :func:`load_policy` with a run directory.
+``AgentPolicy`` runs a trained agent (stage 03): the world model filters the observations
+into a latent state per env and the actor picks the action. Building either from a
+``--policy`` string (``random`` or a run directory) is ``stages.agents.load_policy``.
 
-Imports: numpy, gymnasium, errors (the agent policy will add world_model and behavior).
+Imports: numpy, gymnasium, torch, errors, world_model, behavior.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+import torch
 
+from dreamer_core.behavior import ActorCritic
 from dreamer_core.errors import DreamerError
+from dreamer_core.nets.rssm import RSSMState
+from dreamer_core.world_model import WorldModel
 
 
 class Policy(Protocol):
@@ -86,27 +91,57 @@ class RandomPolicy:
         raise DreamerError(f"RandomPolicy cannot sample the action space {space}.")
 
 
-def load_policy(
-    spec: str, observation_space: gym.spaces.Dict, action_space: gym.Space, num_envs: int,
-    seed: int | None = None, device: str = "auto",
-) -> Policy:
-    """Build the policy named by ``--policy``: ``random`` or a run directory with an agent."""
-    if spec == "random":
-        return RandomPolicy(action_space, num_envs, seed)
-    run = Path(spec)
-    if not run.exists():
-        raise DreamerError(
-            f"Unknown policy {spec!r}: it is neither 'random' nor an existing run directory. "
-            "Use --policy random, or --policy runs/NAME for an agent trained with "
-            "`dreamer train-behavior --run runs/NAME`."
-        )
-    if not (run / "behavior.pt").exists():
-        raise DreamerError(
-            f"The run {run} has no behavior.pt, so it has no agent to collect with. Train one with "
-            f"`dreamer train-behavior --run {run}` (after `dreamer train-world-model`), or use "
-            "--policy random."
-        )
-    raise DreamerError(
-        f"The run {run} has a behavior.pt, but this version of dreamer-core cannot load agents "
-        "yet (stage 03 is not part of it). Use --policy random, or update dreamer-core."
-    )
+class AgentPolicy:
+    """A trained agent acting in K envs: posterior filtering plus the actor.
+
+    Per env it carries the posterior latent state and the last action (in the world model's
+    encoding). At each call, row convention as in data/schema.py: the action taken last led to
+    ``obs``, so ``obs_step(state, last_action, embed(obs), is_first)`` gives the new posterior,
+    resetting to the initial state where ``is_first`` is set; the actor then picks the action.
+
+    Args:
+        mode: ``sample`` (draw from the policy, as when collecting) or ``mode`` (greedy).
+        seed: seed of the sampling generator (None: nondeterministic).
+    """
+
+    name = "agent"
+
+    def __init__(self, world_model: WorldModel, agent: ActorCritic, num_envs: int, mode: str = "sample",
+                 seed: int | None = None, device: str | torch.device = "cpu"):
+        if mode not in ("sample", "mode"):
+            raise DreamerError(f"Unknown action mode {mode!r}; use sample or mode.")
+        self.world_model, self.agent = world_model, agent
+        self.num_envs, self.mode = num_envs, mode
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        else:
+            self.generator.seed()
+        self.keys = list(world_model.observation_space.spaces)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: RSSMState = self.world_model.rssm.initial(self.num_envs)
+        self.last_action = torch.zeros(self.num_envs, self.world_model.codec.dim, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+        missing = [k for k in self.keys if k not in obs]
+        if missing:
+            raise DreamerError(
+                f"The env gives observation keys {sorted(obs)}, but the agent was trained on {self.keys}. "
+                "Use the env options the training data was collected with (e.g. --pixels)."
+            )
+        batch = {}
+        for key in self.keys:
+            value = torch.as_tensor(np.asarray(obs[key]), device=self.device)
+            batch[key] = (value if value.dtype == torch.uint8 else value.float())[:, None]  # [K, 1, ...]
+        embed = self.world_model.encoder(batch)[:, 0]  # [K, E]
+        first = torch.as_tensor(np.asarray(is_first, dtype=bool), device=self.device)
+        self.state, _ = self.world_model.rssm.obs_step(self.state, self.last_action, embed, first,
+                                                       generator=self.generator)
+        policy = self.agent.policy(self.state.feat())
+        action = policy.mode if self.mode == "mode" else policy.sample(self.generator)
+        self.last_action = self.agent.head.to_model(action)
+        return self.agent.head.to_env(action)

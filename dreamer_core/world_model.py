@@ -316,6 +316,41 @@ class WorldModel(nn.Module):
         return {"mse": mse / n, "baseline": base / n, "reward_mse": reward_mse}
 
 
+    @torch.no_grad()
+    def reconstruct_and_dream(self, batch: Batch, context: int) -> dict[str, dict[str, Tensor] | Tensor]:
+        """Posterior reconstructions of every row, and an open-loop dream after ``context`` rows.
+
+        The dream filters rows ``[0, context)`` like the posterior, then imagines the remaining
+        rows under the recorded actions without seeing their observations. Rows before
+        ``context`` of the dream equal the reconstruction. Values are in display units: images
+        float in [0, 1] ``[B, T, Hi, Wi, C]``, vectors in their own units.
+
+        Returns:
+            ``recon`` and ``dream``: key -> ``[B, T, ...]``; ``recon_reward``, ``dream_reward``:
+            ``[B, T]``; ``recon_cont``, ``dream_cont``: ``[B, T]`` continue probabilities.
+        """
+        B, T = batch.shape
+        context = max(1, min(context, T))
+        embed = self.encoder(batch.obs)  # [B, T, E]
+        action = self.codec.encode(batch.action)  # [B, T, A]
+        post, _ = self.rssm.observe(embed, action, batch.is_first)  # [B, T]
+        states = post
+        if context < T:
+            last = post.map(lambda x: x[:, context - 1])
+            prior = self.rssm.imagine_with_actions(last, action[:, context:])  # [B, T - context]
+            states = RSSMState.cat([post.map(lambda x: x[:, :context]), prior], 1)  # [B, T]
+        out: dict[str, dict[str, Tensor] | Tensor] = {}
+        for name, state in (("recon", post), ("dream", states)):
+            feat = state.feat()
+            decoded = {}
+            for key, dist in self.decoder(feat).items():
+                decoded[key] = (dist.mode + 0.5).clamp(0, 1) if batch.obs[key].dtype == torch.uint8 else dist.mode
+            out[name] = decoded
+            out[f"{name}_reward"] = self.reward_dist(feat).mode
+            out[f"{name}_cont"] = self.cont_dist(feat).mean
+        return out
+
+
 def _decoder_target(obs: Tensor) -> Tensor:
     """Images are scored in the encoder's [-0.5, 0.5] scale; vectors as they are."""
     return preprocess_image(obs) if obs.dtype == torch.uint8 else obs.float()

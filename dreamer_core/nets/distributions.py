@@ -3,7 +3,7 @@
 Owns: ``symlog``/``symexp`` (DreamerV3 Eq. 1), the two-hot encoding over symlog-spaced bins
 (``symexp_bins``, ``two_hot``), the distribution objects heads and the RSSM return
 (``TwoHotDist``, ``OneHotDist`` with unimix and straight-through samples, ``MSEDist``,
-``SymlogMSEDist``, ``BernoulliDist``, ``BoundedNormal``, ``GaussianLatent``) and the closed-form
+``SymlogMSEDist``, ``BernoulliDist``, ``MultiBernoulliDist``, ``BoundedNormal``, ``GaussianLatent``) and the closed-form
 KL terms of the latents (``kl_categorical``, ``kl_gaussian``). Losses call
 ``dist.log_prob(target)`` and negate it; nothing here reduces over batch or time.
 
@@ -26,6 +26,7 @@ __all__ = [
     "BoundedNormal",
     "GaussianLatent",
     "MSEDist",
+    "MultiBernoulliDist",
     "OneHotDist",
     "SymlogMSEDist",
     "TwoHotDist",
@@ -250,6 +251,44 @@ class BernoulliDist:
     def entropy(self) -> torch.Tensor:
         p = self.mean
         return F.binary_cross_entropy_with_logits(self.logits, p, reduction="none")
+
+
+class MultiBernoulliDist:
+    """Independent Bernoullis over the last axis (multi-binary actions, e.g. console buttons).
+
+    ``probs = (1 - unimix) * sigmoid(logits) + unimix / 2``; samples are straight-through
+    (forward 0/1, gradient of ``probs``) like :class:`OneHotDist`.
+
+    Shapes:
+        logits, probs, sample(), mode: ``[..., A]``      log_prob, entropy: ``[...]`` (sum over A)
+    """
+
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
+        assert 0.0 <= unimix < 1.0, unimix
+        probs = torch.sigmoid(_full(logits))
+        self.probs = (1.0 - unimix) * probs + unimix / 2 if unimix > 0.0 else probs  # [..., A]
+
+    def _straight_through(self, bits: torch.Tensor) -> torch.Tensor:
+        return bits + (self.probs - self.probs.detach())
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        probs = self.probs.detach()
+        noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+        return self._straight_through((noise < probs).to(probs.dtype))
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self._straight_through((self.probs.detach() > 0.5).to(self.probs.dtype))
+
+    def log_prob(self, bits: torch.Tensor) -> torch.Tensor:
+        assert bits.shape == self.probs.shape, (bits.shape, self.probs.shape)
+        bits = bits.to(self.probs.dtype)
+        p = self.probs.clamp(1e-6, 1 - 1e-6)
+        return (bits * p.log() + (1 - bits) * (1 - p).log()).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        p = self.probs.clamp(1e-6, 1 - 1e-6)
+        return -(p * p.log() + (1 - p) * (1 - p).log()).sum(-1)
 
 
 # --- categorical latents and discrete actions --------------------------------------------------

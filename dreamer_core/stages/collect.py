@@ -27,7 +27,7 @@ from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
 from dreamer_core.envs import EnvConfig, make_env_pool
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import ProgressBar
-from dreamer_core.policies import load_policy
+from dreamer_core.stages.agents import load_policy
 
 
 @dataclass(frozen=True)

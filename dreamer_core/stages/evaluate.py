@@ -1,0 +1,241 @@
+"""Stage 04: run a trained agent in the real environment and report how it does.
+
+    dreamer evaluate --run runs/cartpole --episodes 20 --video
+
+Plays N episodes with the run's agent (``RUN/world_model.pt`` + ``RUN/behavior.pt``) in the
+env its data came from (or ``--env``), one episode after another with seeds ``seed + i``.
+Writes a new folder ``RUN/eval/<timestamp>/`` per evaluation (earlier ones are kept):
+``report.json`` (per-episode returns and lengths, mean, std, min, max, seed, action mode),
+``returns.png``, and with ``--video`` one GIF/MP4 per episode (up to ``video_episodes``) with
+the real frames | the world model's posterior reconstruction | an open-loop dream that sees
+only the first ``context`` frames and then imagines under the actions the agent took.
+
+Imports: stages.agents, envs, world_model, viz, config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamer_core import checkpoint, viz
+from dreamer_core import config as config_lib
+from dreamer_core.data.store import atomic_write_bytes
+from dreamer_core.envs import EnvConfig, make_env
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import ProgressBar
+from dreamer_core.policies import AgentPolicy
+from dreamer_core.stages.agents import BEHAVIOR, load_agent
+from dreamer_core.stages.train_world_model import resolve_device
+from dreamer_core.types import Batch
+from dreamer_core.world_model import WorldModel
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    run: str = ""
+    env: str = ""  # env id; empty: the env the run's data came from (with the same options)
+    episodes: int = 10
+    seed: int = 0
+    mode: str = "mode"  # mode (greedy) | sample
+    device: str = "auto"
+    threads: int = 0
+    max_steps: int = 0  # cap per episode (0: the env's own limit)
+    video: bool = False
+    video_episodes: int = 3
+    video_format: str = "gif"  # gif | mp4
+    fps: int = 15
+    context: int = 5  # real frames the dream sees before imagining
+
+
+def make_config(run: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> EvaluateConfig:
+    return config_lib.resolve(EvaluateConfig(run=run), "evaluate", presets, flags, sets)
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    folder: Path
+
+    def summary_line(self) -> str:
+        r = self.report
+        return (f"evaluated {r['episodes']} episodes of {r['env_id']} ({r['mode']} actions): return "
+                f"{r['return_mean']:.2f} +- {r['return_std']:.2f} (min {r['return_min']:.2f}, max "
+                f"{r['return_max']:.2f}), length {r['length_mean']:.1f} -> {self.folder / 'report.json'}")
+
+
+def env_config_for(blob: dict[str, Any], env_id: str) -> EnvConfig:
+    """The recorded env options, with the id replaced when one is given."""
+    recorded = dict(blob.get("env_config") or {})
+    if not recorded and not env_id:
+        raise DreamerError(
+            "The run does not record which env its data came from. Pass --env ID (with the same options "
+            "the data was collected with)."
+        )
+    if env_id:
+        recorded["id"] = env_id
+    return EnvConfig.from_dict(recorded)
+
+
+def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
+    if cfg.episodes < 1:
+        raise DreamerError(f"--episodes must be at least 1 (got {cfg.episodes}).")
+    if cfg.video_format not in ("gif", "mp4"):
+        raise DreamerError(f"video_format must be gif or mp4 (got {cfg.video_format!r}).")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run)
+    device = resolve_device(cfg.device)
+    world_model, agent, blob = load_agent(run_dir, device)
+    env_cfg = env_config_for(blob, cfg.env)
+    has_image = any(v.dtype == np.uint8 for v in world_model.observation_space.spaces.values())
+    render = "rgb_array" if cfg.video and not has_image else None
+    env = make_env(env_cfg, seed=cfg.seed, render_mode=render)
+    try:
+        checkpoint.check_spaces(blob, env.observation_space, env.action_space,
+                                f"The environment {env_cfg.id}", run_dir / BEHAVIOR)
+        policy = AgentPolicy(world_model, agent, 1, mode=cfg.mode, seed=cfg.seed, device=device)
+        folder = _new_folder(run_dir / "eval")
+        returns, lengths, videos = [], [], []
+        start = time.perf_counter()
+        with ProgressBar(cfg.episodes, f"evaluate {env_cfg.id}", progress) as bar:
+            for i in range(cfg.episodes):
+                record = cfg.video and i < cfg.video_episodes
+                ret, length, trace = _episode(env, policy, cfg.seed + i, cfg.max_steps, record, render is not None)
+                returns.append(ret)
+                lengths.append(length)
+                if record:
+                    path = folder / f"episode_{i:03d}.{cfg.video_format}"
+                    frames = episode_frames(world_model, trace, cfg.context, device)
+                    videos.append(str(viz.write_video(frames, path, cfg.fps)))
+                bar.update(i + 1, f"return {ret:.1f} | mean {np.mean(returns):.1f}")
+    finally:
+        env.close()
+    report = {
+        "run": str(run_dir), "env_id": env_cfg.id, "env_config": env_cfg.to_dict(), "episodes": cfg.episodes,
+        "seed": cfg.seed, "episode_seeds": [cfg.seed + i for i in range(cfg.episodes)], "mode": cfg.mode,
+        "returns": returns, "lengths": lengths,
+        "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+        "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
+        "length_mean": float(np.mean(lengths)), "behavior_update": int(blob.get("update", 0)),
+        "world_model_update": int(blob.get("world_model_update", 0)), "videos": videos,
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+    plot_returns(returns, folder / "returns.png", f"{env_cfg.id}: {cfg.episodes} episodes ({cfg.mode})")
+    return EvalResult(report, folder)
+
+
+def _new_folder(root: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = root / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise DreamerError(f"Could not create a new evaluation folder under {root}.")
+
+
+def _episode(env, policy: AgentPolicy, seed: int, max_steps: int, record: bool, render: bool
+             ) -> tuple[float, int, dict[str, Any] | None]:
+    """Play one episode; with ``record``, keep the observations, actions and rendered frames."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    is_first = np.ones(1, dtype=bool)
+    total, length = 0.0, 0
+    trace: dict[str, Any] | None = None
+    if record:
+        trace = {"obs": [obs], "actions": [None], "rewards": [0.0], "frames": [env.render()] if render else []}
+    while True:
+        action = policy.act({k: np.asarray(v)[None] for k, v in obs.items()}, is_first)[0]
+        obs, reward, terminated, truncated, _ = env.step(action)
+        is_first[:] = False
+        total += float(reward)
+        length += 1
+        if trace is not None:
+            trace["obs"].append(obs)
+            trace["actions"].append(action)
+            trace["rewards"].append(float(reward))
+            if render:
+                trace["frames"].append(env.render())
+        if terminated or truncated or (max_steps and length >= max_steps):
+            return total, length, trace
+
+
+def _trace_batch(world_model: WorldModel, trace: dict[str, Any], device: torch.device) -> Batch:
+    """One recorded episode as a ``[1, L]`` batch in the dataset's row convention."""
+    L = len(trace["obs"])
+    obs = {}
+    for key, space in world_model.observation_space.spaces.items():
+        values = np.stack([np.asarray(o[key]) for o in trace["obs"]])
+        tensor = torch.as_tensor(values if space.dtype == np.uint8 else values.astype(np.float32))
+        obs[key] = tensor[None].to(device)
+    first = trace["actions"][1] if L > 1 else None
+    zero = np.zeros_like(np.asarray(first)) if first is not None else np.zeros(world_model.action_space.shape)
+    actions = np.stack([zero if a is None else np.asarray(a) for a in trace["actions"]])
+    is_first = torch.zeros(1, L, dtype=torch.bool)
+    is_first[0, 0] = True
+    return Batch(obs=obs, action=torch.as_tensor(actions)[None].to(device),
+                 reward=torch.as_tensor(trace["rewards"], dtype=torch.float32)[None].to(device),
+                 is_first=is_first.to(device), is_last=torch.zeros(1, L, dtype=torch.bool, device=device),
+                 is_terminal=torch.zeros(1, L, dtype=torch.bool, device=device))
+
+
+def episode_frames(world_model: WorldModel, trace: dict[str, Any], context: int, device: torch.device,
+                   height: int = 128) -> list[np.ndarray]:
+    """Video frames: real | reconstruction | dream (images), or the rendered env beside bars of
+    the vector observation's real | reconstructed | dreamed values."""
+    batch = _trace_batch(world_model, trace, device)
+    out = world_model.reconstruct_and_dream(batch, context)
+    recon = {k: v[0].float().cpu().numpy() for k, v in out["recon"].items()}
+    dream = {k: v[0].float().cpu().numpy() for k, v in out["dream"].items()}
+    real = {k: v[0].cpu().numpy() for k, v in batch.obs.items()}
+    image_keys = [k for k, v in real.items() if v.dtype == np.uint8]
+    vector_keys = [k for k in real if k not in image_keys]
+    scales = {k: np.maximum(np.abs(real[k]).max(0), 1e-3) * 1.25 for k in vector_keys}
+    frames = []
+    for t in range(batch.shape[1]):
+        panels = []
+        for key in image_keys:
+            panels += [viz.fit(viz.to_rgb(real[key][t]), height), viz.fit(viz.to_rgb(recon[key][t]), height),
+                       viz.fit(viz.to_rgb(dream[key][t]), height)]
+        if trace["frames"]:
+            panels.append(viz.fit(viz.to_rgb(trace["frames"][t]), height))
+        for key in vector_keys:
+            panels.append(viz.vector_panel([real[key][t], recon[key][t], dream[key][t]],
+                                           [viz.REAL, viz.RECON, viz.DREAM], scales[key], height))
+        frame = viz.side_by_side(panels)
+        if t >= context:  # a red strip on top marks the frames the dream did not see
+            frame[:3] = viz.DREAM
+        frames.append(frame)
+    return frames
+
+
+def plot_returns(returns: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(returns)), returns, color="#4a7bd0")
+    mean = float(np.mean(returns))
+    if math.isfinite(mean):
+        ax.axhline(mean, color="#d04a3a", label=f"mean {mean:.1f}")
+        ax.legend()
+    ax.set_xlabel("episode")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
