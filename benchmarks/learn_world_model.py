@@ -61,16 +61,19 @@ def train(data: Path, name: str, presets: list[str], updates: int, sets: list[st
 
 
 def curve_table(records: list[dict]) -> list[str]:
-    lines = ["| update | train wm/loss | val/wm/loss | val recon | open-loop MSE @15 | repeat-last MSE @15 | baseline / model |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| update | train wm/loss | val/wm/loss | val recon | open-loop MSE @15 (sampled latents) | "
+             "open-loop MSE @15 (mode latents) | repeat-last MSE @15 | baseline / model (sampled, mode) |",
+             "|---|---|---|---|---|---|---|---|"]
     train_loss = {r["step"]: r["wm/loss"] for r in records if "wm/loss" in r}
     for r in records:
         if "val/wm/loss" in r:
             lines.append(
                 f"| {r['step']} | {train_loss.get(r['step'], float('nan')):.3f} | {r['val/wm/loss']:.3f} | "
                 f"{r['val/wm/loss/recon']:.4f} | {r.get('val/wm/openloop_mse_last', float('nan')):.5f} | "
+                f"{r.get('val/wm/openloop_mode_mse_last', float('nan')):.5f} | "
                 f"{r.get('val/wm/openloop_baseline_mse_last', float('nan')):.5f} | "
-                f"{r.get('val/wm/openloop_ratio_last', float('nan')):.1f}x |")
+                f"{r.get('val/wm/openloop_ratio_last', float('nan')):.1f}x, "
+                f"{r.get('val/wm/openloop_mode_ratio_last', float('nan')):.1f}x |")
     return lines
 
 
@@ -115,7 +118,10 @@ def main() -> None:
         lines += ["", f"Final: held-out loss {final['val/wm/loss']:.3f}; open-loop MSE at step 15 "
                   f"{final.get('val/wm/openloop_mse_last', float('nan')):.5f} vs baseline "
                   f"{final.get('val/wm/openloop_baseline_mse_last', float('nan')):.5f} "
-                  f"({final.get('val/wm/openloop_ratio_last', float('nan')):.1f}x better). Curve: `benchmarks/{png.name}`."]
+                  f"({final.get('val/wm/openloop_ratio_last', float('nan')):.1f}x better) with sampled latents; "
+                  f"{final.get('val/wm/openloop_mode_mse_last', float('nan')):.5f} "
+                  f"({final.get('val/wm/openloop_mode_ratio_last', float('nan')):.1f}x better) with each prior's most "
+                  f"likely latent. Curve: `benchmarks/{png.name}`."]
         update_section(f"wm-learning-{args.case}", "\n".join(lines))
     else:
         curves, rows = {}, []

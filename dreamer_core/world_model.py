@@ -285,10 +285,12 @@ class WorldModel(nn.Module):
         return used.float().mean()
 
     @torch.no_grad()
-    def open_loop(self, batch: Batch, context: int, horizon: int) -> dict[str, Tensor]:
+    def open_loop(self, batch: Batch, context: int, horizon: int, sample: bool = True) -> dict[str, Tensor]:
         """Predict ``horizon`` steps after ``context`` observed rows under the recorded actions.
 
         The windows must not contain an episode start after row 0 (the caller picks them).
+        ``sample``: draw the imagined latents (as a dream does); False takes each prior's most
+        likely class instead, a deterministic point prediction.
 
         Returns:
             ``mse``: ``[horizon]`` mean squared error per step (images in [0, 1] pixel units,
@@ -301,7 +303,7 @@ class WorldModel(nn.Module):
         action = self.codec.encode(batch.action)
         post, _ = self.rssm.observe(embed, action[:, :context], batch.is_first[:, :context])
         last = post.map(lambda x: x[:, -1])
-        prior = self.rssm.imagine_with_actions(last, action[:, context:context + horizon])  # [B, H]
+        prior = self.rssm.imagine_with_actions(last, action[:, context:context + horizon], sample=sample)  # [B, H]
         feat = prior.feat()
         mse = torch.zeros(horizon, device=feat.device)
         base = torch.zeros(horizon, device=feat.device)

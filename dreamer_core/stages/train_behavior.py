@@ -47,6 +47,7 @@ from dreamer_core.stages.train_world_model import (
     world_model_from_checkpoint,
 )
 from dreamer_core.types import Batch
+from dreamer_core.world_model import WorldModel
 
 LATEST = Path("checkpoints") / "behavior_latest.pt"
 METRICS = "behavior_metrics.jsonl"
@@ -200,29 +201,8 @@ class BehaviorTrainer:
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One actor and one critic update on a replay batch; returns metrics as floats."""
-        batch = batch.to(self.device)
-        self.agent.train()
-        with torch.no_grad():  # the posterior start states: the world model only filters here
-            embed = self.world_model.encoder(batch.obs)
-            action = self.world_model.codec.encode(batch.action)
-            post, _ = self.world_model.rssm.observe(embed, action, batch.is_first)
-        actor_loss, critic_loss, metrics = self.agent.loss(self.world_model, post, batch)
-        opt = self.cfg.behavior
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_norm = clip_gradients(self.agent.actor.parameters(), opt.actor_optim)
-        self.actor_optim.step()
-        # Dynamics backprop also sends actor-loss gradients into the critic's weights through
-        # the values in the returns; they must not train the critic, so clear them first.
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_norm = clip_gradients(self.agent.critic.parameters(), opt.critic_optim)
-        self.critic_optim.step()
-        self.agent.update_slow_critic()
-        out = {k: float(v) for k, v in metrics.items()}
-        out["actor/grad_norm"] = float(actor_norm)
-        out["critic/grad_norm"] = float(critic_norm)
-        return out
+        return behavior_update(self.world_model, self.agent, self.actor_optim, self.critic_optim,
+                               self.cfg.behavior, batch.to(self.device))
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -256,6 +236,38 @@ class BehaviorTrainer:
         if path.exists():  # drop records logged after the checkpoint; they will be logged again
             kept = [r for r in read_metrics(self.run_dir, METRICS) if r.get("step", 0) <= self.update]
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def start_states(world_model: WorldModel, batch: Batch):
+    """Posterior states ``[B, T]`` of a replay batch (no gradient: the model only filters)."""
+    with torch.no_grad():
+        embed = world_model.encoder(batch.obs)
+        action = world_model.codec.encode(batch.action)
+        post, _ = world_model.rssm.observe(embed, action, batch.is_first)
+    return post
+
+
+def behavior_update(world_model: WorldModel, agent: ActorCritic, actor_optim: torch.optim.Optimizer,
+                    critic_optim: torch.optim.Optimizer, cfg: BehaviorConfig, batch: Batch) -> dict[str, float]:
+    """One actor and one critic update from a replay batch (on the model's device)."""
+    agent.train()
+    post = start_states(world_model, batch)
+    actor_loss, critic_loss, metrics = agent.loss(world_model, post, batch)
+    actor_optim.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_norm = clip_gradients(agent.actor.parameters(), cfg.actor_optim)
+    actor_optim.step()
+    # Dynamics backprop also sends actor-loss gradients into the critic's weights through the
+    # values inside the returns; they must not train the critic, so clear them first.
+    critic_optim.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_norm = clip_gradients(agent.critic.parameters(), cfg.critic_optim)
+    critic_optim.step()
+    agent.update_slow_critic()
+    out = {k: float(v) for k, v in metrics.items()}  # one host sync per update
+    out["actor/grad_norm"] = float(actor_norm)
+    out["critic/grad_norm"] = float(critic_norm)
+    return out
 
 
 def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,

@@ -298,10 +298,15 @@ class Trainer:
         starts = openloop_starts(self.openloop_sampler, cfg.openloop_context + cfg.openloop_horizon, 64)
         if len(starts) == 0:
             return {}
-        result = self.model.open_loop(self.openloop_sampler.gather(starts).to(self.device),
-                                      cfg.openloop_context, cfg.openloop_horizon)
+        batch = self.openloop_sampler.gather(starts).to(self.device)
+        result = self.model.open_loop(batch, cfg.openloop_context, cfg.openloop_horizon)
+        mode = self.model.open_loop(batch, cfg.openloop_context, cfg.openloop_horizon, sample=False)
         mse, base = result["mse"].cpu().numpy(), result["baseline"].cpu().numpy()
+        mode_mse = mode["mse"].cpu().numpy()
         out = {
+            "val/wm/openloop_mode_mse": float(mode_mse.mean()),
+            "val/wm/openloop_mode_mse_last": float(mode_mse[-1]),
+            "val/wm/openloop_mode_ratio_last": float(base[-1]) / max(float(mode_mse[-1]), 1e-12),
             "val/wm/openloop_mse": float(mse.mean()),
             "val/wm/openloop_mse_last": float(mse[-1]),
             "val/wm/openloop_baseline_mse": float(base.mean()),
