@@ -219,3 +219,23 @@ def test_slow_critic_follows_by_ema():
     agent.update_slow_critic()
     for old, slow, fast in zip(before, agent.slow_critic.parameters(), agent.critic.parameters()):
         torch.testing.assert_close(slow, old + 0.02 * (fast - old))
+
+
+@pytest.mark.parametrize("obs", ["vector", "image"])
+def test_dream_with_full_context_equals_the_reconstruction(obs):
+    torch.manual_seed(0)
+    wm = tiny_world_model(obs, "discrete")
+    batch = _batch(obs, "discrete", B=2, T=6)
+    torch.manual_seed(1)
+    full = wm.reconstruct_and_dream(batch, context=6)
+    for key in full["recon"]:
+        torch.testing.assert_close(full["dream"][key], full["recon"][key])
+        assert full["recon"][key].shape[:2] == (2, 6)
+    torch.manual_seed(1)
+    part = wm.reconstruct_and_dream(batch, context=3)
+    for key in part["recon"]:  # same samples for the filtered rows, a dream after them
+        torch.testing.assert_close(part["dream"][key][:, :3], part["recon"][key][:, :3])
+        torch.testing.assert_close(part["recon"][key], full["recon"][key])
+        if obs == "image":
+            assert 0 <= part["dream"][key].min() and part["dream"][key].max() <= 1
+    assert part["dream_reward"].shape == (2, 6) and part["recon_cont"].shape == (2, 6)
