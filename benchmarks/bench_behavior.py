@@ -46,7 +46,7 @@ def build(size: str, obs_space, act_space):
     wm_cfg = config_lib.apply_presets(TrainWorldModelConfig(), "train-world-model", [size])
     cfg = config_lib.apply_presets(TrainBehaviorConfig(), "train-behavior", [size])
     world_model = freeze(WorldModel(wm_cfg.model, obs_space, act_space))
-    agent = ActorCritic(cfg.behavior, world_model.rssm.feat_dim, act_space)
+    agent = ActorCritic(cfg.behavior, world_model.rssm.feat_dim, act_space, world_model.rssm.feat_onehot)
     actor_optim = make_optimizer(agent.actor.parameters(), cfg.behavior.actor_optim)
     critic_optim = make_optimizer(agent.critic.parameters(), cfg.behavior.critic_optim)
     return world_model, agent, actor_optim, critic_optim, cfg.behavior

@@ -98,14 +98,17 @@ def main() -> None:
     parser.add_argument("--preset", default="XS")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides, e.g. --set threads=1")
+    parser.add_argument("--tag", default="", help="suffix of the run directory (keeps runs with other --set apart)")
     args = parser.parse_args()
     kind = "pixels" if args.case == "pixels" else "vector"
     data = dataset(kind)
     sets = [f"eval_every={args.eval_every}", f"log_every={args.eval_every}", f"checkpoint_every={args.updates}", *args.set]
     command = f"python benchmarks/learn_world_model.py --case {args.case} --updates {args.updates} --preset {args.preset} --eval-every {args.eval_every}"
     command += "".join(f" --set {s}" for s in args.set)
+    command += f" --tag {args.tag}" if args.tag else ""
     if args.case in ("vector", "pixels"):
-        records, seconds = train(data, f"{args.case}-{args.preset}", [args.preset], args.updates, sets)
+        name = f"{args.case}-{args.preset}" + (f"-{args.tag}" if args.tag else "")
+        records, seconds = train(data, name, [args.preset], args.updates, sets)
         final = [r for r in records if "val/wm/loss" in r][-1]
         lines = [f"## World-model learning: CartPole-v1 {args.case} ({args.preset})", "",
                  f"Command: `{command}`. Dataset: {Dataset(data).num_steps:,} random-policy steps "

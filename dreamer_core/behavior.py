@@ -172,16 +172,20 @@ class ActionHead:
 class ActorCritic(nn.Module):
     """Actor, critic, slow critic and the return normaliser's state; see the module docstring."""
 
-    def __init__(self, cfg: BehaviorConfig, feat_dim: int, action_space: gym.Space):
+    def __init__(self, cfg: BehaviorConfig, feat_dim: int, action_space: gym.Space,
+                 feat_onehot: tuple[int, int, int] | None = None):
+        """``feat_onehot``: the world model's ``rssm.feat_onehot`` (faster first layers; same maths)."""
         super().__init__()
         self.cfg = cfg
         self.head = ActionHead(action_space, cfg.actor)
         self.grad_mode = self.head.default_grad if cfg.actor.grad == "auto" else cfg.actor.grad
         if self.grad_mode not in ("reinforce", "dynamics"):
             raise DreamerError(f"Unknown actor gradient {cfg.actor.grad!r}; use auto, reinforce or dynamics.")
-        self.actor = MLP(feat_dim, self.head.out_dim, cfg.actor.units, cfg.actor.layers, norm=cfg.norm, act=cfg.act)
+        self.actor = MLP(feat_dim, self.head.out_dim, cfg.actor.units, cfg.actor.layers, norm=cfg.norm, act=cfg.act,
+                         onehot=feat_onehot)
         critic_out = cfg.critic.bins if cfg.critic.head == "twohot" else 1
-        self.critic = MLP(feat_dim, critic_out, cfg.critic.units, cfg.critic.layers, norm=cfg.norm, act=cfg.act)
+        self.critic = MLP(feat_dim, critic_out, cfg.critic.units, cfg.critic.layers, norm=cfg.norm, act=cfg.act,
+                          onehot=feat_onehot)
         if cfg.critic.head == "twohot":
             zero_init(self.critic.net[-1])  # V3: values start at exactly 0
             self.register_buffer("bins", dists.symexp_bins(cfg.critic.bins), persistent=False)

@@ -138,11 +138,12 @@ class WorldModel(nn.Module):
                                     mlp_units=enc.mlp_units, mlp_layers=enc.mlp_layers, norm=cfg.norm, act=cfg.act)
         heads = cfg.heads
         reward_out = heads.bins if heads.reward == "twohot" else 1
-        self.reward_head = MLP(feat, reward_out, heads.units, heads.layers, norm=cfg.norm, act=cfg.act)
+        onehot = self.rssm.feat_onehot  # heads read RSSM features: gather-sum first layers
+        self.reward_head = MLP(feat, reward_out, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot)
         if heads.reward == "twohot":
             zero_init(self.reward_head.net[-1])  # V3: predictions start at 0, no early reward hallucination
             self.register_buffer("bins", dists.symexp_bins(heads.bins), persistent=False)
-        self.cont_head = MLP(feat, 1, heads.units, heads.layers, norm=cfg.norm, act=cfg.act)
+        self.cont_head = MLP(feat, 1, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot)
         self.inverse_head = None
         if cfg.inverse.enabled:
             if self.codec.kind == "multidiscrete":

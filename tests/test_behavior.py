@@ -179,7 +179,7 @@ def test_no_gradient_reaches_the_world_model(obs, action, grad):
     torch.manual_seed(0)
     wm = tiny_world_model(obs, action).requires_grad_(False)
     agent = ActorCritic(tiny_behavior(actor=ActorConfig(units=16, layers=1, grad=grad)), wm.rssm.feat_dim,
-                        wm.action_space)
+                        wm.action_space, wm.rssm.feat_onehot)
     batch = _batch(obs, action)
     with torch.no_grad():
         post, _ = wm.rssm.observe(wm.encoder(batch.obs), wm.codec.encode(batch.action), batch.is_first)

@@ -209,6 +209,14 @@ def test_entry_points(tmp_path, entry):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "CartPole-v1" in bad.stderr
 
 
+@pytest.mark.parametrize("command", ["collect", "train-world-model", "train-behavior", "evaluate"])
+def test_every_stage_has_help_with_the_shared_options(command):
+    result = dreamer(command, "--help")
+    assert result.exit_code == 0, result.output
+    for option in ("--preset", "--set", "--device"):
+        assert option in result.output, (command, option)
+
+
 def test_console_script_help():
     done = subprocess.run(["dreamer", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "collect" in done.stdout and "data" in done.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "BlockLinear",
     "ChannelNorm",
     "NormGRUCell",
+    "OneHotAwareLinear",
     "gru_update",
     "init_weights",
     "make_act",
@@ -79,6 +81,70 @@ class ChannelNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [N, C, Hi, Wi]
 
 
+class _OneHotMatmul(torch.autograd.Function):
+    """``x @ W.T`` for ``x`` made of one-hot groups, computed as a gather-sum in the forward pass.
+
+    Forward cost is R x S x O additions instead of R x S*K x O multiply-adds (K = 32 classes:
+    the categorical part of an RSSM feature is 80% of its width). The backward pass is the
+    ordinary dense one, so straight-through gradients reach ``x`` exactly as with nn.Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, groups: int, classes: int) -> torch.Tensor:
+        rows = x.shape[0]
+        x3 = x.detach().view(rows, groups, classes)  # [R, S, K]
+        index = x3.argmax(-1)  # [R, S]
+        value = x3.gather(-1, index[..., None]).squeeze(-1)  # [R, S]: 1 (or 0 for an all-zero group)
+        flat = index + torch.arange(groups, device=x.device) * classes  # rows of W.T
+        ctx.save_for_backward(x, weight)
+        return F.embedding_bag(flat, weight.detach().t().contiguous(), per_sample_weights=value.to(weight.dtype),
+                               mode="sum")  # [R, O]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None  # [R, S*K]
+        grad_w = grad.t() @ x.to(grad.dtype) if ctx.needs_input_grad[1] else None  # [O, S*K]
+        return grad_x, grad_w, None, None
+
+
+class OneHotAwareLinear(nn.Linear):
+    """An nn.Linear whose input holds a block of one-hot groups (the RSSM's categorical latents).
+
+    ``onehot = (start, groups, classes)`` says that input columns ``[start, start + groups *
+    classes)`` are ``groups`` one-hot vectors of ``classes`` entries each (all-zero groups are
+    allowed: the RSSM's zero initial state). That block is multiplied by a gather-sum
+    (:class:`_OneHotMatmul`), the rest by an ordinary matmul. The result and all gradients
+    equal nn.Linear's for such inputs; for other inputs the result is wrong, so only layers fed
+    by ``RSSMState.feat()`` (or ``[stoch, action]``) of categorical latents use it. With
+    ``onehot=None`` it is a plain nn.Linear. Parameters and state-dict keys are nn.Linear's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 onehot: tuple[int, int, int] | None = None):
+        super().__init__(in_features, out_features, bias)
+        if onehot is not None:
+            start, groups, classes = onehot
+            assert 0 <= start and start + groups * classes <= in_features, (onehot, in_features)
+        self.onehot = onehot
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onehot is None:
+            return super().forward(x)
+        start, groups, classes = self.onehot
+        end = start + groups * classes
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])  # [R, in]
+        out = _OneHotMatmul.apply(flat[:, start:end], self.weight[:, start:end], groups, classes)  # [R, O]
+        if start > 0:
+            out = out + flat[:, :start] @ self.weight[:, :start].t()
+        if end < self.in_features:
+            out = out + flat[:, end:] @ self.weight[:, end:].t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+
 class MLP(nn.Module):
     """``layers`` blocks of Linear -> Norm -> Act, then an optional output Linear.
 
@@ -92,6 +158,8 @@ class MLP(nn.Module):
         layers: number of hidden blocks.
         norm: ``layer`` | ``rms`` | ``none``.
         act: activation name (see ``make_act``).
+        onehot: ``(start, groups, classes)`` when the input holds one-hot groups there (see
+            :class:`OneHotAwareLinear`; a faster first layer for RSSM features).
 
     Shapes:
         x: ``[..., in_dim]``      returns: ``[..., out_dim or units]``
@@ -105,19 +173,22 @@ class MLP(nn.Module):
         layers: int = 2,
         norm: str = "layer",
         act: str = "silu",
+        onehot: tuple[int, int, int] | None = None,
     ):
         super().__init__()
         blocks: list[nn.Module] = []
         dim = in_dim
-        for _ in range(layers):
+        for i in range(layers):
             blocks += [
+                OneHotAwareLinear(dim, units, norm == "none", onehot) if i == 0 and onehot else
                 nn.Linear(dim, units, bias=norm == "none"),
                 make_norm(norm, units),
                 make_act(act),
             ]
             dim = units
         if out_dim is not None:
-            blocks.append(nn.Linear(dim, out_dim))
+            blocks.append(OneHotAwareLinear(dim, out_dim, True, onehot) if layers == 0 and onehot else
+                          nn.Linear(dim, out_dim))
             dim = out_dim
         self.net = nn.Sequential(*blocks)
         self.in_dim, self.out_dim = in_dim, dim

@@ -204,6 +204,11 @@ class RSSMConfig:
         """F = D + stoch_dim."""
         return self.deter + self.stoch_dim
 
+    @property
+    def feat_onehot(self) -> tuple[int, int, int] | None:
+        """Where ``feat()`` holds one-hot groups, as ``OneHotAwareLinear`` takes it (None: Gaussian)."""
+        return (self.deter, self.stoch, self.classes) if self.latent == "categorical" else None
+
 
 class RSSM(nn.Module):
     """DreamerV3 RSSM: a normalised GRU with a categorical (or Gaussian) stochastic state.
@@ -227,12 +232,15 @@ class RSSM(nn.Module):
         self.cfg, self.embed_dim, self.action_dim = cfg, embed_dim, action_dim
         D, hidden, stats = cfg.deter, cfg.hidden, _stats_dim(cfg)
         layer = dict(units=hidden, layers=1, norm=cfg.norm, act=cfg.act)
+        # Layers fed by categorical latents take their one-hot block by a gather-sum (same maths).
+        onehot = (0, cfg.stoch, cfg.classes) if cfg.latent == "categorical" else None
         if cfg.gru_blocks == 1:  # 2023: one input layer over [stoch, action]
-            self.dyn_in = nn.ModuleList([MLP(cfg.stoch_dim + action_dim, None, **layer)])
+            self.dyn_in = nn.ModuleList([MLP(cfg.stoch_dim + action_dim, None, **layer, onehot=onehot)])
             self.cell: nn.Module = NormGRUCell(hidden, D, cfg.norm)
         else:  # 2025: separate input layers for deter, stoch and action
             sizes = (D, cfg.stoch_dim, action_dim)
-            self.dyn_in = nn.ModuleList([MLP(size, None, **layer) for size in sizes])
+            self.dyn_in = nn.ModuleList([MLP(size, None, **layer, onehot=onehot if i == 1 else None)
+                                         for i, size in enumerate(sizes)])
             self.cell = BlockGRUCell(3 * hidden, D, cfg.gru_blocks, 1, cfg.norm, cfg.act)
         self.prior_net = MLP(D, stats, hidden, cfg.img_layers, cfg.norm, cfg.act)
         # Posterior first layer W [deter, embed] split as W_d deter + W_e embed (same map), so
@@ -247,6 +255,10 @@ class RSSM(nn.Module):
     @property
     def feat_dim(self) -> int:
         return self.cfg.feat_dim
+
+    @property
+    def feat_onehot(self) -> tuple[int, int, int] | None:
+        return self.cfg.feat_onehot
 
     # --- pieces ------------------------------------------------------------------------------
 

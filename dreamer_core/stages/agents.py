@@ -52,7 +52,7 @@ def load_agent(run: Path | str, device: str | torch.device = "cpu") -> tuple[Wor
     obs_space, act_space = checkpoint.spaces(blob)
     checkpoint.check_spaces(wm_blob, obs_space, act_space, f"The behavior {path}", run / WORLD_MODEL)
     cfg = config_lib.from_dict(TrainBehaviorConfig, blob["config"])
-    agent = ActorCritic(cfg.behavior, world_model.rssm.feat_dim, act_space).to(device)
+    agent = ActorCritic(cfg.behavior, world_model.rssm.feat_dim, act_space, world_model.rssm.feat_onehot).to(device)
     agent.load_state_dict(blob["agent"])
     agent.eval()
     return world_model, agent, blob

@@ -151,7 +151,8 @@ class BehaviorTrainer:
         self.env_config = datasets[0].env_config
         self.sampler = SequenceSampler(datasets, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
                                        memory_budget=cfg.memory_budget)
-        self.agent = ActorCritic(cfg.behavior, self.world_model.rssm.feat_dim, self.action_space).to(self.device)
+        self.agent = ActorCritic(cfg.behavior, self.world_model.rssm.feat_dim, self.action_space,
+                                  self.world_model.rssm.feat_onehot).to(self.device)
         groups = self.agent.parameter_groups()
         self.actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
         self.critic_optim = make_optimizer(groups["critic"], cfg.behavior.critic_optim)

@@ -185,3 +185,27 @@ def test_kernel_five_and_large_images():
     assert enc.cnn.out_shape == (8, 8, 4)  # 4 stages (shorter side 64 -> 4)
     dec = MultiDecoder(6, space, cnn_depth=2, kernel=5)
     assert dec(torch.randn(2, 6))["image"].mode.shape == (2, 128, 64, 1)
+
+
+@pytest.mark.parametrize("start,extra", [(0, 3), (5, 0), (4, 2)])
+def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra):
+    from dreamer_core.nets.distributions import OneHotDist
+    from dreamer_core.nets.layers import OneHotAwareLinear
+
+    torch.manual_seed(0)
+    S, K, out = 6, 5, 7
+    fast = OneHotAwareLinear(start + S * K + extra, out, True, onehot=(start, S, K))
+    plain = torch.nn.Linear(start + S * K + extra, out)
+    plain.load_state_dict(fast.state_dict())
+    logits = torch.randn(2, 3, S, K, requires_grad=True)
+    stoch = OneHotDist(logits, 0.01).sample()  # straight-through one-hot
+    stoch = torch.cat([stoch[:, :, :-1], torch.zeros(2, 3, 1, K)], 2)  # an all-zero group (zero initial state)
+    dense = torch.randn(2, 3, start + extra, requires_grad=True)
+    x = torch.cat([dense[..., :start], stoch.flatten(-2), dense[..., start:]], -1)  # [2, 3, in]
+    out_fast, out_plain = fast(x), plain(x)
+    torch.testing.assert_close(out_fast, out_plain)
+    g = torch.randn_like(out_plain)
+    grads_fast = torch.autograd.grad(out_fast, [logits, dense, fast.weight, fast.bias], g, retain_graph=True)
+    grads_plain = torch.autograd.grad(out_plain, [logits, dense, plain.weight, plain.bias], g)
+    for a, b in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(a, b)
