@@ -217,14 +217,17 @@ class ActorCritic(nn.Module):
     # --- return normalisation (DreamerV3 eq. 11) ------------------------------------------------
 
     def _return_scale(self, returns: Tensor) -> Tensor:
-        """Update the percentile EMA with ``returns`` and give the scale ``max(limit, P95 - P5)``."""
+        """Update the percentile EMA with ``returns`` and give the scale ``max(limit, P95 - P5)``.
+
+        The EMA starts from the first batch's percentiles; DreamerV3's code starts it from zeros,
+        which only delays the scale's growth past the floor for the first ~100 updates.
+        """
         rn = self.cfg.retnorm
         if rn.mode == "none":
             return torch.ones((), device=returns.device)
         lo, hi = losses.percentile_range(returns, rn.low, rn.high)
         with torch.no_grad():
-            first = self.retnorm_count == 0
-            decay = torch.where(first, torch.zeros(()), torch.full((), rn.decay)).to(returns.device)
+            decay = rn.decay * (self.retnorm_count > 0).float()  # the first batch sets the values
             self.retnorm_low.copy_(decay * self.retnorm_low + (1 - decay) * lo)
             self.retnorm_high.copy_(decay * self.retnorm_high + (1 - decay) * hi)
             self.retnorm_count += 1
