@@ -220,6 +220,31 @@ def evaluate(
     typer.echo(result.summary_line())
 
 
+@app.command()
+@user_errors
+def dream(
+    run: Annotated[Path, typer.Option("--run", help="Run directory with world_model.pt.")],
+    out: Annotated[Path, typer.Option("--out", help="Video to write (.gif or .mp4; replaced if it exists); the error plot goes beside it as <stem>_error.png.")],
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset to take the episode from (default: the run's first dataset).")] = None,
+    episode: Annotated[int | None, typer.Option("--episode", help="Episode index in the dataset (default 0; -1 = the last).")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Real rows the dream observes before imagining (default 5).")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Imagined steps after the context (default: to the end of the episode).")] = None,
+    actor: Annotated[bool, typer.Option("--actor", help="Also dream under the actor's own actions (needs behavior.pt).")] = False,
+    fps: Annotated[int | None, typer.Option(help="Frames per second (default 15).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the dream's latent samples (default 0).")] = None,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Video of real | reconstruction | open-loop dream along a recorded episode, plus error vs horizon."""
+    from dreamer_core.stages import dream as stage
+
+    flags = {"dataset": None if dataset is None else str(dataset), "episode": episode, "context": context,
+             "horizon": horizon, "actor": actor or None, "fps": fps, "seed": seed, "device": device}
+    cfg = stage.make_config(str(run), str(out), preset, set_, flags)
+    typer.echo(stage.run(cfg).summary_line())
+
+
 @data_app.command("info")
 @user_errors
 def data_info(
