@@ -20,7 +20,6 @@ optim, data, checkpoint, config, logging.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.errors import DreamerError
-from dreamer_core.logging import MetricsSink, ProgressBar, read_metrics
+from dreamer_core.logging import MetricsSink, ProgressBar
 from dreamer_core.optim import clip_gradients, make_optimizer
 from dreamer_core.stages.agents import BEHAVIOR
 from dreamer_core.stages.train_world_model import (
@@ -44,6 +43,8 @@ from dreamer_core.stages.train_world_model import (
     TrainWorldModelConfig,
     open_datasets,
     resolve_device,
+    resume_or_refuse,
+    truncate_metrics,
     world_model_from_checkpoint,
 )
 from dreamer_core.types import Batch
@@ -118,17 +119,8 @@ class BehaviorTrainer:
         self.run_dir = Path(cfg.run)
         self.progress = progress
         latest = self.run_dir / LATEST
-        blob = None
-        if resume:
-            blob = checkpoint.load(latest)
-            stored = config_lib.from_dict(TrainBehaviorConfig, blob["config"])
-            cfg = dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
-                                      updates=resume_updates or stored.updates)
-        elif latest.exists() or (self.run_dir / BEHAVIOR).exists():
-            raise DreamerError(
-                f"The run {self.run_dir} already holds a behavior ({BEHAVIOR}). Pass --resume to continue "
-                "it, or train the world model into another --out; nothing was changed."
-            )
+        cfg, blob = resume_or_refuse(cfg, latest, self.run_dir / BEHAVIOR, resume, resume_updates,
+                                     "train a world model into another run directory")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.threads > 0:
@@ -233,10 +225,7 @@ class BehaviorTrainer:
         self.sampler.load_state_dict(blob["sampler"])
         torch.set_rng_state(blob["torch_rng"])
         self.update = int(blob["update"])
-        path = self.run_dir / METRICS
-        if path.exists():  # drop records logged after the checkpoint; they will be logged again
-            kept = [r for r in read_metrics(self.run_dir, METRICS) if r.get("step", 0) <= self.update]
-            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        truncate_metrics(self.run_dir, self.update, METRICS)
 
 
 def start_states(world_model: WorldModel, batch: Batch):

@@ -140,18 +140,8 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.progress = progress
         latest = self.run_dir / LATEST
-        blob = None
-        if resume:
-            blob = checkpoint.load(latest)
-            # The run's own config, except the data given now and a larger update budget.
-            stored = config_lib.from_dict(TrainWorldModelConfig, blob["config"])
-            cfg = dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
-                                      updates=resume_updates or stored.updates)
-        elif latest.exists() or (self.run_dir / WORLD_MODEL).exists():
-            raise DreamerError(
-                f"The run {self.run_dir} already holds a world model. Pass --resume to continue it, or "
-                "choose another --out; nothing was changed."
-            )
+        cfg, blob = resume_or_refuse(cfg, latest, self.run_dir / WORLD_MODEL, resume, resume_updates,
+                                     "choose another --out")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.threads > 0:
@@ -386,7 +376,7 @@ class Trainer:
         self.sampler.load_state_dict(blob["sampler"])
         torch.set_rng_state(blob["torch_rng"])
         self.calibration = blob.get("calibration")
-        _truncate_metrics(self.run_dir, self.update)
+        truncate_metrics(self.run_dir, self.update)
 
 
 def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> dict[str, float]:
@@ -403,13 +393,34 @@ def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> 
     return {k: scale * targets[k] / max(magnitudes[k], 1e-8) for k in order}
 
 
-def _truncate_metrics(run_dir: Path, update: int) -> None:
+def truncate_metrics(run_dir: Path, update: int, name: str = "metrics.jsonl") -> None:
     """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / name
     if not path.exists():
         return
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= update]
+    kept = [r for r in read_metrics(run_dir, name) if r.get("step", 0) <= update]
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def resume_or_refuse(cfg: Any, latest: Path, artifact: Path, resume: bool, resume_updates: int | None,
+                     alternative: str) -> tuple[Any, dict[str, Any] | None]:
+    """The config a run continues with, and its checkpoint blob (None for a fresh run).
+
+    Resuming takes the run's own stored config, except the datasets given now and a new update
+    budget. A fresh run refuses to start where ``latest`` or ``artifact`` already exist, so
+    nothing on disk is overwritten by accident.
+    """
+    if resume:
+        blob = checkpoint.load(latest)
+        stored = config_lib.from_dict(type(cfg), blob["config"])
+        return dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
+                                   updates=resume_updates or stored.updates), blob
+    if latest.exists() or artifact.exists():
+        raise DreamerError(
+            f"The run {artifact.parent} already holds {artifact.name}. Pass --resume to continue it, or "
+            f"{alternative}; nothing was changed."
+        )
+    return cfg, None
 
 
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
