@@ -128,8 +128,12 @@ class OneHotAwareLinear(nn.Linear):
             assert 0 <= start and start + groups * classes <= in_features, (onehot, in_features)
         self.onehot = onehot
 
+    # Below this many rows the gather's fixed costs (argmax, a transposed weight copy) exceed
+    # the saved multiply-adds: the RSSM's per-step input layer in training sees only B rows.
+    min_rows = 256
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onehot is None:
+        if self.onehot is None or x.numel() // x.shape[-1] < self.min_rows:
             return super().forward(x)
         start, groups, classes = self.onehot
         end = start + groups * classes

@@ -188,12 +188,13 @@ def test_kernel_five_and_large_images():
 
 
 @pytest.mark.parametrize("start,extra", [(0, 3), (5, 0), (4, 2)])
-def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra):
+def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra, monkeypatch):
     from dreamer_core.nets.distributions import OneHotDist
     from dreamer_core.nets.layers import OneHotAwareLinear
 
     torch.manual_seed(0)
     S, K, out = 6, 5, 7
+    monkeypatch.setattr(OneHotAwareLinear, "min_rows", 1)  # exercise the gather path on a small input
     fast = OneHotAwareLinear(start + S * K + extra, out, True, onehot=(start, S, K))
     plain = torch.nn.Linear(start + S * K + extra, out)
     plain.load_state_dict(fast.state_dict())
