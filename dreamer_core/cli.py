@@ -127,8 +127,8 @@ def collect(
 @app.command("train-world-model")
 @user_errors
 def train_world_model(
-    datasets: Annotated[list[Path], typer.Argument(help="One or more dataset directories.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (created).")],
+    datasets: Annotated[list[Path] | None, typer.Argument(help="One or more dataset directories (with --resume: default the run's own).")] = None,
     updates: Annotated[int | None, typer.Option(help="Gradient updates in total (default 5000).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="B (default 16).")] = None,
@@ -152,7 +152,7 @@ def train_world_model(
         "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
         "precision": precision, "device": device, "skip_corrupt": skip_corrupt or None,
     }
-    cfg = stage.make_config([str(d) for d in datasets], str(out), preset, set_, flags)
+    cfg = stage.make_config([str(d) for d in datasets or []], str(out), preset, set_, flags)
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}

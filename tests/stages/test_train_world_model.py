@@ -63,7 +63,7 @@ def test_resume_reproduces_an_uninterrupted_run(dummy_data, tmp_path):
     common = [*TINY, "--set", "log_every=1", "--set", "eval_every=1000", "--set", "checkpoint_every=6"]
     assert dreamer("train-world-model", dummy_data, "--out", tmp_path / "a", "--updates", 12, *common).exit_code == 0
     assert dreamer("train-world-model", dummy_data, "--out", tmp_path / "b", "--updates", 6, *common).exit_code == 0
-    result = dreamer("train-world-model", dummy_data, "--out", tmp_path / "b", "--updates", 12, "--resume", "-q")
+    result = dreamer("train-world-model", "--out", tmp_path / "b", "--updates", 12, "--resume", "-q")  # its own data
     assert result.exit_code == 0, result.output
     losses_a = [r["wm/loss"] for r in read_metrics(tmp_path / "a") if "wm/loss" in r]
     losses_b = [r["wm/loss"] for r in read_metrics(tmp_path / "b") if "wm/loss" in r]
@@ -78,6 +78,8 @@ def test_dataset_with_other_spaces_is_refused(dummy_data, tmp_path):
     result = dreamer("train-world-model", other, "--out", run, "--updates", 4, "--resume", "-q")
     assert result.exit_code == 2 and "does not fit the checkpoint" in result.output
     assert "Traceback" not in result.output
+    result = dreamer("train-world-model", "--out", tmp_path / "fresh", "--updates", 2, "-q")
+    assert result.exit_code == 2 and "No dataset given" in result.output
 
 
 def test_non_finite_losses_stop_the_run_and_keep_the_checkpoint(dummy_data, tmp_path, monkeypatch):
