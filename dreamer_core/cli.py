@@ -234,7 +234,7 @@ def dream(
     seed: Annotated[int | None, typer.Option(help="Seed of the dream's latent samples (default 0).")] = None,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Video of real | reconstruction | open-loop dream along a recorded episode, plus error vs horizon."""
     from dreamer_core.stages import dream as stage

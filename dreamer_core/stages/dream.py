@@ -769,7 +769,7 @@ class DreamConfig:
     fps: int = 15
     height: int = 128  # pixels of each image panel
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def make_config(run: str, out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> DreamConfig:
