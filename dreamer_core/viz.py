@@ -2,16 +2,20 @@
 
 Everything here is numpy in, uint8 ``[H, W, 3]`` frames out, drawn without matplotlib so a
 500-step episode renders in well under a second. Writing a list of frames to GIF (Pillow) or
-MP4 (imageio-ffmpeg) is :func:`write_video`.
+MP4 (imageio-ffmpeg) atomically is :func:`write_video`.
 
-Imports: numpy, imageio (lazily). Nothing from dreamer_core.
+Imports: numpy, Pillow and imageio (lazily), data.store (directory fsync).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dreamer_core.data.store import fsync_dir
 
 # Panel colours (RGB): real data, posterior reconstruction, open-loop dream.
 REAL, RECON, DREAM = (30, 30, 30), (40, 110, 220), (220, 60, 40)
@@ -76,16 +80,46 @@ def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
 
 
 def write_video(frames: list[np.ndarray], path: Path | str, fps: int = 15) -> Path:
-    """Write frames as GIF (by suffix ``.gif``, Pillow) or MP4 (``.mp4``, imageio-ffmpeg)."""
-    import imageio.v2 as imageio
+    """Write frames as GIF (by suffix ``.gif``, Pillow) or MP4 (``.mp4``, imageio-ffmpeg).
 
+    The file is written beside ``path`` under a temporary name and renamed into place, so an
+    existing video is replaced whole or not at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gif":
-        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
-    else:
-        # libx264 needs even sizes: pad by one white row/column when odd.
-        h, w = frames[0].shape[:2]
-        frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=255) for f in frames]
-        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".gif":
+            _write_gif(frames, Path(tmp), fps)
+        else:
+            _write_mp4(frames, Path(tmp), fps)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
     return path
+
+
+def _write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """Pillow GIF with a fast octree palette per frame: about 8x faster than imageio's default
+    quantizer on these frames (25 s -> 3 s for 200 frames of 540x600)."""
+    from PIL import Image
+
+    images = [Image.fromarray(f).quantize(method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+              for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0)
+
+
+def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    # libx264 needs even sizes: pad by one white row/column when odd.
+    h, w = frames[0].shape[:2]
+    frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=255) for f in frames]
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
