@@ -52,6 +52,7 @@ from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
 from dreamer_core.policies import AgentPolicy
+from dreamer_core.stages import agents
 from dreamer_core.stages.agents import BEHAVIOR, load_agent
 from dreamer_core.stages.train_world_model import (
     WORLD_MODEL,
@@ -150,16 +151,7 @@ def load_episode_batch(dataset: Dataset, episode: int, start: int = 0, length: i
 def episode_to_batch(ep: Episode, start: int = 0, stop: int | None = None,
                      device: str | torch.device = "cpu") -> Batch:
     """Rows ``start:stop`` of an Episode as a ``[1, L]`` Batch (``is_first`` at row 0 only)."""
-    stop = ep.rows if stop is None else stop
-
-    def rows(x: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x[start:stop]))[None].to(device)
-
-    obs = {k: rows(v if v.dtype == np.uint8 else v.astype(np.float32)) for k, v in ep.obs.items()}
-    is_first = torch.zeros_like(rows(ep.is_first), dtype=torch.bool)
-    is_first[:, 0] = True
-    return Batch(obs=obs, action=rows(ep.action), reward=rows(ep.reward.astype(np.float32)),
-                 is_first=is_first, is_last=rows(ep.is_last).bool(), is_terminal=rows(ep.is_terminal).bool())
+    return Batch.from_episode(ep, start, stop).to(device)
 
 
 # --- dreams ------------------------------------------------------------------------------------
@@ -464,21 +456,9 @@ def play_episode(world_model: WorldModel, agent: ActorCritic, env: EnvConfig | d
     gym_env = make_env(env_cfg, seed=seed)
     policy = AgentPolicy(world_model, agent, 1, mode=mode, seed=seed, device=device)
     try:
-        obs, _ = gym_env.reset(seed=seed)
-        observations, actions, rewards = [obs], [], []
-        is_first = np.ones(1, dtype=bool)
-        terminated = truncated = False
-        while not (terminated or truncated or (max_steps and len(actions) >= max_steps)):
-            action = policy.act({k: np.asarray(v)[None] for k, v in obs.items()}, is_first)[0]
-            obs, reward, terminated, truncated, _ = gym_env.step(action)
-            is_first[:] = False
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
+        return agents.play_episode(gym_env, policy, seed, max_steps).episode
     finally:
         gym_env.close()
-    stacked = {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
-    return Episode.from_transitions(stacked, np.stack(actions), np.asarray(rewards, np.float32), bool(terminated))
 
 
 # --- dataset overview (notebook 01) ----------------------------------------------------------------

@@ -32,7 +32,7 @@ from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import ProgressBar
 from dreamer_core.policies import AgentPolicy
-from dreamer_core.stages.agents import BEHAVIOR, load_agent
+from dreamer_core.stages.agents import BEHAVIOR, PlayedEpisode, load_agent, play_episode
 from dreamer_core.stages.train_world_model import resolve_device
 from dreamer_core.types import Batch
 from dreamer_core.world_model import WorldModel
@@ -108,12 +108,13 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         with ProgressBar(cfg.episodes, f"evaluate {env_cfg.id}", progress) as bar:
             for i in range(cfg.episodes):
                 record = cfg.video and i < cfg.video_episodes
-                ret, length, trace = _episode(env, policy, cfg.seed + i, cfg.max_steps, record, render is not None)
+                played = play_episode(env, policy, cfg.seed + i, cfg.max_steps, render=record and render is not None)
+                ret = played.ret
                 returns.append(ret)
-                lengths.append(length)
+                lengths.append(played.episode.steps)
                 if record:
                     path = folder / f"episode_{i:03d}.{cfg.video_format}"
-                    frames = episode_frames(world_model, trace, cfg.context, device)
+                    frames = episode_frames(world_model, played, cfg.context, device)
                     videos.append(str(viz.write_video(frames, path, cfg.fps)))
                 bar.update(i + 1, f"return {ret:.1f} | mean {np.mean(returns):.1f}")
     finally:
@@ -145,56 +146,11 @@ def _new_folder(root: Path) -> Path:
     raise DreamerError(f"Could not create a new evaluation folder under {root}.")
 
 
-def _episode(env, policy: AgentPolicy, seed: int, max_steps: int, record: bool, render: bool
-             ) -> tuple[float, int, dict[str, Any] | None]:
-    """Play one episode; with ``record``, keep the observations, actions and rendered frames."""
-    obs, _ = env.reset(seed=seed)
-    policy.reset()
-    is_first = np.ones(1, dtype=bool)
-    total, length = 0.0, 0
-    trace: dict[str, Any] | None = None
-    if record:
-        trace = {"obs": [obs], "actions": [None], "rewards": [0.0], "frames": [env.render()] if render else []}
-    while True:
-        action = policy.act({k: np.asarray(v)[None] for k, v in obs.items()}, is_first)[0]
-        obs, reward, terminated, truncated, _ = env.step(action)
-        is_first[:] = False
-        total += float(reward)
-        length += 1
-        if trace is not None:
-            trace["obs"].append(obs)
-            trace["actions"].append(action)
-            trace["rewards"].append(float(reward))
-            if render:
-                trace["frames"].append(env.render())
-        if terminated or truncated or (max_steps and length >= max_steps):
-            return total, length, trace
-
-
-def _trace_batch(world_model: WorldModel, trace: dict[str, Any], device: torch.device) -> Batch:
-    """One recorded episode as a ``[1, L]`` batch in the dataset's row convention."""
-    L = len(trace["obs"])
-    obs = {}
-    for key, space in world_model.observation_space.spaces.items():
-        values = np.stack([np.asarray(o[key]) for o in trace["obs"]])
-        tensor = torch.as_tensor(values if space.dtype == np.uint8 else values.astype(np.float32))
-        obs[key] = tensor[None].to(device)
-    first = trace["actions"][1] if L > 1 else None
-    zero = np.zeros_like(np.asarray(first)) if first is not None else np.zeros(world_model.action_space.shape)
-    actions = np.stack([zero if a is None else np.asarray(a) for a in trace["actions"]])
-    is_first = torch.zeros(1, L, dtype=torch.bool)
-    is_first[0, 0] = True
-    return Batch(obs=obs, action=torch.as_tensor(actions)[None].to(device),
-                 reward=torch.as_tensor(trace["rewards"], dtype=torch.float32)[None].to(device),
-                 is_first=is_first.to(device), is_last=torch.zeros(1, L, dtype=torch.bool, device=device),
-                 is_terminal=torch.zeros(1, L, dtype=torch.bool, device=device))
-
-
-def episode_frames(world_model: WorldModel, trace: dict[str, Any], context: int, device: torch.device,
+def episode_frames(world_model: WorldModel, played: PlayedEpisode, context: int, device: torch.device,
                    height: int = 128) -> list[np.ndarray]:
     """Video frames: real | reconstruction | dream (images), or the rendered env beside bars of
     the vector observation's real | reconstructed | dreamed values."""
-    batch = _trace_batch(world_model, trace, device)
+    batch = Batch.from_episode(played.episode).to(device)
     out = world_model.reconstruct_and_dream(batch, context)
     recon = {k: v[0].float().cpu().numpy() for k, v in out["recon"].items()}
     dream = {k: v[0].float().cpu().numpy() for k, v in out["dream"].items()}
@@ -208,8 +164,8 @@ def episode_frames(world_model: WorldModel, trace: dict[str, Any], context: int,
         for key in image_keys:
             panels += [viz.fit(viz.to_rgb(real[key][t]), height), viz.fit(viz.to_rgb(recon[key][t]), height),
                        viz.fit(viz.to_rgb(dream[key][t]), height)]
-        if trace["frames"]:
-            panels.append(viz.fit(viz.to_rgb(trace["frames"][t]), height))
+        if played.frames:
+            panels.append(viz.fit(viz.to_rgb(played.frames[t]), height))
         for key in vector_keys:
             panels.append(viz.vector_panel([real[key][t], recon[key][t], dream[key][t]],
                                            [viz.REAL, viz.RECON, viz.DREAM], scales[key], height))
