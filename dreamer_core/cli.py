@@ -4,6 +4,8 @@
     dreamer train-world-model data/cartpole --out runs/cartpole
     dreamer train-behavior --run runs/cartpole
     dreamer evaluate --run runs/cartpole --episodes 20 --video
+    dreamer train --env CartPole-v1 --out runs/cartpole-online       # the stages alternating online
+    dreamer plot runs/cartpole-online
     dreamer data info data/cartpole
     dreamer data import-minari ~/.minari/datasets/cartpole/random-v0 data/cartpole-minari
     dreamer data export-minari data/cartpole exported/cartpole
@@ -218,6 +220,68 @@ def evaluate(
     cfg = stage.make_config(str(run), preset, set_, flags)
     result = stage.run(cfg, progress=not quiet)
     typer.echo(result.summary_line())
+
+
+@app.command()
+@user_errors
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (created; holds the replay dataset, checkpoints, metrics).")],
+    env: Annotated[str | None, typer.Option("--env", help="Env id (as for collect). Not needed with --resume.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps in total (default 20000; with --resume: a new total).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    num_envs: Annotated[int | None, typer.Option("--num-envs", help="Envs stepped in parallel (default 1).")] = None,
+    train_ratio: Annotated[float | None, typer.Option("--train-ratio", help="Replayed steps per env step (default 64).")] = None,
+    prefill: Annotated[int | None, typer.Option(help="Random-policy env steps before learning starts (default 1000).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="B (default 16).")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="T (default 32).")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Env steps between evaluations (default 2000; 0 = never).")] = None,
+    eval_episodes: Annotated[int | None, typer.Option("--eval-episodes", help="Greedy episodes per evaluation (default 10).")] = None,
+    checkpoint_seconds: Annotated[float | None, typer.Option("--checkpoint-seconds", help="Seconds between checkpoints (default 300).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
+    action_repeat: Annotated[int | None, typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
+    env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (0 = default; 1 beside other busy processes).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: PresetOpt = [],
+    set_: SetOpt = [],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating)."""
+    from dreamer_core.stages import online as stage
+
+    _import_env_modules(env_module)
+    if env is None and not resume:
+        raise DreamerError("Give the environment with --env ID (e.g. --env CartPole-v1), or --resume an existing run.")
+    flags = {
+        "env.id": env, "env.obs": "pixels" if pixels else None, "env.action_repeat": action_repeat,
+        "env.env_module": env_module[0] if env_module else None, "steps": steps, "num_envs": num_envs,
+        "train_ratio": train_ratio, "prefill": prefill, "batch_size": batch_size, "seq_len": seq_len,
+        "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_seconds": checkpoint_seconds,
+        "seed": seed, "threads": threads, "device": device,
+    }
+    if resume:
+        cfg = stage.TrainConfig(out=str(out))
+    else:
+        cfg = stage.make_config(str(out), preset, set_, flags)
+    result = stage.run(cfg, resume=resume, progress=not quiet, steps=steps if resume else None)
+    typer.echo(stage.summary_line(result))
+    if result["interrupted"]:
+        raise typer.Exit(code=130)
+
+
+@app.command()
+@user_errors
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: one line each, e.g. seeds).")],
+    out: Annotated[Path | None, typer.Option("--out", help="PNG to write (default RUN/curve.png of the first run).")] = None,
+    key: Annotated[list[str], typer.Option("--key", help="Plot this metric instead of the default panels (repeatable).")] = [],
+    title: Annotated[str | None, typer.Option("--title", help="Figure title.")] = None,
+) -> None:
+    """Learning curves (PNG) from the runs' metrics: returns, losses, imagined returns."""
+    from dreamer_core.stages.plot import plot_runs
+
+    typer.echo(f"wrote {plot_runs(runs, out, key or None, title)}")
 
 
 @app.command()

@@ -105,6 +105,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# `dreamer train` (online) composes both: the world model's size and variant settings plus the
+# actor-critic's (its config has `model`, `optim` and `behavior` like stages 02 and 03).
+PRESETS["train"] = {
+    name: PRESETS["train-world-model"].get(name, {}) | {
+        k: v for k, v in PRESETS["train-behavior"].get(name, {}).items() if k not in ("batch_size", "seq_len")
+    }
+    for name in set(PRESETS["train-world-model"]) | set(PRESETS["train-behavior"])
+}
+# The DreamerV3 paper's learning rates (`dreamer train` raises them 10x by default; see stages/online.py).
+PRESETS["train"]["paper-lr"] = {"optim.lr": 1e-4, "behavior.actor_optim.lr": 3e-5, "behavior.critic_optim.lr": 3e-5}
+
 
 def known_presets() -> list[str]:
     return sorted({name for stage in PRESETS.values() for name in stage})

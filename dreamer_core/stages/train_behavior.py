@@ -238,10 +238,15 @@ def start_states(world_model: WorldModel, batch: Batch):
 
 
 def behavior_update(world_model: WorldModel, agent: ActorCritic, actor_optim: torch.optim.Optimizer,
-                    critic_optim: torch.optim.Optimizer, cfg: BehaviorConfig, batch: Batch) -> dict[str, float]:
-    """One actor and one critic update from a replay batch (on the model's device)."""
+                    critic_optim: torch.optim.Optimizer, cfg: BehaviorConfig, batch: Batch,
+                    post=None) -> dict[str, float]:
+    """One actor and one critic update from a replay batch (on the model's device).
+
+    ``post``: the batch's posterior states when the caller has them already (the online loop
+    takes them from the world-model update); otherwise the frozen world model filters the batch."""
     agent.train()
-    post = start_states(world_model, batch)
+    if post is None:
+        post = start_states(world_model, batch)
     actor_loss, critic_loss, metrics = agent.loss(world_model, post, batch)
     actor_optim.zero_grad(set_to_none=True)
     actor_loss.backward()

@@ -226,33 +226,11 @@ class Trainer:
             bar.update(self.update, force=True)
         return {"updates": self.update, **last_metrics}
 
-    def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
-
     def train_step(self, batch: Batch, scales: LossScales | None = None) -> tuple[bool, dict[str, float]]:
         """One update. Returns (finite, metrics as floats); a non-finite loss changes nothing."""
-        batch = batch.to(self.device)
-        self.model.train()
-        with self._autocast():
-            loss, metrics, _ = self.model.loss(batch)
-        grads_ok = True
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            norm = clip_gradients(self.model.parameters(), self.cfg.optim)
-            grads_ok = bool(torch.isfinite(norm))
-        if not (grads_ok and torch.isfinite(loss)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return False, {}
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.optim.lr * warmup_factor(self.update, self.cfg.optim)
-        self.optimizer.step()
-        out = {k: float(v) for k, v in metrics.items()}  # one sync per update
-        out["loss"] = float(loss.detach())
-        out["grad_norm"] = float(norm)
-        return True, out
+        ok, metrics, _ = world_model_update(self.model, self.optimizer, self.cfg.optim, self.update,
+                                            batch.to(self.device), self.cfg.precision)
+        return ok, metrics
 
     # --- evaluation ---------------------------------------------------------------------
 
@@ -385,6 +363,40 @@ class Trainer:
         torch.set_rng_state(blob["torch_rng"])
         self.calibration = blob.get("calibration")
         truncate_metrics(self.run_dir, self.update)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for (master weights and losses stay float32), else a no-op."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
+                       batch: Batch, precision: str = "float32") -> tuple[bool, dict[str, float], Any]:
+    """One world-model update on a batch (on the model's device).
+
+    Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
+    loss or gradient changes nothing and returns (False, {}, None)."""
+    model.train()
+    with autocast(batch.reward.device, precision):
+        loss, metrics, post = model.loss(batch)
+    grads_ok = True
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        norm = clip_gradients(model.parameters(), optim)
+        grads_ok = bool(torch.isfinite(norm))
+    if not (grads_ok and torch.isfinite(loss)):
+        optimizer.zero_grad(set_to_none=True)
+        return False, {}, None
+    for group in optimizer.param_groups:
+        group["lr"] = optim.lr * warmup_factor(update, optim)
+    optimizer.step()
+    out = {k: float(v) for k, v in metrics.items()}  # one sync per update
+    out["loss"] = float(loss.detach())
+    out["grad_norm"] = float(norm)
+    return True, out, post.detach()
 
 
 def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> dict[str, float]:

@@ -1,0 +1,128 @@
+"""Learning curves from a run's metrics (`dreamer plot RUN [RUN...]`).
+
+    dreamer plot runs/cartpole-online                      # -> runs/cartpole-online/curve.png
+    dreamer plot runs/seed0 runs/seed1 runs/seed2 --out cartpole.png
+
+Reads ``metrics.jsonl`` (online runs: step = env steps; stage 02: step = updates) and
+``behavior_metrics.jsonl`` (stage 03), picks the panels whose metrics exist and draws one line
+per run, so several seeds overlay in one figure. ``--key`` plots chosen metrics instead.
+
+Imports: logging (read_metrics), errors, matplotlib.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import read_metrics
+
+# (title, x label, metrics file, keys); a panel is drawn when one of its keys was logged.
+PANELS = [
+    ("Evaluation return (greedy)", "env steps", "metrics.jsonl", ["eval/return"]),
+    ("Training episode return", "env steps", "metrics.jsonl", ["train/return"]),
+    ("World-model loss", "steps", "metrics.jsonl", ["wm/loss", "val/wm/loss"]),
+    ("Open-loop MSE@15 / repeat-last", "updates", "metrics.jsonl", ["val/wm/openloop_ratio_last"]),
+    ("Imagined return", "steps", "metrics.jsonl", ["imag/return"]),
+    ("Actor entropy", "steps", "metrics.jsonl", ["actor/entropy"]),
+    ("Imagined return (stage 03)", "behavior updates", "behavior_metrics.jsonl", ["imag/return"]),
+    ("Actor entropy (stage 03)", "behavior updates", "behavior_metrics.jsonl", ["actor/entropy"]),
+]
+
+
+def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key`` where it was logged with a finite number."""
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            xs.append(r["step"])
+            ys.append(float(v))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    if window <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_runs(runs: list[Path | str], out: Path | str | None = None, keys: list[str] | None = None,
+              title: str | None = None) -> Path:
+    """Draw the curves of one or more runs into a PNG; returns its path.
+
+    ``out`` defaults to ``RUN/curve.png`` of the first run. Raises DreamerError when a run has
+    no metrics or none of the asked-for keys was logged.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise DreamerError("Give at least one run directory: `dreamer plot RUN [RUN...]`.")
+    data = {}
+    for run in runs:
+        files = {name: read_metrics(run, name) for name in ("metrics.jsonl", "behavior_metrics.jsonl")}
+        if not any(files.values()):
+            raise DreamerError(
+                f"{run} has no metrics.jsonl or behavior_metrics.jsonl, so there is nothing to plot. Pass a run "
+                "directory written by `dreamer train`, `train-world-model` or `train-behavior`."
+            )
+        data[run] = files
+    if keys:
+        panels = [(k, "step", "metrics.jsonl", [k]) for k in keys]
+    else:
+        panels = PANELS
+    drawn = [p for p in panels if any(len(series(data[r][p[2]], k)[0]) for r in runs for k in p[3])]
+    if not drawn:
+        logged = sorted({k for r in runs for recs in data[r].values() for rec in recs for k in rec} - {"step"})
+        raise DreamerError(
+            f"None of the metrics {', '.join(k for p in panels for k in p[3])} was logged in {', '.join(map(str, runs))}. "
+            f"Logged keys include: {', '.join(logged[:12])}. Choose some with --key."
+        )
+    cols = min(2, len(drawn))
+    rows = (len(drawn) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel_title, xlabel, name, panel_keys) in zip(axes.flat, drawn):
+        for i, run in enumerate(runs):
+            for j, key in enumerate(panel_keys):
+                x, y = series(data[run][name], key)
+                if not len(x):
+                    continue
+                label = run.name if len(panel_keys) == 1 else f"{run.name} {key}"
+                style = "-" if j == 0 else "--"
+                if key == "train/return":
+                    ax.plot(x, y, ".", color=colors[i % len(colors)], alpha=0.15, markersize=2)
+                    y = smooth(y, 20)
+                ax.plot(x, y, style, color=colors[i % len(colors)], label=label, marker="o" if len(x) < 30 else None,
+                        markersize=3)
+                if key == "eval/return":
+                    _, std = series(data[run][name], "eval/return_std")
+                    if len(std) == len(y):
+                        ax.fill_between(x, y - std, y + std, color=colors[i % len(colors)], alpha=0.12)
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if len(runs) > 1 or len(panel_keys) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(drawn):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out) if out is not None else runs[0] / "curve.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

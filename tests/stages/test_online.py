@@ -1,0 +1,195 @@
+"""`dreamer train`: the online loop, its artifacts, resume after kill -9, learning on a toy env,
+and the CLI chain from an online run through stages 02-04, dream and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamer_core import checkpoint
+from dreamer_core.data import store
+from dreamer_core.data.dataset import Dataset
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import read_metrics
+from dreamer_core.stages import online
+
+TOY = "dreamer/DummyDiscrete-v0"
+SMALL = ["--preset", "tiny", "--threads", "1", "-q"]
+
+
+def dreamer(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamer_core", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def small_config(out: Path, **flags) -> online.TrainConfig:
+    base = {"env.id": TOY, "steps": 300, "prefill": 100, "train_ratio": 16.0, "eval_every": 0,
+            "eval_episodes": 2, "threads": 1, "device": "cpu"}
+    return online.make_config(str(out), ["tiny"], [], base | flags)
+
+
+def evals(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["eval/return"]) for r in read_metrics(run) if "eval/return" in r]
+
+
+def test_updates_follow_the_train_ratio(tmp_path):
+    cfg = small_config(tmp_path / "run")
+    trainer = online.OnlineTrainer(cfg, progress=False)
+    try:
+        rows = cfg.batch_size * cfg.seq_len  # 4 * 16 = 64 replayed steps per update
+        for steps, owed in ((0, 0), (99, 0), (100, 1), (103, 1), (104, 2), (164, 17), (300, 51)):
+            trainer.env_steps = steps
+            assert trainer.updates_owed() == owed == (0 if steps < 100 else 1 + (steps - 100) * 16 // rows)
+    finally:
+        trainer.close()
+
+
+def test_online_run_writes_every_artifact(tmp_path):
+    run = tmp_path / "run"
+    result = online.run(small_config(run, eval_every=100), progress=False)
+    assert result["env_steps"] == 300 and not result["interrupted"]
+    assert result["updates"] == 1 + (300 - 100) * 16 // 64
+    for name in ("world_model.pt", "behavior.pt", "train_config.yaml", "metrics.jsonl", "checkpoints/online_latest.pt"):
+        assert (run / name).exists(), name
+    # Every counted env step is in the dataset (the episodes in progress at the end are kept).
+    data = Dataset(run / "replay")
+    assert data.num_steps == 300 and data.env_ids == [TOY]
+    records = read_metrics(run)
+    assert [s for s, _ in evals(run)] == [100, 200, 300]  # after prefill, every 100, and once at the end
+    assert any("wm/loss" in r and "actor/loss" in r for r in records)
+    timing = [r for r in records if "time/world_model" in r][-1]
+    assert timing["time/world_model"] > 0 and timing["time/behavior"] > 0 and timing["time/collect"] > 0
+    # The artifacts load with the stage 03/04 loaders.
+    from dreamer_core.stages.agents import load_agent
+
+    world_model, agent, blob = load_agent(run)
+    assert blob["update"] == result["updates"] and blob["env_config"]["id"] == TOY
+
+
+def test_fresh_run_refuses_an_existing_run_and_resume_needs_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    online.run(small_config(run, steps=150), progress=False)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(DreamerError, match="--resume"):
+        online.OnlineTrainer(small_config(run), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(DreamerError, match="never wrote"):
+        online.OnlineTrainer(small_config(tmp_path / "empty"), resume=True, progress=False)
+    with pytest.raises(DreamerError, match="prefill"):
+        small_config(tmp_path / "x", prefill=4, seq_len=16)
+    result = dreamer("train", "--out", tmp_path / "noenv")
+    assert result.returncode == 2 and "--env" in result.stderr
+
+
+def test_resume_continues_counters_and_dataset(tmp_path):
+    run = tmp_path / "run"
+    first = online.run(small_config(run, steps=200), progress=False)
+    shards = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
+    second = online.run(online.TrainConfig(out=str(run)), resume=True, progress=False, steps=350)
+    assert second["env_steps"] == 350 and second["updates"] == 1 + (350 - 100) * 16 // 64 > first["updates"]
+    blob = checkpoint.load(run / online.LATEST)
+    assert blob["resumes"] == 1 and blob["env_steps"] == 350
+    after = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
+    assert all(after[name] == mtime for name, mtime in shards.items())  # old shards untouched
+    assert Dataset(run / "replay").num_steps == 350
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == sorted(steps)
+
+
+def test_kill_9_then_resume_keeps_flushed_data_and_counters(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamer_core", "train", "--env", TOY, "--out", str(run), "--steps", "100000000",
+         "--prefill", "100", "--train-ratio", "8", "--eval-every", "0", "--checkpoint-seconds", "1",
+         "--set", "shard_seconds=0.5", *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    latest = run / online.LATEST
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            if latest.exists() and checkpoint.load(latest)["updates"] >= 5 and \
+                    len(store.shard_paths(run / "replay")) >= 3:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no checkpoint with 5 updates after 120 s")
+        time.sleep(0.7)  # land somewhere between checkpoints
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    blob = checkpoint.load(latest)
+    flushed = Dataset(run / "replay")
+    shards = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
+    assert flushed.num_steps >= blob["dataset_steps"]
+    target = blob["env_steps"] + (flushed.num_steps - blob["dataset_steps"]) + 200
+    result = dreamer("train", "--out", run, "--resume", "--steps", target, "-q")
+    assert result.returncode == 0, result.stderr
+    resumed = checkpoint.load(latest)
+    assert resumed["env_steps"] == target and resumed["resumes"] == 1
+    assert resumed["updates"] > blob["updates"]
+    after = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
+    assert all(after[name] == mtime for name, mtime in shards.items())  # nothing flushed was lost or rewritten
+    data = Dataset(run / "replay")
+    assert data.num_steps == flushed.num_steps + 200 + (target - 200 - blob["env_steps"]
+                                                        - (flushed.num_steps - blob["dataset_steps"]))
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == sorted(steps)  # records past the checkpoint were dropped, then logged again
+
+
+def test_online_learning_improves_the_toy_return(tmp_path):
+    """DummyDiscrete pays 1 per step for the action its observation reveals (random: 1/3)."""
+    run = tmp_path / "run"
+    cfg = small_config(run, steps=1500, prefill=200, train_ratio=32.0, eval_every=1300, eval_episodes=10)
+    online.run(cfg, progress=False)
+    (s0, first), *_, (_, last) = evals(run)
+    assert s0 == 200
+    assert last >= 1.5 * first and last >= 12.0, evals(run)
+
+
+def test_cli_chain_from_an_online_run(tmp_path):
+    run = tmp_path / "run"
+    start = time.monotonic()
+    result = dreamer("train", "--env", TOY, "--out", run, "--steps", 250, "--prefill", 100, "--train-ratio", 16,
+                     "--eval-every", 100, "--eval-episodes", 2, *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "eval return" in result.stdout and str(run / "replay") in result.stdout
+    result = dreamer("evaluate", "--run", run, "--episodes", 2, "-q")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(next((run / "eval").glob("*/report.json")).read_text())
+    assert len(report["returns"]) == 2
+    result = dreamer("plot", run)
+    assert result.returncode == 0 and (run / "curve.png").stat().st_size > 1000, result.stderr
+    result = dreamer("dream", "--run", run, "--out", tmp_path / "dream.gif", "--horizon", 10)
+    assert result.returncode == 0, result.stderr
+    result = dreamer("collect", "--env", TOY, "--policy", run, "--out", tmp_path / "agent-data", "--steps", 50, "-q")
+    assert result.returncode == 0, result.stderr
+    result = dreamer("train-world-model", run / "replay", "--out", tmp_path / "offline", "--updates", 5,
+                     "--preset", "tiny", "-q")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - start < 120
+
+
+def test_plot_overlays_runs_and_refuses_bad_input(tmp_path):
+    from dreamer_core.stages.plot import plot_runs, smooth
+
+    run = tmp_path / "run"
+    online.run(small_config(run, steps=150, eval_every=50), progress=False)
+    out = plot_runs([run, run], tmp_path / "two.png")
+    assert out.stat().st_size > 1000
+    with pytest.raises(DreamerError, match="nothing to plot"):
+        plot_runs([tmp_path / "missing"])
+    with pytest.raises(DreamerError, match="--key"):
+        plot_runs([run], keys=["no/such_key"])
+    np.testing.assert_allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
