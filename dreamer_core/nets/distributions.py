@@ -332,7 +332,10 @@ class OneHotDist:
         return self._logits
 
     def _straight_through(self, onehot: torch.Tensor) -> torch.Tensor:
-        # (probs - sg(probs)) is exactly 0 forward, so the value stays exactly one-hot.
+        # (probs - sg(probs)) is exactly 0 forward, so the value stays exactly one-hot. Without
+        # a gradient to pass (imagination for REINFORCE, acting) the two extra passes are skipped.
+        if not self.probs.requires_grad:
+            return onehot
         return onehot + (self.probs - self.probs.detach())
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:

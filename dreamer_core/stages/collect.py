@@ -117,14 +117,14 @@ def run(cfg: CollectConfig, progress: bool = True) -> CollectResult:
             shard_seconds=cfg.shard_seconds,
             compression=cfg.compression,
         )
-        with writer, _StopRequest() as stop:
+        with writer, StopRequest() as stop:
             return _loop(cfg, pool, policy, writer, progress, stop)
     finally:
         pool.close()
 
 
 def _loop(
-    cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool, stop: _StopRequest
+    cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool, stop: StopRequest
 ) -> CollectResult:
     K = cfg.num_envs
     builders = [EpisodeBuilder(pool.observation_space, pool.action_space) for _ in range(K)]
@@ -182,7 +182,7 @@ def _loop(
     return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted)
 
 
-class _StopRequest:
+class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop checks between steps, so a stop never lands in
     the middle of an HDF5 write (an exception raised there could leave a half-written shard
     header). A second Ctrl-C raises KeyboardInterrupt at once; the writer then discards its
@@ -192,7 +192,7 @@ class _StopRequest:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -52,13 +52,13 @@ from dreamer_core.logging import MetricsSink, ProgressBar
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy
 from dreamer_core.stages.agents import BEHAVIOR, play_episode
-from dreamer_core.stages.collect import _StopRequest
+from dreamer_core.stages.collect import StopRequest
 from dreamer_core.stages.train_behavior import TrainBehaviorConfig, behavior_update
 from dreamer_core.stages.train_world_model import (
     WORLD_MODEL,
     TrainWorldModelConfig,
-    resolve_device,
     autocast,
+    resolve_device,
     truncate_metrics,
     world_model_update,
 )
@@ -281,7 +281,7 @@ class OnlineTrainer:
         next_log = (self.env_steps // cfg.log_every + 1) * cfg.log_every
         next_eval = 0 if self.evals == 0 else (self.env_steps // max(cfg.eval_every, 1) + 1) * cfg.eval_every
         interrupted = False
-        with self.writer, MetricsSink(self.run_dir) as sink, _StopRequest() as stop, \
+        with self.writer, MetricsSink(self.run_dir) as sink, StopRequest() as stop, \
                 ProgressBar(cfg.steps, f"train {cfg.env.id}", self.progress) as bar:
             self.sink = sink
             bar.update(self.env_steps, force=True)
