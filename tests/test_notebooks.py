@@ -26,11 +26,18 @@ def dreamer(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """DummyDict (16x16 image + state vector, Discrete actions): both kinds of views run."""
+@pytest.fixture(scope="module", params=["staged", "online"])
+def tiny_run(request, tmp_path_factory):
+    """DummyDict (16x16 image + state vector, Discrete actions): both kinds of views run, on a
+    run built stage by stage and on one from `dreamer train` (its replay is the dataset)."""
     base = tmp_path_factory.mktemp("notebook_run")
     data, run = base / "data", base / "run"
+    if request.param == "online":
+        result = dreamer("train", "--env", "dreamer/DummyDict-v0", "--out", run, "--steps", 300, "--prefill", 100,
+                         "--train-ratio", 8, "--eval-every", 0, "--preset", "tiny", "-q", "--set", "env.size=[16,16]",
+                         "--set", "log_every=50")
+        assert result.exit_code == 0, result.output
+        return run, run / "replay"
     result = dreamer("collect", "--env", "dreamer/DummyDict-v0", "--size", 16, "--out", data, "--steps", 300, "-q")
     assert result.exit_code == 0, result.output
     result = dreamer("train-world-model", data, "--out", run, "--updates", 20, "--preset", "tiny", "-q",

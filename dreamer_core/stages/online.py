@@ -138,7 +138,7 @@ def validate(cfg: TrainConfig) -> None:
 def wm_config(cfg: TrainConfig, updates: int) -> TrainWorldModelConfig:
     """The stage-02 config an online run's world model is stored under (so stages 03/04 load it)."""
     return TrainWorldModelConfig(
-        datasets=(str(Path(cfg.out) / REPLAY),), out=cfg.out, model=cfg.model, optim=cfg.optim,
+        datasets=(str((Path(cfg.out) / REPLAY).resolve()),), out=cfg.out, model=cfg.model, optim=cfg.optim,
         batch_size=cfg.batch_size, seq_len=cfg.seq_len, updates=updates, seed=cfg.seed, device=cfg.device,
         precision=cfg.precision, threads=cfg.threads, val_fraction=0.0,
     )
@@ -147,7 +147,7 @@ def wm_config(cfg: TrainConfig, updates: int) -> TrainWorldModelConfig:
 def behavior_config(cfg: TrainConfig, updates: int) -> TrainBehaviorConfig:
     """The stage-03 config an online run's actor-critic is stored under."""
     return TrainBehaviorConfig(
-        run=cfg.out, datasets=(str(Path(cfg.out) / REPLAY),), behavior=cfg.behavior, batch_size=cfg.batch_size,
+        run=cfg.out, datasets=(str((Path(cfg.out) / REPLAY).resolve()),), behavior=cfg.behavior, batch_size=cfg.batch_size,
         seq_len=cfg.seq_len, updates=updates, seed=cfg.seed, device=cfg.device, threads=cfg.threads,
     )
 
