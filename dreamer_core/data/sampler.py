@@ -224,6 +224,13 @@ class SequenceSampler:
         Shapes:
             every column: [B, T, ...] (see the class docstring for dtypes).
         """
+        return self.gather(self.draw_starts())
+
+    def draw_starts(self) -> np.ndarray:
+        """The ``B`` window starts :meth:`sample` would gather next (uniform over valid rows).
+
+        For callers that keep per-row state beside the replay (the online loop's replay
+        context): ``gather(draw_starts())`` is exactly ``sample()``."""
         if self._rows < self.seq_len:
             raise DatasetError(
                 f"The replay holds {self._rows} rows, fewer than one window of seq_len="
@@ -232,7 +239,7 @@ class SequenceSampler:
             )
         starts = self._generator.integers(0, self._rows - self.seq_len + 1, size=self.batch_size)
         self._batches_sampled += 1
-        return self.gather(starts)
+        return starts
 
     def gather(self, starts: np.ndarray | Sequence[int]) -> Batch:
         """The windows ``[s, s + T)`` for the given starts (no randomness involved).

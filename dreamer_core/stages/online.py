@@ -20,6 +20,10 @@ normaliser, counters and RNG states from the checkpoint and rebuilds the replay 
 shards. Episodes flushed after the checkpoint are kept and their steps counted; episodes in
 progress at the kill are lost (they were never written).
 
+With ``replay_context`` (off by default) windows that start mid-episode begin from the latent
+state the world model computed for the row before them when it was last replayed
+(:class:`ReplayContext`).
+
 Writes into RUN/: ``train_config.yaml``, ``metrics.jsonl`` (step = env steps), ``tb/``,
 ``replay/`` (dataset), ``world_model.pt``, ``behavior.pt``, ``checkpoints/``.
 
@@ -29,6 +33,7 @@ stage modules whose update steps and checkpoint formats it reuses.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -49,6 +54,7 @@ from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import MetricsSink, ProgressBar
+from dreamer_core.nets.rssm import RSSM, RSSMState
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy
 from dreamer_core.stages.agents import BEHAVIOR, play_episode
@@ -95,6 +101,7 @@ class TrainConfig:
     log_every: int = 500
     checkpoint_seconds: float = 300.0
     shard_seconds: float = 60.0
+    replay_context: bool = False  # start mid-episode windows from the latent stored when last replayed
 
 
 # What `dreamer train` changes from the DreamerV3 paper's settings, so that a 2-core CPU learns a
@@ -167,6 +174,67 @@ class Clock:
         self._part, self._since = part, now
 
 
+class ReplayContext:
+    """The latent state of every replay row as the world model last saw it (DreamerV3 2025's
+    "replay context").
+
+    After each world-model update the posterior of every replayed row is stored; a window that
+    starts mid-episode then begins from the stored state of the row before it instead of the
+    initial state, so the model learns from states with a history longer than one window.
+    Rows never replayed, or windows starting an episode, use the initial state. Categorical
+    latents are stored as class indices (int16), Gaussian ones as floats. Not checkpointed: after
+    a resume the states are stored again as rows are replayed.
+    """
+
+    def __init__(self, deter: int, stoch: int, classes: int, categorical: bool):
+        self.categorical, self.classes = categorical, classes
+        self.deter = np.zeros((0, deter), np.float32)
+        self.stoch = np.zeros((0, stoch), np.int16 if categorical else np.float32)
+        self.valid = np.zeros(0, bool)
+
+    def _ensure(self, rows: int) -> None:
+        if rows <= len(self.valid):
+            return
+        size = max(rows, 2 * len(self.valid), 1024)
+        for name in ("deter", "stoch", "valid"):
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def initial_state(self, rssm: RSSM, starts: np.ndarray, is_first: torch.Tensor) -> RSSMState | None:
+        """The state before each window (``starts`` [B], ``is_first`` [B, T]); None when no
+        window has a stored context (the model then starts every window from its initial state)."""
+        prev = np.asarray(starts) - 1
+        self._ensure(int(prev.max()) + 2)
+        use = (prev >= 0) & self.valid[np.maximum(prev, 0)] & ~is_first[:, 0].cpu().numpy()
+        if not use.any():
+            return None
+        device = is_first.device
+        rows = np.maximum(prev, 0)
+        deter = torch.from_numpy(self.deter[rows]).to(device)
+        stoch = torch.from_numpy(self.stoch[rows]).to(device)
+        if self.categorical:
+            stoch = torch.nn.functional.one_hot(stoch.long(), self.classes).float()
+        init = rssm.initial(len(starts))
+        mask = torch.from_numpy(use).to(device)[:, None]
+        stoch_mask = mask[:, :, None] if self.categorical else mask
+        # Only deter and stoch of the state before a window feed the next step; the other fields
+        # (the initial state's logits or mean/std) are carried along unused.
+        return dataclasses.replace(init, deter=torch.where(mask, deter, init.deter),
+                                   stoch=torch.where(stoch_mask, stoch, init.stoch))
+
+    def store(self, starts: np.ndarray, post: RSSMState) -> None:
+        """Remember the posterior ``[B, T]`` of the windows at ``starts``."""
+        T = post.deter.shape[1]
+        rows = (np.asarray(starts)[:, None] + np.arange(T)).reshape(-1)
+        self._ensure(int(rows.max()) + 1)
+        self.deter[rows] = post.deter.reshape(len(rows), -1).float().cpu().numpy()
+        stoch = post.stoch.flatten(0, 1)
+        self.stoch[rows] = (stoch.argmax(-1) if self.categorical else stoch.float()).cpu().numpy()
+        self.valid[rows] = True
+
+
 class OnlineTrainer:
     """One online run (fresh or resumed)."""
 
@@ -226,6 +294,9 @@ class OnlineTrainer:
         self.actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
         self.critic_optim = make_optimizer(groups["critic"], cfg.behavior.critic_optim)
         self.replay = SequenceSampler.from_spaces(obs_space, act_space, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+        rssm = cfg.model.rssm
+        self.context = ReplayContext(rssm.deter, rssm.stoch, rssm.classes, rssm.latent == "categorical") \
+            if cfg.replay_context else None
         self.random_policy = RandomPolicy(act_space, cfg.num_envs, seed=env_seed)
         self.policy = AgentPolicy(self.world_model, self.agent, cfg.num_envs, mode="sample", seed=env_seed,
                                   device=self.device)
@@ -364,14 +435,18 @@ class OnlineTrainer:
         """One world-model update, then one behavior update from its posterior states."""
         cfg = self.cfg
         self.clock.switch("data")
-        batch = self.replay.sample().to(self.device)
+        starts = self.replay.draw_starts()
+        batch = self.replay.gather(starts).to(self.device)
+        state = None if self.context is None else self.context.initial_state(self.world_model.rssm, starts, batch.is_first)
         self.clock.switch("world_model")
         ok, metrics, post = world_model_update(self.world_model, self.wm_optim, cfg.optim, self.updates, batch,
-                                               cfg.precision)
+                                               cfg.precision, state)
         out = {f"wm/{k}": v for k, v in metrics.items()}
         self.updates += 1
         if not ok:
             return {"wm/nonfinite": 1.0}
+        if self.context is not None:
+            self.context.store(starts, post)
         self.clock.switch("behavior")
         self.world_model.requires_grad_(False)  # behavior learning never changes the world model
         try:

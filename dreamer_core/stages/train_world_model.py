@@ -373,14 +373,15 @@ def autocast(device: torch.device, precision: str):
 
 
 def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
-                       batch: Batch, precision: str = "float32") -> tuple[bool, dict[str, float], Any]:
+                       batch: Batch, precision: str = "float32", state: Any = None) -> tuple[bool, dict[str, float], Any]:
     """One world-model update on a batch (on the model's device).
 
+    ``state``: the latent state before each window's first row (None: the initial state).
     Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
     loss or gradient changes nothing and returns (False, {}, None)."""
     model.train()
     with autocast(batch.reward.device, precision):
-        loss, metrics, post = model.loss(batch)
+        loss, metrics, post = model.loss(batch, state)
     grads_ok = True
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):

@@ -193,3 +193,36 @@ def test_plot_overlays_runs_and_refuses_bad_input(tmp_path):
     with pytest.raises(DreamerError, match="--key"):
         plot_runs([run], keys=["no/such_key"])
     np.testing.assert_allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+
+
+def test_replay_context_starts_windows_from_the_stored_latent():
+    import torch
+
+    from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
+
+    rssm = RSSM(RSSMConfig(deter=6, hidden=8, stoch=3, classes=4), embed_dim=5, action_dim=2)
+    context = online.ReplayContext(deter=6, stoch=3, classes=4, categorical=True)
+    is_first = torch.zeros(3, 4, dtype=torch.bool)
+    assert context.initial_state(rssm, np.array([1, 5, 9]), is_first) is None  # nothing stored yet
+    deter = torch.randn(2, 4, 6)
+    stoch = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 4, 3)), 4).float()
+    context.store(np.array([0, 10]), RSSMState(deter, stoch))  # rows 0-3 and 10-13
+    is_first[1, 0] = True
+    state = context.initial_state(rssm, np.array([4, 11, 12]), is_first)
+    init = rssm.initial(3)
+    torch.testing.assert_close(state.deter[0], deter[0, 3])  # window at row 4 continues from row 3
+    torch.testing.assert_close(state.stoch[0], stoch[0, 3])
+    torch.testing.assert_close(state.deter[1], init.deter[1])  # row 11 starts an episode: initial state
+    torch.testing.assert_close(state.deter[2], deter[1, 1])  # row 12 continues from row 11
+    unseen = context.initial_state(rssm, np.array([0, 7, 20]), torch.zeros(3, 4, dtype=torch.bool))
+    assert unseen is None  # row 0 has no predecessor; rows 6 and 19 were never replayed
+
+
+def test_online_run_with_replay_context(tmp_path):
+    trainer = online.OnlineTrainer(small_config(tmp_path / "run", replay_context=True), progress=False)
+    try:
+        result = trainer.run()
+    finally:
+        trainer.close()
+    assert result["updates"] == 51
+    assert trainer.context.valid[: trainer.replay.num_rows].mean() > 0.5  # most rows were replayed
