@@ -261,10 +261,21 @@ def train(
         "seed": seed, "threads": threads, "device": device,
     }
     if resume:
+        given = [k for k, v in flags.items() if v is not None and k not in ("steps", "threads", "device")]
+        given += ["--preset"] * bool(preset) + ["--set"] * bool(set_) + ["--pixels"] * pixels
+        if device != "auto":
+            given.append("device")
+        if given:
+            raise DreamerError(
+                f"--resume continues {out} with the config it was started with, so {', '.join(sorted(set(given)))} "
+                "cannot change now (only --steps, the new total, and --threads can). Drop those options, or "
+                "start a new run in another --out directory."
+            )
         cfg = stage.TrainConfig(out=str(out))
     else:
         cfg = stage.make_config(str(out), preset, set_, flags)
-    result = stage.run(cfg, resume=resume, progress=not quiet, steps=steps if resume else None)
+    result = stage.run(cfg, resume=resume, progress=not quiet, steps=steps if resume else None,
+                       threads=threads if resume else None)
     typer.echo(stage.summary_line(result))
     if result["interrupted"]:
         raise typer.Exit(code=130)

@@ -238,7 +238,9 @@ class ReplayContext:
 class OnlineTrainer:
     """One online run (fresh or resumed)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
+                 threads: int | None = None):
+        """``steps`` and ``threads``: new values for a resumed run (None: keep the stored ones)."""
         self.run_dir = Path(cfg.out)
         self.progress = progress
         blob = self._resume_or_refuse(resume)
@@ -246,6 +248,8 @@ class OnlineTrainer:
             cfg = replace(config_lib.from_dict(TrainConfig, blob["config"]), out=cfg.out)
         if steps is not None:
             cfg = replace(cfg, steps=steps)
+        if threads is not None:
+            cfg = replace(cfg, threads=threads)
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -564,9 +568,10 @@ class OnlineTrainer:
         self.pool.close()
 
 
-def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None) -> dict[str, Any]:
+def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
+        threads: int | None = None) -> dict[str, Any]:
     """Train online (or resume) and return a summary."""
-    trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps)
+    trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads)
     try:
         result = trainer.run()
     finally:

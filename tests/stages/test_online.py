@@ -226,3 +226,25 @@ def test_online_run_with_replay_context(tmp_path):
         trainer.close()
     assert result["updates"] == 51
     assert trainer.context.valid[: trainer.replay.num_rows].mean() > 0.5  # most rows were replayed
+
+
+def test_sigterm_stops_cleanly_and_resume_refuses_config_changes(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamer_core", "train", "--env", TOY, "--out", str(run), "--steps", "100000000",
+         "--prefill", "100", "--train-ratio", "8", "--eval-every", "0", "--checkpoint-seconds", "1", *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    latest = run / online.LATEST
+    deadline = time.monotonic() + 120
+    while not latest.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "--resume" in out
+    blob = checkpoint.load(latest)
+    assert Dataset(run / "replay").num_steps == blob["env_steps"] == blob["dataset_steps"]  # nothing in flight lost
+    result = dreamer("train", "--out", run, "--resume", "--env", "CartPole-v1", "--steps", 10)
+    assert result.returncode == 2 and "env.id" in result.stderr and "--steps" in result.stderr
+    assert checkpoint.load(latest)["env_steps"] == blob["env_steps"]  # refused before touching anything
