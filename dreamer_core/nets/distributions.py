@@ -94,6 +94,15 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     Shapes:
         x: ``[...]``      bins: ``[K]``      returns: ``[..., K]`` (dtype of ``x``)
     """
+    below, above, weight_below, weight_above = _two_hot_parts(x, bins)
+    K = bins.shape[0]
+    onehot_below = F.one_hot(below, K).to(weight_below.dtype)  # [..., K]
+    onehot_above = F.one_hot(above, K).to(weight_below.dtype)  # [..., K]
+    return onehot_below * weight_below[..., None] + onehot_above * weight_above[..., None]
+
+
+def _two_hot_parts(x: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The two bins of :func:`two_hot` and their weights: (below, above, w_below, w_above), ``[...]``."""
     x = _full(x).detach()
     bins = bins.to(x.dtype)
     K = bins.shape[0]
@@ -103,10 +112,7 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     low, high = bins[below], bins[above]  # [...]
     span = high - low
     weight_above = torch.where(span > 0, (x - low) / torch.where(span > 0, span, 1.0), 0.0)
-    weight_below = 1.0 - weight_above
-    onehot_below = F.one_hot(below, K).to(x.dtype)  # [..., K]
-    onehot_above = F.one_hot(above, K).to(x.dtype)  # [..., K]
-    return onehot_below * weight_below[..., None] + onehot_above * weight_above[..., None]
+    return below, above, 1.0 - weight_above, weight_above
 
 
 def _symmetric_sum(values: torch.Tensor) -> torch.Tensor:
@@ -140,6 +146,7 @@ class TwoHotDist:
         assert logits.shape[-1] == bins.shape[0], (logits.shape, bins.shape)
         self.logits = _full(logits)
         self.bins = bins.to(device=self.logits.device, dtype=self.logits.dtype)
+        self._logp: torch.Tensor | None = None
 
     @property
     def probs(self) -> torch.Tensor:
@@ -158,8 +165,14 @@ class TwoHotDist:
     def log_prob(self, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the two-hot encoding of ``symlog(target)``, negated."""
         assert target.shape == self.logits.shape[:-1], (target.shape, self.logits.shape)
-        weights = two_hot(symlog(_full(target)), self.bins)  # [..., K]
-        return (weights * torch.log_softmax(self.logits, -1)).sum(-1)  # [...]
+        # Equal to (two_hot(symlog(target)) * log_softmax(logits)).sum(-1): only two weights are
+        # non-zero, so gather those two log-probabilities instead of building [..., K] weights.
+        below, above, w_below, w_above = _two_hot_parts(symlog(_full(target)), self.bins)
+        if self._logp is None:  # the critic scores two targets with one distribution: normalise once
+            self._logp = torch.log_softmax(self.logits, -1)  # [..., K]
+        logp = self._logp
+        return (w_below * logp.gather(-1, below[..., None])[..., 0]
+                + w_above * logp.gather(-1, above[..., None])[..., 0])  # [...]
 
 
 class MSEDist:

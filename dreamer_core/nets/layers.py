@@ -131,9 +131,12 @@ class OneHotAwareLinear(nn.Linear):
     # Below this many rows the gather's fixed costs (argmax, a transposed weight copy) exceed
     # the saved multiply-adds: the RSSM's per-step input layer in training sees only B rows.
     min_rows = 256
+    # With few classes per group the block is narrow and the argmax over it costs more than the
+    # multiply-adds it saves (the `tiny` size's 8 x 8 latents: measured in bench_online.py).
+    min_classes = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onehot is None or x.numel() // x.shape[-1] < self.min_rows:
+        if self.onehot is None or self.onehot[2] < self.min_classes or x.numel() // x.shape[-1] < self.min_rows:
             return super().forward(x)
         start, groups, classes = self.onehot
         end = start + groups * classes
