@@ -54,6 +54,11 @@ def finished(run: Path, steps: int) -> bool:
     return latest.exists() and checkpoint.load(latest)["env_steps"] >= steps
 
 
+def resume_command(task: str, seed: int, steps: int, threads: int) -> list[str]:
+    return ["dreamer", "train", "--out", str(WORK / f"{task}-s{seed}"), "--resume", "--steps", str(steps),
+            "--threads", str(threads), "-q"]
+
+
 def train(task: str, seed: int, steps: int, threads: int, kill_at: int | None) -> list[str]:
     """Run (or finish) one seed; returns the commands that ran."""
     run = WORK / f"{task}-s{seed}"
@@ -64,7 +69,7 @@ def train(task: str, seed: int, steps: int, threads: int, kill_at: int | None) -
         return ran
     latest = run / "checkpoints" / "online_latest.pt"
     if latest.exists():
-        cmd = [c for c in cmd if c not in TASKS[task][0]] + ["--resume"]
+        cmd = resume_command(task, seed, steps, threads)
     if kill_at is not None and not latest.exists():
         print(" ".join(cmd), f"(killed with SIGKILL after {kill_at} env steps)", flush=True)
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -79,8 +84,8 @@ def train(task: str, seed: int, steps: int, threads: int, kill_at: int | None) -
                     pass
             time.sleep(2.0)
         proc.wait()
-        ran.append(" ".join(cmd) + f"  # killed with SIGKILL after {kill_at} env steps")
-        cmd = [c for c in cmd if c not in TASKS[task][0]] + ["--resume"]
+        ran.append(" ".join(cmd) + f"  # killed with SIGKILL once a checkpoint had passed {kill_at} env steps")
+        cmd = resume_command(task, seed, steps, threads)
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)
     ran.append(" ".join(cmd))

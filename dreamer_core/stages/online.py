@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import yaml
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset
@@ -253,8 +253,7 @@ class OnlineTrainer:
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.resumes = 0 if blob is None else int(blob["resumes"]) + 1
         env_seed = cfg.seed + 7919 * self.resumes  # a resumed run meets new episodes, not the same ones again

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset
@@ -123,8 +123,7 @@ class BehaviorTrainer:
                                      "train a world model into another run directory")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         wm_path = self.run_dir / WORLD_MODEL
         self.world_model, wm_blob = world_model_from_checkpoint(wm_path, self.device)

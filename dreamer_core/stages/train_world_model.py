@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
@@ -151,8 +151,7 @@ class Trainer:
                                      "choose another --out")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         datasets = open_datasets(cfg.datasets, cfg.skip_corrupt)
         self.observation_space, self.action_space = datasets[0].observation_space, datasets[0].action_space

@@ -1,0 +1,49 @@
+"""Process-level settings for fast CPU training: the C allocator and torch's thread count.
+
+glibc's malloc serves large blocks (the [rows, 255] head outputs, activations of a batch) with
+mmap and gives them back with munmap, so every update page-faults its tensors in again: on
+the project machine 20-55 thousand page faults per second per training process and a third
+of its time in the kernel. Raising the mmap threshold to its maximum (32 MiB) and keeping
+freed memory in the heap lets those blocks be reused; a `tiny` online update went from about
+490 to 350 ms (benchmarks/RESULTS.md, online-speed). Setting ``MALLOC_MMAP_THRESHOLD_``
+yourself (or ``DREAMER_MALLOC=default``) leaves the allocator alone.
+
+Imports: ctypes, torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+import torch
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+_done = False
+
+
+def tune_allocator() -> bool:
+    """Keep large freed blocks for reuse (glibc only; idempotent). Returns True when applied."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get("DREAMER_MALLOC") == "default" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    _done = ok
+    return ok
+
+
+def setup(threads: int = 0) -> None:
+    """What every training stage does first: tune the allocator and set torch's CPU threads
+    (0 keeps torch's default)."""
+    tune_allocator()
+    if threads > 0:
+        torch.set_num_threads(threads)
