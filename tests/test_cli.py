@@ -209,12 +209,19 @@ def test_entry_points(tmp_path, entry):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "CartPole-v1" in bad.stderr
 
 
-@pytest.mark.parametrize("command", ["collect", "train-world-model", "train-behavior", "evaluate"])
+@pytest.mark.parametrize("command", ["collect", "train-world-model", "train-behavior", "evaluate", "train"])
 def test_every_stage_has_help_with_the_shared_options(command):
     result = dreamer(command, "--help")
     assert result.exit_code == 0, result.output
     for option in ("--preset", "--set", "--device"):
         assert option in result.output, (command, option)
+
+
+def test_train_refuses_an_unknown_env_and_a_bad_preset(tmp_path):
+    result = dreamer("train", "--env", "CartPol-v1", "--out", tmp_path / "run", "-q")
+    assert result.exit_code == 2 and "CartPole-v1" in result.output and not (tmp_path / "run").exists()
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--preset", "huge", "-q")
+    assert result.exit_code == 2 and "Unknown preset" in result.output
 
 
 def test_console_script_help():
