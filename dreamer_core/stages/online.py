@@ -72,6 +72,7 @@ from dreamer_core.world_model import WorldModel, WorldModelConfig
 
 LATEST = Path("checkpoints") / "online_latest.pt"
 REPLAY = "replay"
+MAX_NONFINITE = 5  # non-finite world-model losses in a row before the run stops
 CONFIG = "train_config.yaml"
 
 
@@ -355,6 +356,7 @@ class OnlineTrainer:
         next_log = (self.env_steps // cfg.log_every + 1) * cfg.log_every
         next_eval = 0 if self.evals == 0 else (self.env_steps // max(cfg.eval_every, 1) + 1) * cfg.eval_every
         interrupted = False
+        nonfinite = 0
         with self.writer, MetricsSink(self.run_dir) as sink, StopRequest() as stop, \
                 ProgressBar(cfg.steps, f"train {cfg.env.id}", self.progress) as bar:
             self.sink = sink
@@ -394,6 +396,15 @@ class OnlineTrainer:
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
+                    nonfinite = nonfinite + 1 if "wm/nonfinite" in metrics else 0
+                    if nonfinite >= MAX_NONFINITE:
+                        self.writer.close_shard()  # keep the data collected so far
+                        raise DreamerError(
+                            f"Stopped after {nonfinite} non-finite world-model losses in a row at update {self.updates} "
+                            f"(env step {self.env_steps}); those updates changed nothing, and the last checkpoint "
+                            f"({self.run_dir / LATEST}) is kept. Lower the learning rate (--set optim.lr=...) or check "
+                            "the env for extreme observations or rewards; then continue with --resume."
+                        )
                 self.clock.switch(None)
                 # --- report ---
                 if self.env_steps >= next_log:

@@ -248,3 +248,23 @@ def test_sigterm_stops_cleanly_and_resume_refuses_config_changes(tmp_path):
     result = dreamer("train", "--out", run, "--resume", "--env", "CartPole-v1", "--steps", 10)
     assert result.returncode == 2 and "env.id" in result.stderr and "--steps" in result.stderr
     assert checkpoint.load(latest)["env_steps"] == blob["env_steps"]  # refused before touching anything
+
+
+def test_non_finite_losses_stop_the_run_and_keep_the_data(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = online.OnlineTrainer(small_config(run, steps=400), progress=False)
+    real = online.world_model_update
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # finite for 10 updates, then NaN forever
+        calls["n"] += 1
+        return real(*args, **kwargs) if calls["n"] <= 10 else (False, {}, None)
+
+    monkeypatch.setattr(online, "world_model_update", poisoned)
+    try:
+        with pytest.raises(DreamerError, match="non-finite"):
+            trainer.run()
+    finally:
+        trainer.close()
+    assert trainer.updates == 10 + online.MAX_NONFINITE
+    assert Dataset(run / "replay").num_episodes > 0  # finished episodes were flushed, not dropped
