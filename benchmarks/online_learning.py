@@ -99,7 +99,7 @@ def curve(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             np.array([r["eval/return_std"] for r in rows]), np.array([r["eval/wall_seconds"] for r in rows]))
 
 
-def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[str]]) -> None:
+def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[str]], note: str = "") -> None:
     target, asked = TASKS[task][1], TASKS[task][2]
     fig, ax = plt.subplots(figsize=(7, 4))
     rows, reached = [], 0
@@ -136,10 +136,12 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
     for seed in seeds:
         x, y, _, wall = curve(WORK / f"{task}-s{seed}")
         curves.append(f"- seed {seed}: " + ", ".join(f"{int(a)}: {b:.0f}" for a, b in zip(x, y)))
-    cmds = "\n".join(f"    {c}" for seed in seeds for c in commands.get(seed, [" ".join(command(task, seed, steps, 1))]))
+    root = str(HERE.parent) + "/"
+    cmds = "\n".join(f"    {c}".replace(root, "") for seed in seeds
+                     for c in commands.get(seed, [" ".join(command(task, seed, steps, 1))]))
     body = f"""## Online learning: {task} (`dreamer train`, default hyperparameters)
 
-Asked: {asked}. Commands (one process per seed, `OMP_NUM_THREADS=1`, two or three runs sharing the 2 cores):
+Asked: {asked}. Commands (from the repo root; one process per seed, `OMP_NUM_THREADS=1`, several runs sharing the 2 cores):
 
 {cmds}
 
@@ -149,6 +151,8 @@ Target {target:g} reached on {reached} of {len(rows)} seeds. "min" is the loop's
 | seed | first eval >= {target:g} | final eval (mean +- std) | best eval | env steps | updates | min | resumes | where the time went |
 |---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n\nEvaluation returns (env steps: mean of 10 greedy episodes):\n\n" + "\n".join(curves)
+    if note:
+        body += "\n\n" + note
     update_section(f"online-{task}", body)
     print(f"wrote {png} and the online-{task} section of RESULTS.md")
 
@@ -161,13 +165,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kill-at", type=int, default=None, help="SIGKILL each fresh run after N env steps, then resume")
     parser.add_argument("--summarize", action="store_true", help="only summarize the existing runs")
+    parser.add_argument("--note", default="", help="text appended to the RESULTS section (how the runs were made)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     commands = {}
     if not args.summarize:
         for seed in args.seeds:
             commands[seed] = train(args.task, seed, args.steps, args.threads, args.kill_at)
-    summarize(args.task, args.seeds, args.steps, commands)
+    summarize(args.task, args.seeds, args.steps, commands, args.note)
 
 
 if __name__ == "__main__":
