@@ -34,7 +34,7 @@ from dreamer_core.errors import DreamerError
 
 app = typer.Typer(
     name="dreamer",
-    help="dreamer-core: collect -> train world model -> train behavior -> evaluate.",
+    help="dreamer-core: collect -> train world model -> train behavior -> evaluate, or all of them online (train).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
