@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--ab-sizes", nargs="+", default=["tiny", "XS"])
     parser.add_argument("--updates", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="text appended to the RESULTS section (machine load etc.)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="all", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,8 +154,7 @@ Command: `python benchmarks/bench_online.py --sizes {' '.join(args.sizes)} --ab-
 torch {torch.__version__}, {args.threads} threads, float32, CPU; CartPole-v1 vector observations, the online
 defaults (B=16 x T=32, train ratio 64: one world-model + behavior update per 8 env steps) with each
 size's model, {args.updates} updates timed after the random prefill; each figure from a fresh process.
-ms / update includes the 8 env steps of acting per update. Other processes shared the machine (see the note
-below the tables).
+ms / update includes the 8 env steps of acting per update.
 
 | size | WM + actor-critic params | env steps / s | updates / s | ms / update | collect | world model | behavior | data |
 |---|---|---|---|---|---|---|---|---|
@@ -165,6 +165,8 @@ Optimisations of this session, each undone alone (best of two interleaved runs, 
 | size | without | ms / update without | ms / update with all | speed-up |
 |---|---|---|---|---|
 """ + "\n".join(ab)
+    if args.note:
+        body += "\n\n" + args.note
     update_section("online-speed", body)
 
 
