@@ -268,3 +268,10 @@ def test_non_finite_losses_stop_the_run_and_keep_the_data(tmp_path, monkeypatch)
         trainer.close()
     assert trainer.updates == 10 + online.MAX_NONFINITE
     assert Dataset(run / "replay").num_episodes > 0  # finished episodes were flushed, not dropped
+
+
+def test_two_parallel_envs_fill_one_dataset(tmp_path):
+    run = tmp_path / "run"
+    result = online.run(small_config(run, num_envs=2, steps=200), progress=False)
+    assert result["env_steps"] in (200, 201)  # both envs step together: the last batch may overshoot by one
+    assert Dataset(run / "replay").num_steps == result["env_steps"]
