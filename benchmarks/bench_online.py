@@ -29,7 +29,6 @@ from results import update_section
 
 from dreamer_core.logging import read_metrics
 from dreamer_core.stages import online
-from dreamer_core.stages.train_behavior import behavior_update
 
 VARIANTS = {
     "all": "this code",
@@ -41,7 +40,7 @@ VARIANTS = {
 }
 
 
-def apply_variant(variant: str, trainer) -> None:
+def apply_variant(variant: str) -> None:
     """Undo optimisations inside this process (the allocator one is set by the parent's env)."""
     from dreamer_core.nets import distributions, layers
 
@@ -53,24 +52,11 @@ def apply_variant(variant: str, trainer) -> None:
     if variant in ("gather-narrow", "before"):
         layers.OneHotAwareLinear.min_classes = 0
     if variant in ("refilter", "before"):
-        cfg = trainer.cfg
+        real = online.behavior_update
 
-        def train_step(self=trainer):  # the same update, but behavior filters the batch itself
-            self.clock.switch("data")
-            batch = self.replay.sample()
-            self.clock.switch("world_model")
-            ok, metrics, _ = online.world_model_update(self.world_model, self.wm_optim, cfg.optim, self.updates,
-                                                       batch, cfg.precision)
-            self.updates += 1
-            if not ok:
-                return {}
-            self.clock.switch("behavior")
-            self.world_model.requires_grad_(False)
-            out = behavior_update(self.world_model, self.agent, self.actor_optim, self.critic_optim,
-                                  cfg.behavior, batch)
-            self.world_model.requires_grad_(True)
-            return out
-        trainer.train_step = train_step
+        def refilter(*args, post=None, **kwargs):  # drop the posterior: behavior filters the batch itself
+            return real(*args, **kwargs)
+        online.behavior_update = refilter
 
 
 def measure(size: str, updates: int, threads: int, variant: str = "all") -> dict:
@@ -81,8 +67,8 @@ def measure(size: str, updates: int, threads: int, variant: str = "all") -> dict
                                  {"env.id": "CartPole-v1", "batch_size": 16, "seq_len": 32, "device": "cpu"})
         per_update = cfg.batch_size * cfg.seq_len / cfg.train_ratio
         cfg = online.replace(cfg, steps=cfg.prefill + int(updates * per_update), log_every=cfg.prefill)
+        apply_variant(variant)
         trainer = online.OnlineTrainer(cfg, progress=False)
-        apply_variant(variant, trainer)
         trainer.run()
         trainer.close()
         # The record logged at the end of the prefill holds the cumulative times then; the last

@@ -118,6 +118,50 @@ class EpisodeBuilder:
         return episode
 
 
+class EpisodeRecorder:
+    """The episodes of K envs stepped together by an autoresetting pool (stage 01 and the online
+    loop record with it).
+
+    The pool resets env i on the step after its episode ended and returns the reset observation
+    there; that step is no env step: it starts env i's next episode. ``is_first`` ``[K]`` says
+    whose current observation starts an episode (a stateful policy resets its latent there).
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.Space, obs: dict[str, np.ndarray]):
+        """``obs``: the pool's batched ``[K, ...]`` observations after its reset."""
+        K = len(next(iter(obs.values())))
+        self.builders = [EpisodeBuilder(observation_space, action_space) for _ in range(K)]
+        for i, builder in enumerate(self.builders):
+            builder.start_from_batch(obs, i)
+        self.is_first = np.ones(K, dtype=bool)
+        self._resetting = np.zeros(K, dtype=bool)  # env i ended last step: this step returns its reset obs
+
+    def record(self, actions: np.ndarray, obs: dict[str, np.ndarray], reward: np.ndarray, terminated: np.ndarray,
+               truncated: np.ndarray, limit: int | None = None) -> tuple[int, list[schema.Episode]]:
+        """Add one pool step. Returns the env steps recorded and the episodes it finished (in env
+        order). ``limit``: record at most this many env steps; the rest of the batch is dropped."""
+        self.is_first = self._resetting.copy()
+        steps, finished = 0, []
+        for i, builder in enumerate(self.builders):
+            if self._resetting[i]:
+                builder.start_from_batch(obs, i)
+                self._resetting[i] = False
+                continue
+            if limit is not None and steps >= limit:
+                continue
+            builder.add_from_batch(actions[i], reward[i], obs, i)
+            steps += 1
+            if terminated[i] or truncated[i]:
+                self._resetting[i] = True
+                finished.append(builder.finish(bool(terminated[i])))
+        return steps, finished
+
+    def in_progress(self) -> list[schema.Episode]:
+        """The episodes under way with at least one step, cut here (truncated: real data, ended by
+        the recorder's owner, not by the env)."""
+        return [builder.finish(terminated=False) for builder in self.builders if builder.rows > 1]
+
+
 def prepare_output_dir(
     path: Path, observation_space: gym.spaces.Dict, action_space: gym.Space
 ) -> list[store.ShardInfo]:

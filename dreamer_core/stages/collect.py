@@ -3,7 +3,7 @@
     dreamer collect --env CartPole-v1 --out data/cartpole --steps 20000 --num-envs 2
 
 The loop steps an EnvPool (autoreset on the step after an episode ends), asks the policy for
-K actions at once, and appends each env's row to its EpisodeBuilder. Finished episodes go
+K actions at once, and records each env's rows with an EpisodeRecorder. Finished episodes go
 to the DatasetWriter, which closes a shard every few episodes or seconds, so a killed
 collector loses little. Ctrl-C or SIGTERM ends collection early but keeps everything
 collected, including the episodes in progress (written as truncated); the command then exits
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dreamer_core import config as config_lib
-from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
+from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env_pool
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import ProgressBar
@@ -126,13 +126,8 @@ def run(cfg: CollectConfig, progress: bool = True) -> CollectResult:
 def _loop(
     cfg: CollectConfig, pool, policy, writer: DatasetWriter, progress: bool, stop: StopRequest
 ) -> CollectResult:
-    K = cfg.num_envs
-    builders = [EpisodeBuilder(pool.observation_space, pool.action_space) for _ in range(K)]
     obs = pool.reset(seed=cfg.seed)
-    for i, builder in enumerate(builders):
-        builder.start_from_batch(obs, i)
-    is_first = np.ones(K, dtype=bool)
-    resetting = np.zeros(K, dtype=bool)  # env i ended last step: this step returns its reset obs
+    recorder = EpisodeRecorder(pool.observation_space, pool.action_space, obs)
     steps = episodes = 0
     returns: list[float] = []
     recent: deque[float] = deque(maxlen=100)
@@ -141,27 +136,20 @@ def _loop(
     bar = ProgressBar(target, f"collect {cfg.env.id}", enabled=progress)
     with bar:
         while (steps if cfg.steps > 0 else episodes) < target and not stop.requested:
-            actions = policy.act(obs, is_first)
+            actions = policy.act(obs, recorder.is_first)
             obs, reward, terminated, truncated = pool.step(actions)
-            is_first = resetting.copy()
-            for i in range(K):
-                if resetting[i]:
-                    builders[i].start_from_batch(obs, i)
-                    resetting[i] = False
-                    continue
-                if cfg.steps > 0 and steps >= cfg.steps:
-                    continue  # budget reached mid-batch: drop the extra steps
-                builders[i].add_from_batch(actions[i], reward[i], obs, i)
-                steps += 1
-                if terminated[i] or truncated[i]:
-                    resetting[i] = True
-                    if cfg.episodes > 0 and episodes >= cfg.episodes:
-                        continue
-                    episode = builders[i].finish(bool(terminated[i]))
-                    writer.add_episode(episode)
-                    returns.append(episode.ret)
-                    recent.append(episode.ret)
-                    episodes += 1
+            # A step budget reached mid-batch drops the batch's extra steps; an episode budget
+            # keeps the first episodes to finish (in env order).
+            added, finished = recorder.record(actions, obs, reward, terminated, truncated,
+                                              limit=cfg.steps - steps if cfg.steps > 0 else None)
+            steps += added
+            if cfg.episodes > 0:
+                finished = finished[: cfg.episodes - episodes]
+            for episode in finished:
+                writer.add_episode(episode)
+                returns.append(episode.ret)
+                recent.append(episode.ret)
+                episodes += 1
             writer.maybe_close_shard()
             if bar.due():
                 rate = steps / max(time.perf_counter() - start, 1e-9)
@@ -174,9 +162,8 @@ def _loop(
     interrupted = stop.requested
     if cfg.steps > 0 or interrupted:
         # Keep the episodes in progress: they are real data, cut by the collector (a truncation).
-        for builder in builders:
-            if builder.rows > 1:
-                writer.add_episode(builder.finish(terminated=False))
+        for episode in recorder.in_progress():
+            writer.add_episode(episode)
     seconds = time.perf_counter() - start
     writer.close()
     return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted)

@@ -50,7 +50,7 @@ from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.data.store import atomic_write_bytes, is_dataset_dir
-from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
+from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import MetricsSink, ProgressBar
@@ -143,10 +143,15 @@ def validate(cfg: TrainConfig) -> None:
         raise DreamerError("Invalid `dreamer train` config: " + "; ".join(problems) + ". Fix these and try again.")
 
 
+def replay_path(cfg: TrainConfig) -> str:
+    """The run's dataset as an absolute path (what its world model and behavior record)."""
+    return str((Path(cfg.out) / REPLAY).resolve())
+
+
 def wm_config(cfg: TrainConfig, updates: int) -> TrainWorldModelConfig:
     """The stage-02 config an online run's world model is stored under (so stages 03/04 load it)."""
     return TrainWorldModelConfig(
-        datasets=(str((Path(cfg.out) / REPLAY).resolve()),), out=cfg.out, model=cfg.model, optim=cfg.optim,
+        datasets=(replay_path(cfg),), out=cfg.out, model=cfg.model, optim=cfg.optim,
         batch_size=cfg.batch_size, seq_len=cfg.seq_len, updates=updates, seed=cfg.seed, device=cfg.device,
         precision=cfg.precision, threads=cfg.threads, val_fraction=0.0,
     )
@@ -155,7 +160,7 @@ def wm_config(cfg: TrainConfig, updates: int) -> TrainWorldModelConfig:
 def behavior_config(cfg: TrainConfig, updates: int) -> TrainBehaviorConfig:
     """The stage-03 config an online run's actor-critic is stored under."""
     return TrainBehaviorConfig(
-        run=cfg.out, datasets=(str((Path(cfg.out) / REPLAY).resolve()),), behavior=cfg.behavior, batch_size=cfg.batch_size,
+        run=cfg.out, datasets=(replay_path(cfg),), behavior=cfg.behavior, batch_size=cfg.batch_size,
         seq_len=cfg.seq_len, updates=updates, seed=cfg.seed, device=cfg.device, threads=cfg.threads,
     )
 
@@ -257,10 +262,11 @@ class OnlineTrainer:
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.resumes = 0 if blob is None else int(blob["resumes"]) + 1
-        env_seed = cfg.seed + 7919 * self.resumes  # a resumed run meets new episodes, not the same ones again
-        self.pool = make_env_pool(cfg.env, num_envs=cfg.num_envs, seed=env_seed, backend=cfg.backend)
+        self.env_seed = cfg.seed + 7919 * self.resumes  # a resumed run meets new episodes, not the same ones again
+        self.pool = make_env_pool(cfg.env, num_envs=cfg.num_envs, seed=self.env_seed, backend=cfg.backend)
+        self.eval_env = None  # made at the first evaluation, kept for the run
         try:
-            self._build(blob, env_seed)
+            self._build(blob)
         except BaseException:
             self.pool.close()
             raise
@@ -284,7 +290,7 @@ class OnlineTrainer:
             )
         return None
 
-    def _build(self, blob: dict[str, Any] | None, env_seed: int) -> None:
+    def _build(self, blob: dict[str, Any] | None) -> None:
         cfg = self.cfg
         obs_space, act_space = self.pool.observation_space, self.pool.action_space
         self.observation_space, self.action_space = obs_space, act_space
@@ -301,8 +307,8 @@ class OnlineTrainer:
         rssm = cfg.model.rssm
         self.context = ReplayContext(rssm.deter, rssm.stoch, rssm.classes, rssm.latent == "categorical") \
             if cfg.replay_context else None
-        self.random_policy = RandomPolicy(act_space, cfg.num_envs, seed=env_seed)
-        self.policy = AgentPolicy(self.world_model, self.agent, cfg.num_envs, mode="sample", seed=env_seed,
+        self.random_policy = RandomPolicy(act_space, cfg.num_envs, seed=self.env_seed)
+        self.policy = AgentPolicy(self.world_model, self.agent, cfg.num_envs, mode="sample", seed=self.env_seed,
                                   device=self.device)
         self.eval_policy = AgentPolicy(self.world_model, self.agent, 1, mode="mode", seed=cfg.seed, device=self.device)
         self.env_steps = self.updates = self.episodes = self.evals = 0
@@ -340,14 +346,9 @@ class OnlineTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.run_dir / CONFIG, yaml.safe_dump(
             {"stage": "train", "config": config_lib.to_dict(cfg)}, sort_keys=False).encode())
-        K = cfg.num_envs
-        builders = [EpisodeBuilder(self.observation_space, self.action_space) for _ in range(K)]
-        obs = self.pool.reset(seed=cfg.seed + 7919 * self.resumes)
-        for i, builder in enumerate(builders):
-            builder.start_from_batch(obs, i)
+        obs = self.pool.reset(seed=self.env_seed)
+        recorder = EpisodeRecorder(self.observation_space, self.action_space, obs)
         self.policy.reset()
-        is_first = np.ones(K, dtype=bool)
-        resetting = np.zeros(K, dtype=bool)
         recent: deque[float] = deque(maxlen=20)
         sums: dict[str, float] = {}
         count = 0
@@ -368,20 +369,10 @@ class OnlineTrainer:
                 # --- act ---
                 self.clock.switch("collect")
                 acting = self.random_policy if self.env_steps < cfg.prefill else self.policy
-                actions = acting.act(obs, is_first)
+                actions = acting.act(obs, recorder.is_first)
                 obs, reward, terminated, truncated = self.pool.step(actions)
-                is_first = resetting.copy()
-                finished = []
-                for i in range(K):
-                    if resetting[i]:
-                        builders[i].start_from_batch(obs, i)
-                        resetting[i] = False
-                        continue
-                    builders[i].add_from_batch(actions[i], reward[i], obs, i)
-                    self.env_steps += 1
-                    if terminated[i] or truncated[i]:
-                        resetting[i] = True
-                        finished.append(builders[i].finish(bool(terminated[i])))
+                added, finished = recorder.record(actions, obs, reward, terminated, truncated)
+                self.env_steps += added
                 self.clock.switch("data")
                 for episode in finished:
                     self.writer.add_episode(episode)
@@ -419,11 +410,9 @@ class OnlineTrainer:
             interrupted = stop.requested
             # Keep the episodes in progress (real data, cut by the loop: a truncation), so the
             # dataset holds every env step counted.
-            for builder in builders:
-                if builder.rows > 1:
-                    episode = builder.finish(terminated=False)
-                    self.writer.add_episode(episode)
-                    self.replay.add_episode(episode)
+            for episode in recorder.in_progress():
+                self.writer.add_episode(episode)
+                self.replay.add_episode(episode)
             if count:
                 self._log(sums, count, start_time, start_steps, start_updates)
             if not interrupted and cfg.eval_episodes:
@@ -475,15 +464,14 @@ class OnlineTrainer:
         """Greedy episodes in a separate env; logs eval/* at the current env step."""
         cfg = self.cfg
         self.clock.switch("eval")
-        env = make_env(cfg.env, seed=None)
-        try:
-            returns, lengths = [], []
-            for i in range(cfg.eval_episodes):
-                played = play_episode(env, self.eval_policy, seed=cfg.seed + 1_000_000 + self.evals * cfg.eval_episodes + i)
-                returns.append(played.ret)
-                lengths.append(played.episode.steps)
-        finally:
-            env.close()
+        if self.eval_env is None:
+            self.eval_env = make_env(cfg.env, seed=None)
+        returns, lengths = [], []
+        for i in range(cfg.eval_episodes):
+            played = play_episode(self.eval_env, self.eval_policy,
+                                  seed=cfg.seed + 1_000_000 + self.evals * cfg.eval_episodes + i)
+            returns.append(played.ret)
+            lengths.append(played.episode.steps)
         self.evals += 1
         mean = float(np.mean(returns))
         self.last_eval = mean
@@ -576,6 +564,9 @@ class OnlineTrainer:
 
     def close(self) -> None:
         self.pool.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
+            self.eval_env = None
 
 
 def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,

@@ -10,7 +10,7 @@ import pytest
 
 from dreamer_core.data import schema, store
 from dreamer_core.data.dataset import Dataset
-from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder
+from dreamer_core.data.writer import DatasetWriter, EpisodeBuilder, EpisodeRecorder
 from dreamer_core.errors import DatasetError, SpacesMismatchError
 from tests.common import ACTION_SPACES, OBS_SPACES, make_episode
 
@@ -75,6 +75,27 @@ def test_builder_matches_from_transitions():
         np.testing.assert_array_equal(getattr(built, name), getattr(ep, name))
     for key in obs:
         np.testing.assert_array_equal(built.obs[key], ep.obs[key])
+
+
+def test_recorder_follows_the_autoreset_rows_of_two_envs():
+    obs_space, action_space = OBS_SPACES["vector"], ACTION_SPACES["discrete"]
+
+    def obs(*values):  # vector[0] tells the rows apart
+        return {"vector": np.array([[v, 0, 0] for v in values], np.float32)}
+
+    no, ones, a = np.zeros(2, bool), np.ones(2, np.float32), np.array([1, 2])
+    recorder = EpisodeRecorder(obs_space, action_space, obs(0, 100))
+    assert recorder.is_first.tolist() == [True, True]
+    steps, finished = recorder.record(a, obs(1, 101), ones, np.array([True, False]), no)  # env 0 terminates
+    assert steps == 2 and len(finished) == 1 and recorder.is_first.tolist() == [False, False]
+    assert finished[0].obs["vector"][:, 0].tolist() == [0, 1] and finished[0].is_terminal[-1]
+    steps, finished = recorder.record(a, obs(10, 102), ones, no, no)  # env 0 returns its reset obs: no step
+    assert steps == 1 and finished == [] and recorder.is_first.tolist() == [True, False]
+    steps, _ = recorder.record(a, obs(11, 103), ones, no, no, limit=1)  # budget: env 1's step is dropped
+    assert steps == 1
+    cut = recorder.in_progress()
+    assert [e.obs["vector"][:, 0].tolist() for e in cut] == [[10, 11], [100, 101, 102]]
+    assert not cut[0].is_terminal[-1] and cut[0].is_last[-1]
 
 
 def test_shard_closes_after_seconds(tmp_path):
