@@ -19,8 +19,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from dreamer_core import __version__
-from dreamer_core.data import schema, store
+from dreamer_core import __version__, files
+from dreamer_core.data import schema
 from dreamer_core.errors import DreamerError
 
 CHECKPOINT_VERSION = 1
@@ -42,7 +42,7 @@ def save(path: Path | str, payload: dict[str, Any], config: dict[str, Any],
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    store.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

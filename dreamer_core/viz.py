@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamer_core.data.store import fsync_dir
+from dreamer_core.files import fsync_dir
 
 # Panel colours (RGB): real data, posterior reconstruction, open-loop dream.
 REAL, RECON, DREAM = (30, 30, 30), (40, 110, 220), (220, 60, 40)

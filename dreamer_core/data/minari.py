@@ -66,7 +66,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from dreamer_core import __version__
+from dreamer_core import __version__, files
 from dreamer_core.data import schema, store
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.writer import DatasetWriter
@@ -659,8 +659,8 @@ def export_minari(
         if env_spec is not None:
             metadata["env_spec"] = env_spec
         metadata["dataset_size"] = round(store.dir_size(tmp) / 1e6, 1)
-        store.atomic_write_bytes(data_dir / METADATA_FILE, json.dumps(metadata).encode())
-        store.fsync_dir(data_dir)
+        files.atomic_write_bytes(data_dir / METADATA_FILE, json.dumps(metadata).encode())
+        files.fsync_dir(data_dir)
         try:
             os.replace(tmp, dst)  # an empty dst directory is replaced; a non-empty one was refused
         except OSError as exc:
@@ -670,7 +670,7 @@ def export_minari(
                 f"{dst} was filled by something else while the export ran, so it was not "
                 "replaced; nothing was written there. Choose a new destination."
             ) from None
-        store.fsync_dir(dst.parent)
+        files.fsync_dir(dst.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and _is_no_space(exc):

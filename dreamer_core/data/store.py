@@ -5,14 +5,12 @@ manifest that caches each shard's header and per-episode summary. The manifest i
 data: any shard it does not know (or whose size or mtime changed) is scanned again, so a
 crash between renaming a shard and updating the manifest loses nothing.
 
-Both the writer and the reader build on this module. Imports: h5py, numpy, schema.
+Both the writer and the reader build on this module. Imports: h5py, numpy, schema, io.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 
 from dreamer_core.data import schema
 from dreamer_core.errors import DatasetError
+from dreamer_core.files import atomic_write_bytes
 
 
 @dataclass
@@ -56,37 +55,6 @@ class ShardInfo:
     @property
     def num_steps(self) -> int:
         return self.num_rows - self.num_episodes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def shard_paths(root: Path) -> list[Path]:

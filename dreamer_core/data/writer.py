@@ -31,7 +31,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from dreamer_core import __version__
+from dreamer_core import __version__, files
 from dreamer_core.data import schema, store
 from dreamer_core.errors import DatasetError, SpacesMismatchError
 
@@ -311,7 +311,7 @@ class DatasetWriter:
             with open(self._tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(self._tmp_path, self._final_path)
-            store.fsync_dir(self.path)
+            files.fsync_dir(self.path)
             self.shards.append(store.read_shard_info(self._final_path))
             store.write_manifest(self.path, self.shards)
         self.episodes_written += self._count

@@ -48,9 +48,9 @@ from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.dataset import Dataset, EpisodeRef
 from dreamer_core.data.schema import Episode
-from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.policies import AgentPolicy
 from dreamer_core.stages import agents
 from dreamer_core.stages.agents import BEHAVIOR, load_agent

@@ -27,9 +27,9 @@ import torch
 
 from dreamer_core import checkpoint, viz
 from dreamer_core import config as config_lib
-from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import ProgressBar
 from dreamer_core.policies import AgentPolicy
 from dreamer_core.stages.agents import BEHAVIOR, PlayedEpisode, load_agent, play_episode

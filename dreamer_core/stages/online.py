@@ -49,10 +49,11 @@ from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
-from dreamer_core.data.store import atomic_write_bytes, is_dataset_dir
+from dreamer_core.data.store import is_dataset_dir
 from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import MetricsSink, ProgressBar
 from dreamer_core.nets.rssm import RSSM, RSSMState
 from dreamer_core.optim import OptimConfig, make_optimizer

@@ -33,8 +33,8 @@ from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
-from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import MetricsSink, ProgressBar
 from dreamer_core.optim import clip_gradients, make_optimizer
 from dreamer_core.stages.agents import BEHAVIOR

@@ -29,8 +29,8 @@ from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
-from dreamer_core.data.store import atomic_write_bytes
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import MetricsSink, ProgressBar, read_metrics
 from dreamer_core.optim import OptimConfig, clip_gradients, make_optimizer, warmup_factor
 from dreamer_core.types import Batch
