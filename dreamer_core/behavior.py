@@ -15,32 +15,39 @@ replayed ``[B, T]`` window:
    log-likelihood of the returns, regularised toward a slow EMA copy of itself, plus the
    "replay value" loss on the real window's own lambda-returns (DreamerV3 2025 code).
 
-Action heads (``ActionHead``): Discrete -> one-hot categorical with 1% unimix; Box -> bounded
-normal in [-1, 1], rescaled to the space's bounds; MultiBinary -> independent Bernoullis.
-The world model sees actions as ``ActionCodec`` encodes stored ones (one-hot, 0/1 bits, raw
-Box values), so ``to_model`` / ``to_env`` convert between the actor's space and those.
+The rollouts are scored once, by :meth:`ActorCritic.score` (rewards, continues, discounts,
+weights, values, lambda-returns): the loss and the dream views (analysis.py) both call it.
+The loss is three parts: :meth:`ActorCritic.actor_loss`, :meth:`ActorCritic.critic_loss` and
+:meth:`ActorCritic.replay_value_loss`.
 
-Imports: nets, losses, optim, world_model (for WorldModel and its ActionCodec).
+Policies (``nets.actions.ActionSpace``): Discrete -> one-hot categorical with 1% unimix; Box
+-> bounded normal in [-1, 1], rescaled to the space's bounds; MultiBinary -> independent
+Bernoullis. ``ActionSpace.to_model`` / ``to_env`` convert the actor's actions for the world
+model and the env. The world model is reached only through its interface (interfaces.py).
+
+Imports: nets, losses, optim, checkpoint, config, interfaces, types.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
-from dreamer_core import losses
+from dreamer_core import checkpoint, losses
+from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
+from dreamer_core.interfaces import LatentState, WorldModelInterface
 from dreamer_core.nets import distributions as dists
+from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.layers import MLP, zero_init
-from dreamer_core.nets.rssm import RSSMState
 from dreamer_core.optim import OptimConfig
 from dreamer_core.types import Batch
-from dreamer_core.world_model import WorldModel
 
 Tensor = torch.Tensor
 
@@ -92,78 +99,28 @@ class BehaviorConfig:
     act: str = "silu"
 
 
-# --- action heads ---------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """Imagined rollouts scored as the actor-critic learns from them.
 
+    Index 0 of the horizon axis is the start state; transition quantities (``reward``,
+    ``cont``, ``disc``, ``returns``) have H entries, entry h for the step out of state h.
 
-class ActionHead:
-    """Maps actor outputs to a policy distribution and actions between three encodings.
-
-    - actor space: what the distribution samples (one-hot ``[.., A]``, bits ``[.., A]``, or
-      values in [-1, 1] ``[.., A]``);
-    - model space: what the world model consumes (``WorldModel.codec.encode`` of stored actions);
-    - env space: numpy actions in the dtype ``data/schema.py`` stores.
+    Shapes:
+        feat: [N, H+1, F]   reward, cont, disc, returns: [N, H]   weight, value, slow_value: [N, H+1]
+        critic_out: [N, H+1, bins] (the critic's raw output on detached features)
     """
 
-    def __init__(self, action_space: gym.Space, actor: ActorConfig):
-        self.space = action_space
-        self.cfg = actor
-        if isinstance(action_space, gym.spaces.Discrete):
-            self.kind, self.dim = "discrete", int(action_space.n)
-        elif isinstance(action_space, gym.spaces.MultiBinary):
-            self.kind, self.dim = "multibinary", int(np.prod(action_space.n))
-        elif isinstance(action_space, gym.spaces.Box):
-            self.kind, self.dim = "box", int(np.prod(action_space.shape))
-            low = np.asarray(action_space.low, np.float32).ravel()
-            high = np.asarray(action_space.high, np.float32).ravel()
-            if not (np.isfinite(low).all() and np.isfinite(high).all()):
-                raise DreamerError(
-                    f"The actor needs a bounded Box action space, but {action_space} has infinite bounds. "
-                    "Wrap the env with gymnasium.wrappers.ClipAction (or rescale it) and collect again."
-                )
-            self.low, self.high = torch.as_tensor(low), torch.as_tensor(high)
-        else:
-            raise DreamerError(
-                f"The actor supports Discrete, Box and MultiBinary action spaces, not {action_space}. "
-                "Flatten the action space in a wrapper (for MultiDiscrete: one Discrete over the combinations)."
-            )
-
-    @property
-    def out_dim(self) -> int:
-        return 2 * self.dim if self.kind == "box" else self.dim
-
-    @property
-    def default_grad(self) -> str:
-        return "dynamics" if self.kind == "box" else "reinforce"
-
-    def dist(self, out: Tensor):
-        if self.kind == "discrete":
-            return dists.OneHotDist(out, self.cfg.unimix)
-        if self.kind == "multibinary":
-            return dists.MultiBernoulliDist(out, self.cfg.unimix)
-        mean, std = out.chunk(2, -1)
-        return dists.BoundedNormal.from_raw(mean, std, self.cfg.min_std, self.cfg.max_std)
-
-    def to_model(self, action: Tensor) -> Tensor:
-        """Actor-space ``[.., A]`` -> world-model input ``[.., A]`` (differentiable)."""
-        if self.kind != "box":
-            return action
-        low, high = self.low.to(action.device), self.high.to(action.device)
-        return low + (action + 1) * 0.5 * (high - low)
-
-    def from_model(self, action: Tensor) -> Tensor:
-        if self.kind != "box":
-            return action
-        low, high = self.low.to(action.device), self.high.to(action.device)
-        return (action - low) / (high - low) * 2 - 1
-
-    def to_env(self, action: Tensor) -> np.ndarray:
-        """Actor-space ``[K, A]`` -> env actions ``[K, ...]`` in the stored dtype."""
-        action = action.detach().float().cpu()
-        if self.kind == "discrete":
-            return (action.argmax(-1) + int(self.space.start)).numpy().astype(np.int64)
-        if self.kind == "multibinary":
-            return action.numpy().astype(np.int8).reshape(len(action), *np.atleast_1d(self.space.n))
-        return self.to_model(action).numpy().astype(np.float32).reshape(len(action), *self.space.shape)
+    feat: Tensor
+    reward: Tensor  # predicted r_{h+1}; carries gradient to the features (dynamics backprop)
+    cont_dist: Any  # continue distribution of states 1..H
+    cont: Tensor  # its mode
+    disc: Tensor  # gamma * cont
+    weight: Tensor  # discounted survival: how much each state counts (detached)
+    critic_out: Tensor
+    slow_value: Tensor
+    value: Tensor  # the values the returns bootstrap from
+    returns: Tensor  # lambda-returns
 
 
 # --- the actor-critic -------------------------------------------------------------------------------
@@ -174,14 +131,17 @@ class ActorCritic(nn.Module):
 
     def __init__(self, cfg: BehaviorConfig, feat_dim: int, action_space: gym.Space,
                  feat_onehot: tuple[int, int, int] | None = None):
-        """``feat_onehot``: the world model's ``rssm.feat_onehot`` (faster first layers; same maths)."""
+        """``feat_dim``, ``feat_onehot``: the world model's (the one-hot layout makes the first
+        layers faster; same maths). :meth:`for_world_model` reads both from a world model."""
         super().__init__()
         self.cfg = cfg
-        self.head = ActionHead(action_space, cfg.actor)
-        self.grad_mode = self.head.default_grad if cfg.actor.grad == "auto" else cfg.actor.grad
+        self.action_space = action_space
+        self.actions = ActionSpace(action_space)
+        self.actions.check_policy_support()
+        self.grad_mode = self.actions.default_actor_grad if cfg.actor.grad == "auto" else cfg.actor.grad
         if self.grad_mode not in ("reinforce", "dynamics"):
             raise DreamerError(f"Unknown actor gradient {cfg.actor.grad!r}; use auto, reinforce or dynamics.")
-        self.actor = MLP(feat_dim, self.head.out_dim, cfg.actor.units, cfg.actor.layers, norm=cfg.norm, act=cfg.act,
+        self.actor = MLP(feat_dim, self.actions.policy_out_dim, cfg.actor.units, cfg.actor.layers, norm=cfg.norm, act=cfg.act,
                          onehot=feat_onehot)
         critic_out = cfg.critic.bins if cfg.critic.head == "twohot" else 1
         self.critic = MLP(feat_dim, critic_out, cfg.critic.units, cfg.critic.layers, norm=cfg.norm, act=cfg.act,
@@ -196,11 +156,40 @@ class ActorCritic(nn.Module):
         self.register_buffer("retnorm_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
+    @classmethod
+    def for_world_model(cls, cfg: BehaviorConfig, world_model: WorldModelInterface) -> ActorCritic:
+        """An actor-critic reading ``world_model``'s features and acting in its action space."""
+        return cls(cfg, world_model.feat_dim, world_model.action_space, world_model.feat_onehot)
+
+    # --- artifacts ------------------------------------------------------------------------
+
+    def save(self, path: Path | str, world_model: WorldModelInterface, stage_config: dict[str, Any] | None = None,
+             **meta: Any) -> None:
+        """Write ``behavior.pt``: config, spaces, weights and ``meta`` (update, world_model_update,
+        env_config, env_steps; see checkpoint.BehaviorArtifact)."""
+        checkpoint.save(path, checkpoint.BehaviorArtifact(
+            **checkpoint.spaces_json(world_model.observation_space, self.action_space),
+            stage_config=stage_config or {}, behavior_config=config_lib.to_dict(self.cfg),
+            weights=self.state_dict(), **meta))
+
+    @classmethod
+    def load(cls, path: Path | str, world_model: WorldModelInterface, device: str | torch.device = "cpu",
+             ) -> tuple[ActorCritic, checkpoint.BehaviorArtifact]:
+        """Rebuild the actor-critic of ``behavior.pt`` for ``world_model`` (whose spaces must fit)."""
+        artifact = checkpoint.load(path, checkpoint.BehaviorArtifact, map_location=device)
+        artifact.check_spaces(world_model.observation_space, world_model.action_space, f"The behavior {path}",
+                              "its world model")
+        cfg = config_lib.from_dict(BehaviorConfig, artifact.behavior_config)
+        agent = cls.for_world_model(cfg, world_model).to(device)
+        agent.load_state_dict(artifact.weights)
+        return agent, artifact
+
     # --- heads ------------------------------------------------------------------------------
 
     def policy(self, feat: Tensor):
         """Policy distribution over actor-space actions for features ``[..., F]``."""
-        return self.head.dist(self.actor(feat))
+        a = self.cfg.actor
+        return self.actions.policy_dist(self.actor(feat), a.unimix, a.min_std, a.max_std)
 
     def value(self, feat: Tensor, slow: bool = False):
         """Value distribution of features ``[..., F]`` (``.mean`` is the value)."""
@@ -235,8 +224,8 @@ class ActorCritic(nn.Module):
 
     # --- the loss -----------------------------------------------------------------------------
 
-    def imagine(self, world_model: WorldModel, start: RSSMState, horizon: int, dynamics: bool,
-                ) -> tuple[RSSMState, Tensor, Tensor, Tensor]:
+    def imagine(self, world_model: WorldModelInterface, start: LatentState, horizon: int, dynamics: bool,
+                ) -> tuple[LatentState, Tensor, Tensor, Tensor]:
         """Roll out the actor in the world model from ``start`` ``[N]``.
 
         The actor's graph is always recorded (its log-probabilities and entropies are computed
@@ -249,21 +238,48 @@ class ActorCritic(nn.Module):
         """
         actions, logps, entropies = [], [], []
 
-        def act(state: RSSMState) -> Tensor:
-            policy = self.policy(state.feat())
+        def act(state: LatentState) -> Tensor:
+            policy = self.policy(world_model.features(state))
             if dynamics:
-                action = policy.rsample() if self.head.kind == "box" else policy.sample()
+                action = policy.rsample() if self.actions.kind == "box" else policy.sample()
             else:
                 action = policy.sample().detach()
             actions.append(action)
             logps.append(policy.log_prob(action.detach()))
             entropies.append(policy.entropy())
-            return self.head.to_model(action)
+            return self.actions.to_model(action)
 
-        states, _ = world_model.rssm.imagine(start, act, horizon)
+        states, _ = world_model.imagine(start, act, horizon)
         return states, torch.stack(actions, 1), torch.stack(logps, 1), torch.stack(entropies, 1)
 
-    def loss(self, world_model: WorldModel, post: RSSMState, batch: Batch,
+    def score(self, world_model: WorldModelInterface, feat: Tensor, first_cont: Tensor,
+              dynamics: bool = False) -> Scored:
+        """Rewards, continues, discounts, weights, values and lambda-returns of imagined states.
+
+        ``feat`` ``[N, H+1, F]`` carries gradient only for dynamics backprop; ``first_cont``
+        ``[N]`` is the start state's real continue flag. One critic pass on detached features
+        serves both the returns and the critic loss; dynamics backprop needs the values'
+        gradient w.r.t. the features: a second pass.
+        """
+        cfg = self.cfg
+        feat_sg = feat.detach()
+        reward = world_model.reward_dist(feat[:, 1:]).mean  # [N, H]: r_{h+1}
+        cont_dist = world_model.cont_dist(feat_sg[:, 1:])
+        cont = cont_dist.mode  # [N, H]
+        disc = cfg.gamma * cont  # [N, H]
+        weight = losses.discount_weights(disc, first_cont, cfg.gamma).detach()  # [N, H+1]
+        critic_out = self.critic(feat_sg)  # [N, H+1, bins]
+        slow_value = self._value_dist(self.slow_critic(feat_sg)).mean  # [N, H+1]
+        if dynamics:
+            value = self.value(feat, slow=cfg.critic.slow_target).mean
+        elif cfg.critic.slow_target:
+            value = slow_value  # V2: bootstrap from the target network
+        else:
+            value = self._value_dist(critic_out).mean.detach()
+        returns = losses.lambda_return(reward, value, disc, cfg.lam)  # [N, H]
+        return Scored(feat, reward, cont_dist, cont, disc, weight, critic_out, slow_value, value, returns)
+
+    def loss(self, world_model: WorldModelInterface, post: LatentState, batch: Batch,
              ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Actor and critic losses from the posterior states ``post`` ``[B, T]`` of ``batch``.
 
@@ -275,77 +291,70 @@ class ActorCritic(nn.Module):
         """
         cfg = self.cfg
         B, T = batch.shape
-        H = cfg.horizon
         start = post.detach().flatten(0, 1)  # [N]: behavior learning never changes the world model
         dynamics = self.grad_mode == "dynamics"
-        states, actions, logp, entropy = self.imagine(world_model, start, H, dynamics)
-        feat = states.feat()  # [N, H+1, F]; carries gradient only for dynamics backprop
-        feat_sg = feat.detach()
-
-        # Rewards and continues of the imagined states; the start's continue is the real one.
-        reward = world_model.reward_dist(feat[:, 1:]).mean  # [N, H]: r_{h+1}
-        cont = world_model.cont_dist(feat_sg[:, 1:]).mode  # [N, H]
+        states, actions, logp, entropy = self.imagine(world_model, start, cfg.horizon, dynamics)
+        # The start's continue is the real one.
         first_cont = 1.0 - batch.is_terminal.flatten().float()  # [N]
-        disc = cfg.gamma * cont  # [N, H]
-        weight = losses.discount_weights(disc, first_cont, cfg.gamma).detach()  # [N, H+1]
+        scored = self.score(world_model, world_model.features(states), first_cont, dynamics)
+        scale = self._return_scale(scored.returns)
+        advantage = (scored.returns - scored.value[:, :-1].detach()) / scale  # [N, H]
+        actor_loss = self.actor_loss(scored, advantage, logp, entropy, dynamics)
+        critic_loss = self.critic_loss(scored)
+        metrics: dict[str, Tensor] = {}
+        if cfg.critic.replay_scale > 0:
+            replay = self.replay_value_loss(world_model, post, batch, scored.returns[:, 0].detach().reshape(B, T))
+            critic_loss = critic_loss + cfg.critic.replay_scale * replay
+            metrics["critic/replay_loss"] = replay.detach()
+        with torch.no_grad():
+            metrics.update(self._metrics(scored, actor_loss, critic_loss, advantage, entropy, actions, scale))
+        return actor_loss, critic_loss, metrics
 
-        # One critic pass on detached features serves both the returns and the critic loss;
-        # dynamics backprop needs the values' gradient w.r.t. the features: a second pass.
-        critic_out = self.critic(feat_sg)  # [N, H+1, bins]
-        slow_value = self._value_dist(self.slow_critic(feat_sg)).mean  # [N, H+1]
-        if dynamics:
-            value = self.value(feat, slow=cfg.critic.slow_target).mean
-        elif cfg.critic.slow_target:
-            value = slow_value  # V2: bootstrap from the target network
-        else:
-            value = self._value_dist(critic_out).mean.detach()
-        returns = losses.lambda_return(reward, value, disc, cfg.lam)  # [N, H]
-        scale = self._return_scale(returns)
-        advantage = (returns - value[:, :-1].detach()) / scale  # [N, H]
-
-        # --- actor ---
+    def actor_loss(self, scored: Scored, advantage: Tensor, logp: Tensor, entropy: Tensor,
+                   dynamics: bool) -> Tensor:
+        """DreamerV3 eq. 11: normalised advantage (through the returns for dynamics backprop,
+        times the log-probability for REINFORCE) plus the entropy bonus, weighted by survival."""
         if dynamics:
             objective = advantage  # gradient flows through the returns into the actions
         else:
             objective = logp[:, :-1] * advantage.detach()  # REINFORCE
-        actor_loss = -(weight[:, :-1] * (objective + cfg.actor.entropy * entropy[:, :-1])).mean()
+        return -(scored.weight[:, :-1] * (objective + self.cfg.actor.entropy * entropy[:, :-1])).mean()
 
-        # --- critic (eq. 10: two-hot log-likelihood of the returns, + slow-critic regulariser) ---
-        critic_dist = self._value_dist(critic_out[:, :-1])
-        critic_terms = (-critic_dist.log_prob(returns.detach())
-                        - cfg.critic.slow_reg * critic_dist.log_prob(slow_value[:, :-1].detach()))
-        critic_loss = (weight[:, :-1] * critic_terms).mean()
-        metrics: dict[str, Tensor] = {}
-        if cfg.critic.replay_scale > 0:
-            replay = self._replay_value_loss(post, batch, returns[:, 0].detach().reshape(B, T))
-            critic_loss = critic_loss + cfg.critic.replay_scale * replay
-            metrics["critic/replay_loss"] = replay.detach()
+    def critic_loss(self, scored: Scored) -> Tensor:
+        """DreamerV3 eq. 10: two-hot log-likelihood of the returns, plus the regulariser toward
+        the slow critic, weighted by survival."""
+        critic_dist = self._value_dist(scored.critic_out[:, :-1])
+        terms = (-critic_dist.log_prob(scored.returns.detach())
+                 - self.cfg.critic.slow_reg * critic_dist.log_prob(scored.slow_value[:, :-1].detach()))
+        return (scored.weight[:, :-1] * terms).mean()
 
-        with torch.no_grad():
-            metrics.update({
-                "actor/loss": actor_loss.detach(),
-                "actor/entropy": entropy[:, :-1].mean(),
-                "actor/advantage_mag": advantage.abs().mean(),
-                "critic/loss": critic_loss.detach(),
-                "critic/value": value[:, :-1].mean(),
-                "imag/return": returns.mean(),
-                "imag/reward": reward.mean(),
-                "imag/cont": cont.mean(),
-                "imag/weight": weight.mean(),
-                "retnorm/scale": scale.detach(),
-                "retnorm/low": self.retnorm_low.clone(),
-                "retnorm/high": self.retnorm_high.clone(),
-            })
-            if self.head.kind == "discrete":
-                counts = actions[:, :-1].reshape(-1, self.head.dim).mean(0)
-                metrics["actor/action_max_freq"] = counts.max()
-        return actor_loss, critic_loss, metrics
+    def _metrics(self, scored: Scored, actor_loss: Tensor, critic_loss: Tensor, advantage: Tensor,
+                 entropy: Tensor, actions: Tensor, scale: Tensor) -> dict[str, Tensor]:
+        metrics = {
+            "actor/loss": actor_loss.detach(),
+            "actor/entropy": entropy[:, :-1].mean(),
+            "actor/advantage_mag": advantage.abs().mean(),
+            "critic/loss": critic_loss.detach(),
+            "critic/value": scored.value[:, :-1].mean(),
+            "imag/return": scored.returns.mean(),
+            "imag/reward": scored.reward.mean(),
+            "imag/cont": scored.cont.mean(),
+            "imag/weight": scored.weight.mean(),
+            "retnorm/scale": scale.detach(),
+            "retnorm/low": self.retnorm_low.clone(),
+            "retnorm/high": self.retnorm_high.clone(),
+        }
+        if self.actions.kind == "discrete":
+            counts = actions[:, :-1].reshape(-1, self.actions.dim).mean(0)
+            metrics["actor/action_max_freq"] = counts.max()
+        return metrics
 
-    def _replay_value_loss(self, post: RSSMState, batch: Batch, boot: Tensor) -> Tensor:
+    def replay_value_loss(self, world_model: WorldModelInterface, post: LatentState, batch: Batch,
+                          boot: Tensor) -> Tensor:
         """Critic loss on the replayed states themselves, toward lambda-returns along the real
         data, bootstrapped by the imagined returns from each state (DreamerV3 2025 "repval")."""
         cfg = self.cfg
-        feat = post.feat().detach()  # [B, T, F]
+        feat = world_model.features(post).detach()  # [B, T, F]
         target = losses.replay_lambda_return(batch.reward, batch.is_terminal, batch.is_last, boot,
                                              cfg.gamma, cfg.lam)  # [B, T]
         dist = self.value(feat)

@@ -1,20 +1,36 @@
-"""Checkpoints: atomic save and checked load of a payload with its config and spaces.
+"""Checkpoints: typed, versioned payloads written atomically and loaded with checks.
 
-Every checkpoint carries the resolved config of the run, the dataset's observation and
-action spaces (as data/schema.py JSON) and version numbers, so a later stage rebuilds its
-models from the checkpoint alone and refuses data whose spaces do not fit.
+Three kinds of file, each a dataclass below, stored as a plain dict (``torch.save``) with
+``format_version`` and ``kind`` beside the fields:
+
+- :class:`WorldModelArtifact` (``RUN/world_model.pt``): the world model's own config, the
+  dataset's spaces and the weights. ``WorldModel.load`` rebuilds the model from it alone.
+- :class:`BehaviorArtifact` (``RUN/behavior.pt``): the same for the actor-critic, plus the
+  env the data came from (stage 04 and ``--policy RUN`` play it).
+- :class:`TrainState` (``RUN/checkpoints/*latest.pt``): everything a stage needs to resume:
+  its resolved config, module weights, optimizer states, counters and RNG states.
+
+Every payload carries the observation and action spaces (as data/schema.py JSON) and the
+resolved config of the stage that wrote it (``stage_config``), so a later stage refuses
+data whose spaces do not fit, and a run can be traced back to its command.
+
+Format 1 (dreamer-core 0.1.0: untyped dicts) artifacts still load: they are converted on
+reading. Format-1 resume checkpoints are refused with a message that says what to do.
 
 Writes are atomic (temporary file in the same folder, fsync, rename): a crash leaves the
 previous checkpoint, never a truncated one.
 
-Imports: torch, data.schema, data.store, errors.
+Imports: torch, gymnasium, files, data.schema, errors (a bottom-layer module: the models
+and the stages build on it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import torch
@@ -23,30 +39,109 @@ from dreamer_core import __version__, files
 from dreamer_core.data import schema
 from dreamer_core.errors import DreamerError
 
-CHECKPOINT_VERSION = 1
+FORMAT_VERSION = 2
+P = TypeVar("P", bound="Payload")
 
 
-def save(path: Path | str, payload: dict[str, Any], config: dict[str, Any],
-         observation_space: gym.spaces.Dict, action_space: gym.Space) -> None:
-    """Atomically write ``payload`` (state dicts, counters, RNG states) with its metadata."""
+@dataclass
+class Payload:
+    """Fields every checkpoint has: the spaces (JSON) and the writing stage's config."""
+
+    observation_space: dict[str, Any]
+    action_space: dict[str, Any]
+    stage_config: dict[str, Any]
+
+    kind = "payload"
+
+    def spaces(self) -> tuple[gym.spaces.Dict, gym.Space]:
+        """The observation and action spaces the checkpoint was trained on."""
+        return schema.space_from_json(self.observation_space), schema.space_from_json(self.action_space)
+
+    def check_spaces(self, observation_space: gym.Space, action_space: gym.Space, what: str,
+                     path: Path | str) -> None:
+        """Raise a clear DreamerError when data (or an env) does not fit these spaces."""
+        problems = schema.space_mismatches(*self.spaces(), observation_space, action_space)
+        if problems:
+            raise DreamerError(
+                f"{what} does not fit the checkpoint {path}: it has {' and '.join(problems)}. "
+                "Use data collected from the same env with the same options (e.g. --pixels, --size), "
+                "or train a new run on this data."
+            )
+
+
+@dataclass
+class WorldModelArtifact(Payload):
+    """A trained world model (``world_model.pt``)."""
+
+    model_config: dict[str, Any] = field(default_factory=dict)  # WorldModelConfig as a dict
+    weights: dict[str, Any] = field(default_factory=dict)
+    update: int = 0
+    calibration: dict[str, Any] | None = None  # measured magnitudes and chosen loss weights
+    datasets: list[str] = field(default_factory=list)  # what it was trained on
+    batch_size: int = 16  # the replay windows it was trained with (stage 03's defaults)
+    seq_len: int = 64
+
+    kind = "world_model"
+
+
+@dataclass
+class BehaviorArtifact(Payload):
+    """A trained actor-critic (``behavior.pt``)."""
+
+    behavior_config: dict[str, Any] = field(default_factory=dict)  # BehaviorConfig as a dict
+    weights: dict[str, Any] = field(default_factory=dict)
+    update: int = 0
+    world_model_update: int = 0  # the world model it was trained against
+    env_config: dict[str, Any] = field(default_factory=dict)  # the env the data came from
+    env_steps: int | None = None  # online runs: env steps when it was written
+
+    kind = "behavior"
+
+
+@dataclass
+class TrainState(Payload):
+    """What a stage needs to resume exactly (``checkpoints/*latest.pt``).
+
+    ``modules``/``optimizers``: state dicts by name; ``counters``: ints, floats and small
+    records (updates, env steps, last evaluation...); ``rng``: RNG and sampler states.
+    """
+
+    stage: str = ""
+    modules: dict[str, Any] = field(default_factory=dict)
+    optimizers: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    kind = "train_state"
+
+
+KINDS: dict[str, type[Payload]] = {c.kind: c for c in (WorldModelArtifact, BehaviorArtifact, TrainState)}
+
+
+def spaces_json(observation_space: gym.Space, action_space: gym.Space) -> dict[str, Any]:
+    """The ``observation_space`` / ``action_space`` fields of a payload."""
+    return {"observation_space": schema.space_to_json(observation_space),
+            "action_space": schema.space_to_json(action_space)}
+
+
+def save(path: Path | str, payload: Payload) -> None:
+    """Atomically write ``payload`` with its kind and the format and package versions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
-        "checkpoint_version": CHECKPOINT_VERSION,
+        "format_version": FORMAT_VERSION,
+        "kind": payload.kind,
         "dreamer_core_version": __version__,
         "dataset_schema_version": schema.SCHEMA_VERSION,
-        "config": config,
-        "observation_space": schema.space_to_json(observation_space),
-        "action_space": schema.space_to_json(action_space),
-        **payload,
+        **{f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)},
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
     files.atomic_write_bytes(path, buffer.getvalue())
 
 
-def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; DreamerError when missing or unreadable."""
+def load(path: Path | str, cls: type[P], map_location: str | torch.device = "cpu") -> P:
+    """Read a checkpoint of type ``cls``; DreamerError when missing, unreadable or of another kind."""
     path = Path(path)
     if not path.exists():
         raise DreamerError(f"No checkpoint at {path}. Check the run directory, or train one first.")
@@ -57,27 +152,43 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str
             f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}). It is damaged; "
             "use an earlier checkpoint from the run's checkpoints/ folder or train again."
         ) from None
-    if not isinstance(blob, dict) or blob.get("checkpoint_version") != CHECKPOINT_VERSION:
+    if not isinstance(blob, dict):
+        raise DreamerError(f"{path} is not a dreamer-core checkpoint (it holds a {type(blob).__name__}).")
+    if blob.get("checkpoint_version") == 1:
+        blob = _from_format_1(blob, cls, path)
+    elif blob.get("format_version") != FORMAT_VERSION:
+        found = blob.get("format_version", blob.get("checkpoint_version"))
         raise DreamerError(
-            f"{path} is not a dreamer-core checkpoint of version {CHECKPOINT_VERSION} (found "
-            f"{blob.get('checkpoint_version') if isinstance(blob, dict) else type(blob).__name__}). "
-            "Load it with the dreamer-core version that wrote it."
+            f"{path} is a dreamer-core checkpoint of format {found}, but this version reads formats 1 and "
+            f"{FORMAT_VERSION}. Load it with the dreamer-core version that wrote it "
+            f"({blob.get('dreamer_core_version', 'unknown')})."
         )
-    return blob
-
-
-def spaces(blob: dict[str, Any]) -> tuple[gym.spaces.Dict, gym.Space]:
-    """The observation and action spaces a checkpoint was trained on."""
-    return schema.space_from_json(blob["observation_space"]), schema.space_from_json(blob["action_space"])
-
-
-def check_spaces(blob: dict[str, Any], observation_space: gym.Space, action_space: gym.Space,
-                 what: str, checkpoint_path: Path | str) -> None:
-    """Raise a clear DreamerError when data (or an env) does not fit the checkpoint's spaces."""
-    problems = schema.space_mismatches(*spaces(blob), observation_space, action_space)
-    if problems:
+    if blob.get("kind") != cls.kind:
         raise DreamerError(
-            f"{what} does not fit the checkpoint {checkpoint_path}: it has {' and '.join(problems)}. "
-            "Use data collected from the same env with the same options (e.g. --pixels, --size), "
-            "or train a new run on this data."
+            f"{path} holds a {blob.get('kind')} checkpoint, not a {cls.kind} one. Pass the right file "
+            "(world_model.pt, behavior.pt or checkpoints/*latest.pt of a run)."
         )
+    return cls(**{f.name: blob[f.name] for f in dataclasses.fields(cls) if f.name in blob})
+
+
+def _from_format_1(blob: dict[str, Any], cls: type[Payload], path: Path) -> dict[str, Any]:
+    """Convert a format-1 artifact (dreamer-core 0.1.0) to the format-2 fields; resume states
+    of format 1 are refused (their layouts were the stages' own)."""
+    config = blob["config"]
+    common = {"observation_space": blob["observation_space"], "action_space": blob["action_space"],
+              "stage_config": config}
+    if cls is WorldModelArtifact and "model" in blob and "agent" not in blob:
+        return {"kind": cls.kind, **common, "model_config": config["model"], "weights": blob["model"],
+                "update": int(blob.get("update", 0)), "calibration": blob.get("calibration"),
+                "datasets": list(config.get("datasets") or []), "batch_size": int(config["batch_size"]),
+                "seq_len": int(config["seq_len"])}
+    if cls is BehaviorArtifact and "agent" in blob and "actor_optim" not in blob:
+        return {"kind": cls.kind, **common, "behavior_config": config["behavior"], "weights": blob["agent"],
+                "update": int(blob.get("update", 0)), "world_model_update": int(blob.get("world_model_update", 0)),
+                "env_config": blob.get("env_config") or {}, "env_steps": blob.get("env_steps")}
+    raise DreamerError(
+        f"{path} is a format-1 checkpoint (dreamer-core 0.1.0) that this version cannot use as a "
+        f"{cls.kind}: format-1 world_model.pt and behavior.pt still load, but a run can only be resumed "
+        "by the version that started it. Finish the run with dreamer-core 0.1.0, or start a new run "
+        "(stage 03 and stage 04 accept the old run's world_model.pt and behavior.pt)."
+    )

@@ -18,38 +18,19 @@ Return targets (DreamerV3 eq. 7, Sutton & Barto 12.3)::
 where ``r_{h+1}`` is the reward predicted at the state reached by action ``a_h`` (rewards
 arrive with the state they lead to, as in data/schema.py) and ``disc_h = gamma * cont_{h+1}``.
 
-Imports: torch only.
+The closed-form KL divergences themselves live in nets/distributions.py (one implementation,
+upcasting half precision); this module only combines them.
+
+Imports: torch, nets.distributions.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from dreamer_core.nets.distributions import kl_categorical, kl_gaussian
 
 Tensor = torch.Tensor
-
-
-def kl_categorical(post_logits: Tensor, prior_logits: Tensor) -> Tensor:
-    """KL(post || prior) of independent categoricals, summed over the latents.
-
-    Shapes:
-        post_logits, prior_logits: [..., S, K] (log-probabilities or unnormalised logits)
-        returns: [...]
-    """
-    post_log = F.log_softmax(post_logits, -1)
-    prior_log = F.log_softmax(prior_logits, -1)
-    return (post_log.exp() * (post_log - prior_log)).sum((-2, -1))
-
-
-def kl_gaussian(post_mean: Tensor, post_std: Tensor, prior_mean: Tensor, prior_std: Tensor) -> Tensor:
-    """KL(post || prior) of diagonal Gaussians, summed over the last axis.
-
-    Shapes:
-        all inputs: [..., S]      returns: [...]
-    """
-    var_ratio = (post_std / prior_std) ** 2
-    mean_term = ((post_mean - prior_mean) / prior_std) ** 2
-    return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
 
 
 def kl_v3(post_logits: Tensor, prior_logits: Tensor, free_nats: float = 1.0) -> tuple[Tensor, Tensor]:

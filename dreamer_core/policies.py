@@ -5,23 +5,24 @@ them just started an episode (so a stateful agent can reset its latent state the
 returns one action per env in the action space's dtype. ``RandomPolicy`` samples uniformly;
 ``AgentPolicy`` runs a trained agent (stage 03): the world model filters the observations
 into a latent state per env and the actor picks the action. Building either from a
-``--policy`` string (``random`` or a run directory) is ``stages.agents.load_policy``.
+``--policy`` string (``random`` or a run directory) is ``runs.load_policy``;
+``play_episode`` plays one episode and keeps it in the dataset's row layout.
 
-Imports: numpy, gymnasium, torch, errors, world_model, behavior.
+Imports: numpy, gymnasium, torch, errors, interfaces, data.schema.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from dreamer_core.behavior import ActorCritic
+from dreamer_core.data.schema import Episode
 from dreamer_core.errors import DreamerError
-from dreamer_core.nets.rssm import RSSMState
-from dreamer_core.world_model import WorldModel
+from dreamer_core.interfaces import ActorCriticInterface, LatentState, WorldModelInterface
 
 
 class Policy(Protocol):
@@ -106,7 +107,8 @@ class AgentPolicy:
 
     name = "agent"
 
-    def __init__(self, world_model: WorldModel, agent: ActorCritic, num_envs: int, mode: str = "sample",
+    def __init__(self, world_model: WorldModelInterface, agent: ActorCriticInterface, num_envs: int,
+                 mode: str = "sample",
                  seed: int | None = None, device: str | torch.device = "cpu"):
         if mode not in ("sample", "mode"):
             raise DreamerError(f"Unknown action mode {mode!r}; use sample or mode.")
@@ -122,8 +124,8 @@ class AgentPolicy:
         self.reset()
 
     def reset(self) -> None:
-        self.state: RSSMState = self.world_model.rssm.initial(self.num_envs)
-        self.last_action = torch.zeros(self.num_envs, self.world_model.codec.dim, device=self.device)
+        self.state: LatentState = self.world_model.initial_state(self.num_envs)
+        self.last_action = torch.zeros(self.num_envs, self.world_model.actions.dim, device=self.device)
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
@@ -133,15 +135,47 @@ class AgentPolicy:
                 f"The env gives observation keys {sorted(obs)}, but the agent was trained on {self.keys}. "
                 "Use the env options the training data was collected with (e.g. --pixels)."
             )
-        batch = {}
+        current = {}
         for key in self.keys:
             value = torch.as_tensor(np.asarray(obs[key]), device=self.device)
-            batch[key] = (value if value.dtype == torch.uint8 else value.float())[:, None]  # [K, 1, ...]
-        embed = self.world_model.encoder(batch)[:, 0]  # [K, E]
+            current[key] = value if value.dtype == torch.uint8 else value.float()  # [K, ...]
         first = torch.as_tensor(np.asarray(is_first, dtype=bool), device=self.device)
-        self.state, _ = self.world_model.rssm.obs_step(self.state, self.last_action, embed, first,
-                                                       generator=self.generator)
-        policy = self.agent.policy(self.state.feat())
+        self.state = self.world_model.step(self.state, self.last_action, current, first, generator=self.generator)
+        policy = self.agent.policy(self.world_model.features(self.state))
         action = policy.mode if self.mode == "mode" else policy.sample(self.generator)
-        self.last_action = self.agent.head.to_model(action)
-        return self.agent.head.to_env(action)
+        actions = self.world_model.actions
+        self.last_action = actions.to_model(action)
+        return actions.to_env(action)
+
+
+@dataclass
+class PlayedEpisode:
+    """One episode played by a policy: its rows (data/schema.py layout) and, when rendered,
+    one ``env.render()`` frame per row."""
+
+    episode: Episode
+    ret: float  # summed in float64 as the env returned the rewards
+    frames: list[np.ndarray] = field(default_factory=list)
+
+
+def play_episode(env: gym.Env, policy: AgentPolicy, seed: int, max_steps: int = 0,
+                 render: bool = False) -> PlayedEpisode:
+    """Reset ``env`` with ``seed`` and play until it ends (or ``max_steps`` steps, 0: no cap)."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    observations, actions, rewards = [obs], [], []
+    frames = [env.render()] if render else []
+    is_first = np.ones(1, dtype=bool)
+    terminated = truncated = False
+    while not (terminated or truncated or (max_steps and len(actions) >= max_steps)):
+        action = policy.act({k: np.asarray(v)[None] for k, v in obs.items()}, is_first)[0]
+        obs, reward, terminated, truncated, _ = env.step(action)
+        is_first[:] = False
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        if render:
+            frames.append(env.render())
+    stacked = {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
+    episode = Episode.from_transitions(stacked, np.stack(actions), np.asarray(rewards, np.float32), bool(terminated))
+    return PlayedEpisode(episode, sum(rewards), frames)

@@ -1,4 +1,6 @@
-"""Process-level settings for fast CPU training: the C allocator and torch's thread count.
+"""Process-level settings: the device, the C allocator and torch's thread count.
+
+``resolve_device("auto"|"cpu"|"cuda")`` picks the torch device (auto: CUDA when present).
 
 glibc's malloc serves large blocks (the [rows, 255] head outputs, activations of a batch) with
 mmap and gives them back with munmap, so every update page-faults its tensors in again: on
@@ -8,7 +10,7 @@ freed memory in the heap lets those blocks be reused; a `tiny` online update wen
 490 to 350 ms (benchmarks/RESULTS.md, online-speed). Setting ``MALLOC_MMAP_THRESHOLD_``
 yourself (or ``DREAMER_MALLOC=default``) leaves the allocator alone.
 
-Imports: ctypes, torch.
+Imports: ctypes, torch, errors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import ctypes.util
 import os
 
 import torch
+
+from dreamer_core.errors import DreamerError
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -47,3 +51,12 @@ def setup(threads: int = 0) -> None:
     tune_allocator()
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees one, else CPU), ``cpu`` or ``cuda`` (refused without CUDA)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DreamerError("--device cuda was asked for, but torch sees no CUDA device. Use --device auto or cpu.")
+    return torch.device(name)

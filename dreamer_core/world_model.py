@@ -1,8 +1,12 @@
-"""The world model: encoder + RSSM + heads (+ optional inverse-dynamics head).
+"""The DreamerV3 world model: encoder + RSSM + heads (+ optional inverse-dynamics head).
 
-``WorldModel.loss(batch)`` returns ``(loss, metrics, post)``: the weighted sum of the terms,
-a dict of detached per-term means (tensors; the stage reduces them once per log interval),
-and the posterior states (stage 03 starts imagination from them).
+``WorldModel`` implements :class:`~dreamer_core.interfaces.WorldModelInterface`, the only way
+callers reach it: ``initial_state``, ``observe``, ``step``, ``imagine``, ``features``,
+``decode`` / ``reward_dist`` / ``cont_dist``, ``loss``, ``save`` / ``load`` (self-describing:
+``WorldModel.load(path)`` needs nothing but the file). ``loss(batch)`` returns
+``(loss, metrics, post)``: the weighted sum of the terms, a dict of detached per-term means
+(tensors; the stage reduces them once per log interval), and the posterior states (stage 03
+starts imagination from them).
 
 Row alignment (data/schema.py): row t holds obs_t, the action a_t that led to it, and the
 reward r_t received on arriving. The posterior s_t = post(s_{t-1}, a_t, obs_t) therefore
@@ -12,21 +16,27 @@ inverse head predicts a_{t+1} from (s_t, s_{t+1}) where row t+1 is not an episod
 Variants (``WorldModelConfig.kl``): v3 (dyn/rep with free nats), v2 (KL balancing), v1
 (Gaussian latents, one KL with free nats); reward heads: two-hot (v3) or MSE (v1/v2).
 
-Imports: nets, losses, types, data.schema (for spaces).
+Imports: nets, losses, types, config (dict <-> dataclass), checkpoint, errors.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer_core import losses
-from dreamer_core.errors import DreamerError
+from dreamer_core import checkpoint, losses
+from dreamer_core import config as config_lib
 from dreamer_core.nets import distributions as dists
+from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
 from dreamer_core.nets.layers import MLP, zero_init
 from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
@@ -92,33 +102,6 @@ class WorldModelConfig:
     act: str = "silu"
 
 
-class ActionCodec:
-    """Stored actions (data/schema.py dtypes) -> float model inputs ``[..., A]`` and back."""
-
-    def __init__(self, space: gym.Space):
-        self.space = space
-        if isinstance(space, gym.spaces.Discrete):
-            self.kind, self.dim = "discrete", int(space.n)
-        elif isinstance(space, gym.spaces.MultiBinary):
-            self.kind, self.dim = "multibinary", int(torch.tensor(space.n).prod())
-        elif isinstance(space, gym.spaces.MultiDiscrete):
-            self.kind, self.dim = "multidiscrete", int(space.nvec.sum())
-            self.nvec = [int(n) for n in space.nvec.ravel()]
-        elif isinstance(space, gym.spaces.Box):
-            self.kind, self.dim = "box", int(torch.tensor(space.shape).prod())
-        else:
-            raise TypeError(f"unsupported action space {space}")
-
-    def encode(self, action: Tensor) -> Tensor:
-        """``[...]``/``[..., n]`` stored actions -> ``[..., A]`` float."""
-        if self.kind == "discrete":
-            return F.one_hot((action - int(self.space.start)).long(), self.dim).float()
-        if self.kind == "multidiscrete":
-            parts = [F.one_hot(action[..., i].long(), n) for i, n in enumerate(self.nvec)]
-            return torch.cat(parts, -1).float()
-        return action.float().flatten(-len(self.space.shape)) if self.space.shape else action.float()
-
-
 class WorldModel(nn.Module):
     """Encoder, RSSM, decoder, reward, continue (and inverse) heads; see the module docstring."""
 
@@ -127,12 +110,12 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.observation_space = observation_space
         self.action_space = action_space
-        self.codec = ActionCodec(action_space)
+        self.actions = ActionSpace(action_space)
         enc = cfg.encoder
         self.encoder = MultiEncoder(observation_space, cnn_depth=enc.cnn_depth, cnn_mults=enc.cnn_mults,
                                     mlp_units=enc.mlp_units, mlp_layers=enc.mlp_layers, norm=cfg.norm,
                                     act=cfg.act, symlog_inputs=enc.symlog_inputs)
-        self.rssm = RSSM(cfg.rssm, self.encoder.embed_dim, self.codec.dim)
+        self.rssm = RSSM(cfg.rssm, self.encoder.embed_dim, self.actions.dim)
         feat = self.rssm.feat_dim
         self.decoder = MultiDecoder(feat, observation_space, cnn_depth=enc.cnn_depth, cnn_mults=enc.cnn_mults,
                                     mlp_units=enc.mlp_units, mlp_layers=enc.mlp_layers, norm=cfg.norm, act=cfg.act)
@@ -146,14 +129,84 @@ class WorldModel(nn.Module):
         self.cont_head = MLP(feat, 1, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot)
         self.inverse_head = None
         if cfg.inverse.enabled:
-            if self.codec.kind == "multidiscrete":
-                raise DreamerError(
-                    f"--inverse-model supports Discrete, MultiBinary and Box actions, not {action_space}. "
-                    "Train without --inverse-model for this dataset."
-                )
+            self.actions.check_inverse_support()
             inv = cfg.inverse
-            self.inverse_head = MLP(2 * feat, self._inverse_out_dim(), inv.units, inv.layers, norm=cfg.norm,
+            self.inverse_head = MLP(2 * feat, self.actions.inverse_out_dim, inv.units, inv.layers, norm=cfg.norm,
                                     act=cfg.act)
+
+    # --- the interface: states ---------------------------------------------------------------
+
+    @property
+    def feat_dim(self) -> int:
+        return self.rssm.feat_dim
+
+    @property
+    def feat_onehot(self) -> tuple[int, int, int] | None:
+        return self.rssm.feat_onehot
+
+    def initial_state(self, batch_size: int) -> RSSMState:
+        return self.rssm.initial(batch_size)
+
+    def observe(self, batch: Batch, state: RSSMState | None = None) -> RSSMState:
+        """Posterior states ``[B, T]`` of a stored batch (``state``: the one before row 0)."""
+        return self._observe(batch, state)[0]
+
+    def _observe(self, batch: Batch, state: RSSMState | None = None) -> tuple[RSSMState, RSSMState]:
+        embed = self.encoder(batch.obs)  # [B, T, E]
+        action = self.actions.encode(batch.action)  # [B, T, A]
+        return self.rssm.observe(embed, action, batch.is_first, state)
+
+    def step(self, state: RSSMState, action: Tensor, obs: dict[str, Tensor], is_first: Tensor,
+             generator: torch.Generator | None = None) -> RSSMState:
+        """One env step while acting (row convention of data/schema.py: ``action [K, A]``, in the
+        model encoding, led to ``obs``); restarts from the initial state where ``is_first [K]``."""
+        embed = self.encoder({k: v[:, None] for k, v in obs.items()})[:, 0]  # [K, E]
+        post, _ = self.rssm.obs_step(state, action, embed, is_first, generator=generator)
+        return post
+
+    def imagine(self, start: RSSMState, policy: Callable[[RSSMState], Tensor], horizon: int,
+                ) -> tuple[RSSMState, Tensor]:
+        """States ``[N, H+1]`` and actions ``[N, H+1, A]`` of the prior rolled out under ``policy``
+        (``RSSM.imagine``: the last action is chosen but never executed)."""
+        return self.rssm.imagine(start, policy, horizon)
+
+    def features(self, state: RSSMState) -> Tensor:
+        return state.feat()
+
+    def decode(self, feat: Tensor) -> dict[str, Any]:
+        """Observation distributions per key; images in the encoder's [-0.5, 0.5] scale."""
+        return self.decoder(feat)
+
+    def reconstruct(self, feat: Tensor) -> dict[str, Tensor]:
+        """Decoded observations in display units: images float in [0, 1], vectors as they are."""
+        image_keys = set(self.decoder.image_keys)
+        return {k: (d.mode + 0.5).clamp(0, 1) if k in image_keys else d.mode for k, d in self.decode(feat).items()}
+
+    def categorical_latents(self, state: RSSMState) -> tuple[Tensor, Tensor] | None:
+        """``(samples, probabilities)`` ``[..., S, K]`` of categorical latents; None for Gaussian ones."""
+        if not state.is_categorical:
+            return None
+        return state.stoch, state.logits.exp()
+
+    # --- the interface: artifacts -------------------------------------------------------------
+
+    def save(self, path: Path | str, stage_config: dict[str, Any] | None = None, **meta: Any) -> None:
+        """Write ``world_model.pt``: config, spaces and weights, the writing stage's config and
+        ``meta`` (update, calibration, datasets, batch_size, seq_len: checkpoint.WorldModelArtifact)."""
+        checkpoint.save(path, checkpoint.WorldModelArtifact(
+            **checkpoint.spaces_json(self.observation_space, self.action_space),
+            stage_config=stage_config or {}, model_config=config_lib.to_dict(self.cfg),
+            weights=self.state_dict(), **meta))
+
+    @classmethod
+    def load(cls, path: Path | str, device: str | torch.device = "cpu",
+             ) -> tuple[WorldModel, checkpoint.WorldModelArtifact]:
+        """Rebuild the model from a ``world_model.pt`` alone; returns it with its artifact."""
+        artifact = checkpoint.load(path, checkpoint.WorldModelArtifact, map_location=device)
+        cfg = config_lib.from_dict(WorldModelConfig, artifact.model_config)
+        model = cls(cfg, *artifact.spaces()).to(device)
+        model.load_state_dict(artifact.weights)
+        return model, artifact
 
     # --- heads ----------------------------------------------------------------------------
 
@@ -176,9 +229,7 @@ class WorldModel(nn.Module):
             post (posterior states ``[B, T]``).
         """
         B, T = batch.shape
-        embed = self.encoder(batch.obs)  # [B, T, E]
-        action = self.codec.encode(batch.action)  # [B, T, A]
-        post, prior = self.rssm.observe(embed, action, batch.is_first, state)
+        post, prior = self._observe(batch, state)
         assert post.deter.shape == (B, T, self.cfg.rssm.deter), post.deter.shape
         feat = post.feat()  # [B, T, F]
         terms = self._recon_terms(feat, batch)
@@ -222,49 +273,27 @@ class WorldModel(nn.Module):
 
     # --- inverse dynamics -----------------------------------------------------------------
 
-    def _inverse_out_dim(self) -> int:
-        return 2 * self.codec.dim if self.codec.kind == "box" else self.codec.dim
-
     def inverse_dist(self, feat: Tensor):
         """Distribution of a_{t+1} given (s_t, s_{t+1}): ``feat`` is ``[..., T, F]``; output over T-1."""
         feat = feat if self.cfg.inverse.grad_to_repr else feat.detach()
         pair = torch.cat([feat[..., :-1, :], feat[..., 1:, :]], -1)  # [B, T-1, 2F]
-        out = self.inverse_head(pair)
-        kind = self.codec.kind
-        if kind == "discrete":
-            return torch.distributions.Categorical(logits=out)
-        if kind == "multibinary":
-            return torch.distributions.Independent(torch.distributions.Bernoulli(logits=out), 1)
-        if kind == "box":
-            mean, std = out.chunk(2, -1)
-            return torch.distributions.Independent(torch.distributions.Normal(mean, F.softplus(std) + 0.01), 1)
-        raise ValueError(f"the inverse model does not support {self.action_space}")
+        return self.actions.inverse_dist(self.inverse_head(pair))
 
     def _inverse_loss(self, feat: Tensor, batch: Batch) -> Tensor:
         """NLL of a_{t+1} per row ``[B, T]`` (row 0 and rows before an episode start are 0)."""
         dist = self.inverse_dist(feat)
-        target = batch.action[:, 1:]
-        if self.codec.kind == "discrete":
-            target = target.long() - int(self.action_space.start)
-        else:
-            target = target.float().flatten(2)
-        nll = -dist.log_prob(target)  # [B, T-1]
+        nll = -dist.log_prob(self.actions.inverse_target(batch.action[:, 1:]))  # [B, T-1]
         valid = ~batch.is_first[:, 1:]  # a_{t+1} is the zero placeholder at episode starts
         nll = torch.where(valid, nll, torch.zeros_like(nll))
         return F.pad(nll, (1, 0))  # align to [B, T]
 
-    def inverse_accuracy(self, feat: Tensor, batch: Batch) -> Tensor:
-        """Held-out metric: accuracy (discrete, per button for multi-binary) or MSE (box)."""
-        dist = self.inverse_dist(feat)
-        valid = ~batch.is_first[:, 1:]
-        target = batch.action[:, 1:]
-        if self.codec.kind == "discrete":
-            hit = (dist.probs.argmax(-1) == target.long() - int(self.action_space.start)).float()
-        elif self.codec.kind == "multibinary":
-            hit = ((dist.base_dist.probs > 0.5).float() == target.float().flatten(2)).float().mean(-1)
-        else:
-            hit = (dist.base_dist.mean - target.float().flatten(2)).pow(2).mean(-1)
-        return hit[valid].mean()
+    def inverse_accuracy(self, feat: Tensor, batch: Batch) -> Tensor | None:
+        """Held-out metric: accuracy (discrete, per button for multi-binary) or MSE (box); None
+        without an inverse-dynamics head."""
+        if self.inverse_head is None:
+            return None
+        hit = self.actions.inverse_metric(self.inverse_dist(feat), batch.action[:, 1:])  # [B, T-1]
+        return hit[~batch.is_first[:, 1:]].mean()
 
     # --- diagnostics and evaluation -------------------------------------------------------
 
@@ -272,7 +301,7 @@ class WorldModel(nn.Module):
     def _diagnostics(self, post: RSSMState, prior: RSSMState, feat: Tensor, batch: Batch) -> dict[str, Tensor]:
         out = {}
         if post.logits is not None:
-            out["kl"] = losses.kl_categorical(post.logits, prior.logits).mean()
+            out["kl"] = dists.kl_categorical(post.logits, prior.logits).mean()
             out["post_entropy"] = -(post.logits.softmax(-1) * post.logits.log_softmax(-1)).sum((-2, -1)).mean()
         out["reward_pred_mean"] = self.reward_dist(feat).mode.mean()
         return out
@@ -301,7 +330,7 @@ class WorldModel(nn.Module):
         B, T = batch.shape
         assert T >= context + horizon, (T, context, horizon)
         embed = self.encoder({k: v[:, :context] for k, v in batch.obs.items()})
-        action = self.codec.encode(batch.action)
+        action = self.actions.encode(batch.action)
         post, _ = self.rssm.observe(embed, action[:, :context], batch.is_first[:, :context])
         last = post.map(lambda x: x[:, -1])
         prior = self.rssm.imagine_with_actions(last, action[:, context:context + horizon], sample=sample)  # [B, H]
@@ -334,9 +363,8 @@ class WorldModel(nn.Module):
         """
         B, T = batch.shape
         context = max(1, min(context, T))
-        embed = self.encoder(batch.obs)  # [B, T, E]
-        action = self.codec.encode(batch.action)  # [B, T, A]
-        post, _ = self.rssm.observe(embed, action, batch.is_first)  # [B, T]
+        action = self.actions.encode(batch.action)  # [B, T, A]
+        post, _ = self.rssm.observe(self.encoder(batch.obs), action, batch.is_first)  # [B, T]
         states = post
         if context < T:
             last = post.map(lambda x: x[:, context - 1])
@@ -345,10 +373,7 @@ class WorldModel(nn.Module):
         out: dict[str, dict[str, Tensor] | Tensor] = {}
         for name, state in (("recon", post), ("dream", states)):
             feat = state.feat()
-            decoded = {}
-            for key, dist in self.decoder(feat).items():
-                decoded[key] = (dist.mode + 0.5).clamp(0, 1) if batch.obs[key].dtype == torch.uint8 else dist.mode
-            out[name] = decoded
+            out[name] = self.reconstruct(feat)
             out[f"{name}_reward"] = self.reward_dist(feat).mode
             out[f"{name}_cont"] = self.cont_dist(feat).mean
         return out
@@ -366,3 +391,69 @@ def _per_step_mse(pred: Tensor, truth: Tensor) -> Tensor:
     if pred.dtype == torch.uint8:  # the repeat-last-frame baseline
         pred = pred.float() / 255.0
     return (pred.float() - truth.float()).pow(2).flatten(2).mean(-1).mean(0)
+
+
+# --- replay context (online training) ---------------------------------------------------------
+
+
+class ReplayContext:
+    """The latent state of every replay row as the world model last saw it (DreamerV3 2025's
+    "replay context").
+
+    After each world-model update the posterior of every replayed row is stored; a window that
+    starts mid-episode then begins from the stored state of the row before it instead of the
+    initial state, so the model learns from states with a history longer than one window.
+    Rows never replayed, or windows starting an episode, use the initial state. Categorical
+    latents are stored as class indices (int16), Gaussian ones as floats. Not checkpointed: after
+    a resume the states are stored again as rows are replayed.
+    """
+
+    def __init__(self, world_model: WorldModel):
+        rssm = world_model.cfg.rssm
+        self.world_model = world_model
+        self.categorical, self.classes = rssm.latent == "categorical", rssm.classes
+        self.deter = np.zeros((0, rssm.deter), np.float32)
+        self.stoch = np.zeros((0, rssm.stoch), np.int16 if self.categorical else np.float32)
+        self.valid = np.zeros(0, bool)
+
+    def _ensure(self, rows: int) -> None:
+        if rows <= len(self.valid):
+            return
+        size = max(rows, 2 * len(self.valid), 1024)
+        for name in ("deter", "stoch", "valid"):
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def initial_state(self, starts: np.ndarray, is_first: torch.Tensor) -> RSSMState | None:
+        """The state before each window (``starts`` [B], ``is_first`` [B, T]); None when no
+        window has a stored context (the model then starts every window from its initial state)."""
+        prev = np.asarray(starts) - 1
+        self._ensure(int(prev.max()) + 2)
+        use = (prev >= 0) & self.valid[np.maximum(prev, 0)] & ~is_first[:, 0].cpu().numpy()
+        if not use.any():
+            return None
+        device = is_first.device
+        rows = np.maximum(prev, 0)
+        deter = torch.from_numpy(self.deter[rows]).to(device)
+        stoch = torch.from_numpy(self.stoch[rows]).to(device)
+        if self.categorical:
+            stoch = torch.nn.functional.one_hot(stoch.long(), self.classes).float()
+        init = self.world_model.initial_state(len(starts))
+        mask = torch.from_numpy(use).to(device)[:, None]
+        stoch_mask = mask[:, :, None] if self.categorical else mask
+        # Only deter and stoch of the state before a window feed the next step; the other fields
+        # (the initial state's logits or mean/std) are carried along unused.
+        return dataclasses.replace(init, deter=torch.where(mask, deter, init.deter),
+                                   stoch=torch.where(stoch_mask, stoch, init.stoch))
+
+    def store(self, starts: np.ndarray, post: RSSMState) -> None:
+        """Remember the posterior ``[B, T]`` of the windows at ``starts``."""
+        T = post.deter.shape[1]
+        rows = (np.asarray(starts)[:, None] + np.arange(T)).reshape(-1)
+        self._ensure(int(rows.max()) + 1)
+        self.deter[rows] = post.deter.reshape(len(rows), -1).float().cpu().numpy()
+        stoch = post.stoch.flatten(0, 1)
+        self.stoch[rows] = (stoch.argmax(-1) if self.categorical else stoch.float()).cpu().numpy()
+        self.valid[rows] = True

@@ -14,7 +14,6 @@ Imports: envs, data, policies, config, logging.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env_pool
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import ProgressBar
-from dreamer_core.stages.agents import load_policy
+from dreamer_core.runs import load_policy
+from dreamer_core.stages.common import StopRequest
 
 
 @dataclass(frozen=True)
@@ -167,34 +167,6 @@ def _loop(
     seconds = time.perf_counter() - start
     writer.close()
     return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a stop never lands in
-    the middle of an HDF5 write (an exception raised there could leave a half-written shard
-    header). A second Ctrl-C raises KeyboardInterrupt at once; the writer then discards its
-    open shard instead of closing it. kill -9 cannot be caught: the open shard stays .partial."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> CollectConfig:

@@ -8,36 +8,41 @@ and checkpoints. Writes into RUN/: ``config.yaml``, ``world_model.pt`` (weights 
 spaces, what stage 03 loads), ``checkpoints/latest.pt`` (everything needed to resume),
 ``metrics.jsonl`` and ``tb/``.
 
-Imports: world_model, optim, data, checkpoint, config, logging.
+Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, and
+the stage kit (stages.common: resume, config files, the training loop; stages.updates).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
-from dreamer_core.errors import DreamerError
-from dreamer_core.files import atomic_write_bytes
-from dreamer_core.logging import MetricsSink, ProgressBar, read_metrics
-from dreamer_core.optim import OptimConfig, clip_gradients, make_optimizer, warmup_factor
+from dreamer_core.optim import OptimConfig, make_optimizer
+from dreamer_core.runs import WORLD_MODEL, WORLD_MODEL_CONFIG, WORLD_MODEL_LATEST
+from dreamer_core.stages.common import (
+    Every,
+    NonFiniteGuard,
+    TrainLoop,
+    open_datasets,
+    resume_or_refuse,
+    truncate_metrics,
+    write_config,
+)
+from dreamer_core.stages.updates import world_model_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import LossScales, WorldModel, WorldModelConfig
 
-WORLD_MODEL = "world_model.pt"
-LATEST = Path("checkpoints") / "latest.pt"
+LATEST = WORLD_MODEL_LATEST
 
 
 @dataclass(frozen=True)
@@ -79,21 +84,7 @@ def make_config(datasets: list[str], out: str, presets: list[str], sets: list[st
     return config_lib.resolve(base, "train-world-model", presets, flags, sets)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DreamerError("--device cuda was asked for, but torch sees no CUDA device. Use --device auto or cpu.")
-    return torch.device(name)
-
-
 # --- data -------------------------------------------------------------------------------------
-
-
-def open_datasets(paths: tuple[str, ...], skip_corrupt: bool) -> list[Dataset]:
-    if not paths:
-        raise DreamerError("No dataset given. Pass one or more dataset directories written by `dreamer collect`.")
-    return [Dataset(p, skip_corrupt=skip_corrupt) for p in paths]
 
 
 def split_episodes(datasets: list[Dataset], fraction: float, seed: int) -> tuple[list[Dataset], list[Dataset]]:
@@ -138,6 +129,12 @@ def openloop_starts(sampler: SequenceSampler, length: int, count: int) -> np.nda
 # --- the run ----------------------------------------------------------------------------------
 
 
+def _keep_on_resume(stored: TrainWorldModelConfig, given: TrainWorldModelConfig, updates: int | None,
+                    ) -> TrainWorldModelConfig:
+    """A resumed run keeps its stored config, except the datasets given now and a new budget."""
+    return dataclasses.replace(stored, datasets=given.datasets or stored.datasets, updates=updates or stored.updates)
+
+
 class Trainer:
     """One world-model training run (fresh or resumed)."""
 
@@ -147,34 +144,40 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.progress = progress
         latest = self.run_dir / LATEST
-        cfg, blob = resume_or_refuse(cfg, latest, self.run_dir / WORLD_MODEL, resume, resume_updates,
-                                     "choose another --out")
+        cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / WORLD_MODEL], resume, "choose another --out",
+                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates))
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = runtime.resolve_device(cfg.device)
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         datasets = open_datasets(cfg.datasets, cfg.skip_corrupt)
         self.observation_space, self.action_space = datasets[0].observation_space, datasets[0].action_space
-        if blob is not None:
-            checkpoint.check_spaces(blob, self.observation_space, self.action_space, "The dataset", latest)
-        train, val = split_episodes(datasets, cfg.val_fraction, cfg.seed)
-        self.sampler = SequenceSampler(train, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
-                                       memory_budget=cfg.memory_budget)
-        self.val_sampler = None
-        if val and sum(v.num_rows for v in val) >= cfg.seq_len:
-            self.val_sampler = SequenceSampler(val, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1,
-                                               memory_budget=cfg.memory_budget)
-        length = cfg.openloop_context + cfg.openloop_horizon
-        self.openloop_sampler = None
-        if val and sum(v.num_rows for v in val) >= length:
-            self.openloop_sampler = SequenceSampler(val, cfg.batch_size, length, seed=cfg.seed + 2,
-                                                    memory_budget=cfg.memory_budget)
+        if state is not None:
+            state.check_spaces(self.observation_space, self.action_space, "The dataset", latest)
+        self._make_samplers(datasets)
         self.model = WorldModel(cfg.model, self.observation_space, self.action_space).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.update = 0
         self.calibration: dict[str, Any] | None = None
-        if blob is not None:
-            self._restore(blob)
+        if state is not None:
+            self._restore(state)
+
+    def _make_samplers(self, datasets: list[Dataset]) -> None:
+        """Training windows, held-out windows and held-out open-loop windows (when long enough)."""
+        cfg = self.cfg
+        train, val = split_episodes(datasets, cfg.val_fraction, cfg.seed)
+        self.sampler = SequenceSampler(train, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
+                                       memory_budget=cfg.memory_budget)
+        val_rows = sum(v.num_rows for v in val)
+        self.val_sampler = None
+        if val and val_rows >= cfg.seq_len:
+            self.val_sampler = SequenceSampler(val, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1,
+                                               memory_budget=cfg.memory_budget)
+        length = cfg.openloop_context + cfg.openloop_horizon
+        self.openloop_sampler = None
+        if val and val_rows >= length:
+            self.openloop_sampler = SequenceSampler(val, cfg.batch_size, length, seed=cfg.seed + 2,
+                                                    memory_budget=cfg.memory_budget)
 
     # --- loop -------------------------------------------------------------------------
 
@@ -184,46 +187,36 @@ class Trainer:
         if self.update == 0 and cfg.balance == "calibrate" and self.calibration is None:
             self.calibrate()
         self._write_config()
-        sums: dict[str, float] = {}
-        count = nonfinite_in_row = 0
-        last_metrics: dict[str, float] = {}
-        start, start_update = time.perf_counter(), self.update
-        with MetricsSink(self.run_dir) as sink, ProgressBar(cfg.updates, "world model", self.progress) as bar:
-            bar.update(self.update, force=True)
-            while self.update < cfg.updates:
+        last: dict[str, float] = {}
+        with TrainLoop(self.run_dir, cfg.updates, self.update, "world model", self.progress,
+                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:
+            guard = NonFiniteGuard(cfg.max_nonfinite, self._nonfinite_message)
+            evaluation = Every(cfg.eval_every, self.update)
+            while loop.running(self.update):
                 ok, metrics = self.train_step(self.sampler.sample())
                 if not ok:
-                    nonfinite_in_row += 1
-                    sink.log(self.update, {"wm/nonfinite": 1.0})
-                    if nonfinite_in_row >= cfg.max_nonfinite:
-                        raise DreamerError(
-                            f"Stopped after {nonfinite_in_row} non-finite losses in a row at update "
-                            f"{self.update}. The last good checkpoint ({self.run_dir / LATEST}) is kept. "
-                            "Lower the learning rate (--set optim.lr=...), use --precision float32, or "
-                            "check the dataset for extreme values; then continue with --resume."
-                        )
+                    loop.log(self.update, {"wm/nonfinite": 1.0})
+                if not guard.check(ok):  # raises after max_nonfinite in a row
                     continue
-                nonfinite_in_row = 0
                 self.update += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                if self.update % cfg.log_every == 0 or self.update == cfg.updates:
-                    last_metrics = {f"wm/{k}": v / count for k, v in sums.items()}
-                    rate = (self.update - start_update) / (time.perf_counter() - start)
-                    last_metrics["wm/updates_per_second"] = rate
-                    sink.log(self.update, last_metrics)
-                    sums, count = {}, 0
-                if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
-                    last_metrics.update(self.evaluate())
-                    sink.log(self.update, {k: v for k, v in last_metrics.items() if k.startswith("val/")})
-                if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
+                loop.mean.add(metrics)
+                final = self.update == cfg.updates
+                if loop.log_due(self.update, final):
+                    last = loop.log_mean(self.update, "wm/", **{"wm/updates_per_second": loop.rate(self.update)})
+                if evaluation(self.update) or final:
+                    last.update(self.evaluate())
+                    loop.log(self.update, {k: v for k, v in last.items() if k.startswith("val/")})
+                if loop.checkpoint_due(self.update, final):
                     self.save()
-                if bar.due():
-                    loss = last_metrics.get("wm/loss", float("nan"))
-                    bar.update(self.update, f"loss {loss:.3f} | {self.update - start_update} updates")
-            bar.update(self.update, force=True)
-        return {"updates": self.update, **last_metrics}
+                loop.show(self.update, lambda last=last: f"loss {last.get('wm/loss', float('nan')):.3f} | "
+                                                         f"{self.update - loop.start_count} updates")
+            loop.show(self.update, force=True)
+        return {"updates": self.update, **last}
+
+    def _nonfinite_message(self, count: int) -> str:
+        return (f"Stopped after {count} non-finite losses in a row at update {self.update}. The last good "
+                f"checkpoint ({self.run_dir / LATEST}) is kept. Lower the learning rate (--set optim.lr=...), "
+                "use --precision float32, or check the dataset for extreme values; then continue with --resume.")
 
     def train_step(self, batch: Batch, scales: LossScales | None = None) -> tuple[bool, dict[str, float]]:
         """One update. Returns (finite, metrics as floats); a non-finite loss changes nothing."""
@@ -256,8 +249,8 @@ class Trainer:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             usage.append(float(self.model.latent_usage(post)))
-            if self.model.inverse_head is not None:
-                acc = self.model.inverse_accuracy(post.feat(), batch)
+            acc = self.model.inverse_accuracy(self.model.features(post), batch)
+            if acc is not None:
                 sums["inverse_metric"] = sums.get("inverse_metric", 0.0) + float(acc)
         self.val_sampler.load_state_dict(state)  # the same held-out windows every time
         out.update({f"val/wm/{k}": v / self.cfg.val_batches for k, v in sums.items()})
@@ -334,69 +327,28 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        data = {"stage": "train-world-model", "config": config_lib.to_dict(self.cfg)}
-        if self.calibration is not None:
-            data["calibration"] = self.calibration
-        atomic_write_bytes(self.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False).encode())
+        extra = {} if self.calibration is None else {"calibration": self.calibration}
+        write_config(self.run_dir / WORLD_MODEL_CONFIG, "train-world-model", self.cfg, **extra)
 
     def save(self) -> None:
-        cfg_dict = config_lib.to_dict(self.cfg)
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "update": self.update,
-            "sampler": self.sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "calibration": self.calibration,
-        }
-        checkpoint.save(self.run_dir / LATEST, state, cfg_dict, self.observation_space, self.action_space)
-        checkpoint.save(self.run_dir / WORLD_MODEL, {"model": self.model.state_dict(), "update": self.update,
-                                                     "calibration": self.calibration},
-                        cfg_dict, self.observation_space, self.action_space)
+        cfg, cfg_dict = self.cfg, config_lib.to_dict(self.cfg)
+        checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
+            **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
+            stage="train-world-model", modules={"model": self.model.state_dict()},
+            optimizers={"model": self.optimizer.state_dict()},
+            counters={"update": self.update, "calibration": self.calibration},
+            rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
+        self.model.save(self.run_dir / WORLD_MODEL, cfg_dict, update=self.update, calibration=self.calibration,
+                        datasets=list(cfg.datasets), batch_size=cfg.batch_size, seq_len=cfg.seq_len)
 
-    def _restore(self, blob: dict[str, Any]) -> None:
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.update = int(blob["update"])
-        self.sampler.load_state_dict(blob["sampler"])
-        torch.set_rng_state(blob["torch_rng"])
-        self.calibration = blob.get("calibration")
+    def _restore(self, state: checkpoint.TrainState) -> None:
+        self.model.load_state_dict(state.modules["model"])
+        self.optimizer.load_state_dict(state.optimizers["model"])
+        self.update = int(state.counters["update"])
+        self.calibration = state.counters.get("calibration")
+        self.sampler.load_state_dict(state.rng["sampler"])
+        torch.set_rng_state(state.rng["torch"])
         truncate_metrics(self.run_dir, self.update)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for (master weights and losses stay float32), else a no-op."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
-                       batch: Batch, precision: str = "float32", state: Any = None) -> tuple[bool, dict[str, float], Any]:
-    """One world-model update on a batch (on the model's device).
-
-    ``state``: the latent state before each window's first row (None: the initial state).
-    Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
-    loss or gradient changes nothing and returns (False, {}, None)."""
-    model.train()
-    with autocast(batch.reward.device, precision):
-        loss, metrics, post = model.loss(batch, state)
-    grads_ok = True
-    optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
-        loss.backward()
-        norm = clip_gradients(model.parameters(), optim)
-        grads_ok = bool(torch.isfinite(norm))
-    if not (grads_ok and torch.isfinite(loss)):
-        optimizer.zero_grad(set_to_none=True)
-        return False, {}, None
-    for group in optimizer.param_groups:
-        group["lr"] = optim.lr * warmup_factor(update, optim)
-    optimizer.step()
-    out = {k: float(v) for k, v in metrics.items()}  # one sync per update
-    out["loss"] = float(loss.detach())
-    out["grad_norm"] = float(norm)
-    return True, out, post.detach()
 
 
 def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> dict[str, float]:
@@ -413,49 +365,8 @@ def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> 
     return {k: scale * targets[k] / max(magnitudes[k], 1e-8) for k in order}
 
 
-def truncate_metrics(run_dir: Path, update: int, name: str = "metrics.jsonl") -> None:
-    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
-    path = run_dir / name
-    if not path.exists():
-        return
-    kept = [r for r in read_metrics(run_dir, name) if r.get("step", 0) <= update]
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-
-def resume_or_refuse(cfg: Any, latest: Path, artifact: Path, resume: bool, resume_updates: int | None,
-                     alternative: str) -> tuple[Any, dict[str, Any] | None]:
-    """The config a run continues with, and its checkpoint blob (None for a fresh run).
-
-    Resuming takes the run's own stored config, except the datasets given now and a new update
-    budget. A fresh run refuses to start where ``latest`` or ``artifact`` already exist, so
-    nothing on disk is overwritten by accident.
-    """
-    if resume:
-        blob = checkpoint.load(latest)
-        stored = config_lib.from_dict(type(cfg), blob["config"])
-        return dataclasses.replace(stored, datasets=cfg.datasets or stored.datasets,
-                                   updates=resume_updates or stored.updates), blob
-    if latest.exists() or artifact.exists():
-        raise DreamerError(
-            f"The run {artifact.parent} already holds {artifact.name}. Pass --resume to continue it, or "
-            f"{alternative}; nothing was changed."
-        )
-    return cfg, None
-
-
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
     """Train (or resume) and return the final metrics."""
     trainer = Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates)
     return trainer.run()
-
-
-def world_model_from_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
-    """Rebuild a WorldModel from ``world_model.pt`` alone (config and spaces are inside)."""
-    blob = checkpoint.load(path, map_location=device)
-    cfg = config_lib.from_dict(TrainWorldModelConfig, blob["config"])
-    obs_space, act_space = checkpoint.spaces(blob)
-    model = WorldModel(cfg.model, obs_space, act_space).to(device)
-    model.load_state_dict(blob["model"])
-    return model, blob
-

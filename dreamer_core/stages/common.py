@@ -1,0 +1,297 @@
+"""The stage kit: what every stage shares, so that no stage imports another.
+
+- ``autocast``: precision selection (bf16 autocast or float32); the device itself is
+  ``runtime.resolve_device``.
+- ``resume_or_refuse``: a fresh run refuses to overwrite a run directory; a resumed one reads
+  its checkpoint. ``truncate_metrics`` drops records logged after that checkpoint.
+- ``write_config``: the resolved config of a stage, saved in the run directory.
+- ``open_datasets``: the datasets a stage trains on, with a clear error when none is given.
+- ``StopRequest``: Ctrl-C / SIGTERM become a flag the loops check between steps.
+- ``TrainLoop``: the training loop helper of stage 02, stage 03 and ``dreamer train``: the
+  schedule (a counter of updates or env steps up to a total, optionally a time limit), metric
+  averaging between log records, the non-finite guard, the progress bar, the metrics sink and
+  the checkpoint cadence (every N counts or every S seconds).
+
+Artifact names live in ``dreamer_core.runs`` (a library module: the notebooks use it too).
+
+Imports: checkpoint, config, data, errors, files, logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+
+from dreamer_core import checkpoint
+from dreamer_core import config as config_lib
+from dreamer_core.data.dataset import Dataset
+from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
+from dreamer_core.logging import MetricsSink, ProgressBar, read_metrics
+
+C = TypeVar("C")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for (master weights and losses stay float32), else a no-op."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def open_datasets(paths: tuple[str, ...] | list[str], skip_corrupt: bool = False) -> list[Dataset]:
+    if not paths:
+        raise DreamerError("No dataset given. Pass one or more dataset directories written by `dreamer collect`.")
+    return [Dataset(p, skip_corrupt=skip_corrupt) for p in paths]
+
+
+def write_config(path: Path, stage: str, cfg: Any, **extra: Any) -> None:
+    """Save a stage's resolved config (and ``extra`` records, e.g. a calibration) as YAML."""
+    data = {"stage": stage, "config": config_lib.to_dict(cfg), **extra}
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def truncate_metrics(run_dir: Path, step: int, name: str = "metrics.jsonl") -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    path = run_dir / name
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(run_dir, name) if r.get("step", 0) <= step]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, alternative: str,
+                     keep: Callable[[C, C], C] = lambda stored, given: stored,
+                     ) -> tuple[C, checkpoint.TrainState | None]:
+    """The config a run continues with, and its resume state (None for a fresh run).
+
+    Resuming takes the run's stored config, passed through ``keep(stored, given)`` for what
+    the user may change on a resume (a new budget, new datasets). A fresh run refuses to start
+    where ``latest`` or any of ``artifacts`` exist, so nothing on disk is overwritten.
+    """
+    if resume:
+        if not latest.exists():
+            raise DreamerError(
+                f"--resume was given, but {latest} does not exist: the run {latest.parent.parent} never wrote "
+                "a resume checkpoint. Start it afresh without --resume (delete the folder first if it holds "
+                "partial data)."
+            )
+        state = checkpoint.load(latest, checkpoint.TrainState)
+        stored = config_lib.from_dict(type(cfg), state.stage_config)
+        return keep(stored, cfg), state
+    taken = [p for p in (latest, *artifacts) if p.exists()]
+    if taken:
+        raise DreamerError(
+            f"The run {taken[0].parent if taken[0] != latest else latest.parent.parent} already holds "
+            f"{', '.join(p.name for p in taken)}. Pass --resume to continue it, or {alternative}; "
+            "nothing was changed."
+        )
+    return cfg, None
+
+
+def replace_fields(cfg: C, **changes: Any) -> C:
+    """``dataclasses.replace`` with only the changes that are not None."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a stop never lands in
+    the middle of an HDF5 write (an exception raised there could leave a half-written shard
+    header). A second Ctrl-C raises KeyboardInterrupt at once; the writer then discards its
+    open shard instead of closing it. kill -9 cannot be caught: the open shard stays .partial."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+# --- the training loop helper ---------------------------------------------------------------------
+
+
+class Every:
+    """Due each time a counter reaches the next multiple of ``every`` (0: never).
+
+    ``due_now``: the first check is due whatever the count (an evaluation before training)."""
+
+    def __init__(self, every: int | float, count: int = 0, due_now: bool = False):
+        self.every = every
+        self.next = 0 if due_now else self._after(count)
+
+    def _after(self, count: int) -> float:
+        return (count // self.every + 1) * self.every if self.every > 0 else math.inf
+
+    def __call__(self, count: int) -> bool:
+        if count < self.next:
+            return False
+        self.next = self._after(count)
+        return True
+
+
+class EverySeconds:
+    """Due once ``seconds`` of wall-clock time have passed since the last time it was due."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.last < self.seconds:
+            return False
+        self.last = time.monotonic()
+        return True
+
+
+class MetricMean:
+    """Averages float metrics between two log records."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def pop(self, prefix: str = "") -> dict[str, float]:
+        """The means since the last pop (keys prefixed), and a fresh start."""
+        out = {f"{prefix}{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return out
+
+
+class NonFiniteGuard:
+    """Counts non-finite updates in a row; at ``limit`` it calls ``on_limit`` (to keep data) and
+    raises the DreamerError that ``message(count)`` words."""
+
+    def __init__(self, limit: int, message: Callable[[int], str], on_limit: Callable[[], None] | None = None):
+        self.limit, self.message, self.on_limit = limit, message, on_limit
+        self.in_row = 0
+
+    def check(self, finite: bool) -> bool:
+        """Record one update; returns ``finite``, raises at the limit."""
+        self.in_row = 0 if finite else self.in_row + 1
+        if self.in_row >= self.limit:
+            if self.on_limit is not None:
+                self.on_limit()
+            raise DreamerError(self.message(self.in_row))
+        return finite
+
+
+class TrainLoop:
+    """The skeleton every training stage runs in (see the module docstring).
+
+    Use as a context manager around the stage's ``while loop.running(count):`` loop; it opens
+    the metrics sink (``loop.sink``), the progress bar and the stop request, and keeps the start
+    time and count for rates.
+
+    Args:
+        run_dir: where ``metrics_name`` and ``tb/`` go.
+        total: the counter's target (updates or env steps); ``count``: its value now (resumes).
+        description: the progress bar's label; ``progress``: False prints nothing.
+        log_every: counts between log records (``log_due``).
+        checkpoint_every / checkpoint_seconds: checkpoint cadence by counts or by seconds
+            (0: only when the stage asks at the end).
+        max_seconds: also stop after this much wall-clock time (0: no limit).
+        handle_signals: turn SIGINT/SIGTERM into ``stopped`` (the loop ends cleanly).
+    """
+
+    def __init__(self, run_dir: Path, total: int, count: int, description: str, progress: bool = True,
+                 metrics_name: str = "metrics.jsonl", log_every: int = 0, checkpoint_every: int = 0,
+                 checkpoint_seconds: float = 0.0, max_seconds: float = 0.0, handle_signals: bool = False):
+        self.run_dir, self.total = run_dir, total
+        self.start_count, self.start_time = count, time.perf_counter()
+        self.metrics_name, self.description, self.progress = metrics_name, description, progress
+        self.mean = MetricMean()
+        self._log = Every(log_every, count)
+        self._checkpoint = Every(checkpoint_every, count)
+        self._checkpoint_timer = EverySeconds(checkpoint_seconds) if checkpoint_seconds > 0 else None
+        self.max_seconds = max_seconds
+        self._stop = StopRequest() if handle_signals else None
+        self.sink: MetricsSink | None = None
+        self.bar: ProgressBar | None = None
+
+    def __enter__(self) -> TrainLoop:
+        self.sink = MetricsSink(self.run_dir, name=self.metrics_name).__enter__()
+        self.bar = ProgressBar(self.total, self.description, self.progress).__enter__()
+        if self._stop is not None:
+            self._stop.__enter__()
+        self.bar.update(self.start_count, force=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stop is not None:
+            self._stop.__exit__(*exc)
+        self.bar.__exit__(*exc)
+        self.sink.__exit__(*exc)
+
+    # --- schedule ---------------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        """A stop was requested (Ctrl-C, SIGTERM) or the time limit passed."""
+        timed_out = self.max_seconds > 0 and self.elapsed() >= self.max_seconds
+        return timed_out or (self._stop is not None and self._stop.requested)
+
+    def running(self, count: int) -> bool:
+        return count < self.total and not self.stopped
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start_time
+
+    def rate(self, count: int) -> float:
+        """Counts per second since the loop started."""
+        return (count - self.start_count) / max(self.elapsed(), 1e-9)
+
+    # --- cadences -----------------------------------------------------------------------------
+
+    def log_due(self, count: int, final: bool = False) -> bool:
+        return self._log(count) or final
+
+    def checkpoint_due(self, count: int, final: bool = False) -> bool:
+        by_count = self._checkpoint(count)
+        by_time = self._checkpoint_timer is not None and self._checkpoint_timer()
+        return by_count or by_time or final
+
+    # --- records --------------------------------------------------------------------------
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.sink.log(step, metrics)
+
+    def log_mean(self, step: int, prefix: str = "", **extra: float) -> dict[str, float]:
+        """Log the means since the last record (keys prefixed) plus ``extra``; returns the record."""
+        record = self.mean.pop(prefix)
+        record.update(extra)
+        self.sink.log(step, record)
+        return record
+
+    def show(self, count: int, status: Callable[[], str] | None = None, force: bool = False) -> None:
+        """Redraw the progress bar when due (``status`` is only called then; None keeps the text)."""
+        if force or self.bar.due():
+            self.bar.update(count, None if status is None else status(), force=force)

@@ -1,0 +1,82 @@
+"""The update steps the training stages share (part of the stage kit): one world-model update
+and one actor-critic update, each with its optimizers, clipping, warm-up and precision.
+
+Models compute losses; these functions own what the models do not: zeroing and stepping
+optimizers, gradient clipping, the learning-rate warm-up, autocast, and the non-finite check
+(a non-finite loss or gradient changes nothing). Stage 02 calls ``world_model_update``,
+stage 03 ``behavior_update``, ``dreamer train`` both on the same batch.
+
+Imports: world_model, behavior, optim, types, stages.common (autocast).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dreamer_core.behavior import ActorCritic, BehaviorConfig
+from dreamer_core.interfaces import WorldModelInterface
+from dreamer_core.optim import OptimConfig, clip_gradients, warmup_factor
+from dreamer_core.stages.common import autocast
+from dreamer_core.types import Batch
+from dreamer_core.world_model import WorldModel
+
+
+def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
+                       batch: Batch, precision: str = "float32", state: Any = None,
+                       ) -> tuple[bool, dict[str, float], Any]:
+    """One world-model update on a batch (on the model's device).
+
+    ``state``: the latent state before each window's first row (None: the initial state).
+    Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
+    loss or gradient changes nothing and returns (False, {}, None)."""
+    model.train()
+    with autocast(batch.reward.device, precision):
+        loss, metrics, post = model.loss(batch, state)
+    grads_ok = True
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        norm = clip_gradients(model.parameters(), optim)
+        grads_ok = bool(torch.isfinite(norm))
+    if not (grads_ok and torch.isfinite(loss)):
+        optimizer.zero_grad(set_to_none=True)
+        return False, {}, None
+    for group in optimizer.param_groups:
+        group["lr"] = optim.lr * warmup_factor(update, optim)
+    optimizer.step()
+    out = {k: float(v) for k, v in metrics.items()}  # one sync per update
+    out["loss"] = float(loss.detach())
+    out["grad_norm"] = float(norm)
+    return True, out, post.detach()
+
+
+def behavior_update(world_model: WorldModelInterface, agent: ActorCritic, actor_optim: torch.optim.Optimizer,
+                    critic_optim: torch.optim.Optimizer, cfg: BehaviorConfig, batch: Batch,
+                    post=None) -> dict[str, float]:
+    """One actor and one critic update from a replay batch (on the model's device).
+
+    ``post``: the batch's posterior states when the caller has them already (the online loop
+    takes them from the world-model update); otherwise the frozen world model filters the
+    batch (without gradient: it only provides start states)."""
+    agent.train()
+    if post is None:
+        with torch.no_grad():
+            post = world_model.observe(batch)
+    actor_loss, critic_loss, metrics = agent.loss(world_model, post, batch)
+    actor_optim.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_norm = clip_gradients(agent.actor.parameters(), cfg.actor_optim)
+    actor_optim.step()
+    # Dynamics backprop also sends actor-loss gradients into the critic's weights through the
+    # values inside the returns; they must not train the critic, so clear them first.
+    critic_optim.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_norm = clip_gradients(agent.critic.parameters(), cfg.critic_optim)
+    critic_optim.step()
+    agent.update_slow_critic()
+    out = {k: float(v) for k, v in metrics.items()}  # one host sync per update
+    out["actor/grad_norm"] = float(actor_norm)
+    out["critic/grad_norm"] = float(critic_norm)
+    return out
