@@ -159,7 +159,7 @@ def train_world_model(
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
-    typer.echo(f"trained {result['updates']} updates -> {out / stage.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
+    typer.echo(f"trained {result['updates']} updates -> {out / runs.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 @app.command("train-behavior")
@@ -191,7 +191,7 @@ def train_behavior(
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
-    typer.echo(f"trained {result['updates']} behavior updates -> {run / stage.BEHAVIOR}"
+    typer.echo(f"trained {result['updates']} behavior updates -> {run / runs.BEHAVIOR}"
                + (f" ({', '.join(parts)})" if parts else ""))
 
 

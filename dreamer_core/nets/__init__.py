@@ -1,7 +1,7 @@
 """Neural-network layer of dreamer-core: distributions, layers, encoders/decoders and the RSSM.
 
 Imports only torch, gymnasium and its own modules (never anything above nets/ in
-dreamer_core; see DESIGN.md §2).
+dreamer_core; see docs/architecture.md).
 """
 
 from dreamer_core.nets.distributions import (

@@ -47,7 +47,7 @@ LATEST = WORLD_MODEL_LATEST
 
 @dataclass(frozen=True)
 class TrainWorldModelConfig:
-    """Everything `dreamer train-world-model` needs (see DESIGN.md §5 for the resolution order)."""
+    """Everything `dreamer train-world-model` needs (config.py gives the resolution order)."""
 
     datasets: tuple[str, ...] = ()
     out: str = "runs/world_model"
