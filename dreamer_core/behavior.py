@@ -177,8 +177,8 @@ class ActorCritic(nn.Module):
              ) -> tuple[ActorCritic, checkpoint.BehaviorArtifact]:
         """Rebuild the actor-critic of ``behavior.pt`` for ``world_model`` (whose spaces must fit)."""
         artifact = checkpoint.load(path, checkpoint.BehaviorArtifact, map_location=device)
-        artifact.check_spaces(world_model.observation_space, world_model.action_space, f"The behavior {path}",
-                              "its world model")
+        artifact.check_spaces(world_model.observation_space, world_model.action_space,
+                              "The world model it was loaded for", path)
         cfg = config_lib.from_dict(BehaviorConfig, artifact.behavior_config)
         agent = cls.for_world_model(cfg, world_model).to(device)
         agent.load_state_dict(artifact.weights)

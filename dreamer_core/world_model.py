@@ -35,6 +35,7 @@ from torch import nn
 
 from dreamer_core import checkpoint, losses
 from dreamer_core import config as config_lib
+from dreamer_core.errors import DreamerError
 from dreamer_core.nets import distributions as dists
 from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
@@ -107,6 +108,12 @@ class WorldModel(nn.Module):
 
     def __init__(self, cfg: WorldModelConfig, observation_space: gym.spaces.Dict, action_space: gym.Space):
         super().__init__()
+        if (cfg.rssm.latent == "gaussian") != (cfg.kl.mode == "v1"):
+            raise DreamerError(
+                f"The world model's latents ({cfg.rssm.latent}) and KL ({cfg.kl.mode}) do not go together: "
+                "Gaussian latents take the V1 KL, categorical latents the V2 or V3 KL. Use --preset dreamerv1 "
+                "for Gaussian latents, or set both model.rssm.latent and model.kl.mode."
+            )
         self.cfg = cfg
         self.observation_space = observation_space
         self.action_space = action_space

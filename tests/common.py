@@ -55,3 +55,69 @@ def make_episode(
         actions = actions.astype(np.int64)
     rewards = rng.standard_normal(steps).astype(np.float32)
     return Episode.from_transitions(obs, actions, rewards, terminated)
+
+
+# --- tiny models and batches (imports inside the helpers: the data tests need no torch models) ---
+
+
+def space_of(space: str | gym.Space, table: dict[str, gym.Space]) -> gym.Space:
+    """A space given by its name in ``table`` (ACTION_SPACES, OBS_SPACES) or as itself."""
+    return table[space] if isinstance(space, str) else space
+
+
+def tiny_world_model_config(latent: str = "categorical", **changes):
+    """A WorldModelConfig small enough for unit tests (``changes``: top-level fields). Gaussian
+    latents come with the V1 KL (3 free nats): the V2/V3 KLs need categorical logits."""
+    import dataclasses
+
+    from dreamer_core.nets.rssm import RSSMConfig
+    from dreamer_core.world_model import EncoderConfig, HeadConfig, KLConfig, WorldModelConfig
+
+    cfg = WorldModelConfig(rssm=RSSMConfig(deter=16, hidden=16, stoch=4, classes=4, latent=latent),
+                           encoder=EncoderConfig(cnn_depth=4, mlp_units=16, mlp_layers=1),
+                           heads=HeadConfig(units=16, layers=1),
+                           kl=KLConfig(mode="v1", free_nats=3.0) if latent == "gaussian" else KLConfig())
+    return dataclasses.replace(cfg, **changes)
+
+
+def tiny_world_model(obs: str | gym.Space = "vector", action: str | gym.Space = "discrete", seed: int | None = 0,
+                     latent: str = "categorical", **changes):
+    """A freshly initialised tiny WorldModel (``seed``: torch's global seed before building)."""
+    import torch
+
+    from dreamer_core.world_model import WorldModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return WorldModel(tiny_world_model_config(latent, **changes), space_of(obs, OBS_SPACES),
+                      space_of(action, ACTION_SPACES))
+
+
+def tiny_behavior_config(grad: str = "auto", **changes):
+    """A BehaviorConfig with 16-unit one-layer actor and critic and horizon 5."""
+    import dataclasses
+
+    from dreamer_core.behavior import ActorConfig, BehaviorConfig
+
+    cfg = BehaviorConfig(horizon=5, actor=ActorConfig(units=16, layers=1, grad=grad),
+                         critic=dataclasses.replace(BehaviorConfig().critic, units=16, layers=1))
+    return dataclasses.replace(cfg, **changes)
+
+
+def episode_batch(obs: str | gym.Space = "vector", action: str | gym.Space = "discrete", B: int = 2, T: int = 6,
+                  terminated: bool = True, steps: int | None = None):
+    """A ``[B, T]`` Batch of rows ``0..T-1`` of B synthetic episodes (make_episode, ids 0..B-1),
+    in the dtypes the sampler gives (vectors float32, frames uint8, bool flags)."""
+    import torch
+
+    from dreamer_core.types import Batch
+
+    obs_space, action_space = space_of(obs, OBS_SPACES), space_of(action, ACTION_SPACES)
+    eps = [make_episode(obs_space, action_space, steps or T, terminated=terminated, episode_id=i) for i in range(B)]
+
+    def stack(column: str) -> torch.Tensor:
+        return torch.as_tensor(np.stack([getattr(e, column)[:T] for e in eps]))
+
+    return Batch(obs={k: torch.as_tensor(np.stack([e.obs[k][:T] for e in eps])) for k in eps[0].obs},
+                 action=stack("action"), reward=stack("reward").float(), is_first=stack("is_first").bool(),
+                 is_last=stack("is_last").bool(), is_terminal=stack("is_terminal").bool())

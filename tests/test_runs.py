@@ -13,8 +13,21 @@ from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.errors import DreamerError
 from dreamer_core.policies import AgentPolicy, RandomPolicy
-from tests.common import ACTION_SPACES, OBS_SPACES, make_episode
-from tests.stages.test_updates import small_behavior, small_world_model
+from tests.common import (
+    ACTION_SPACES,
+    OBS_SPACES,
+    make_episode,
+    tiny_behavior_config,
+    tiny_world_model,
+)
+
+
+def small_world_model():
+    return tiny_world_model("vector", "discrete", seed=None)
+
+
+def small_behavior():
+    return tiny_behavior_config()
 
 
 def write_run(run, with_agent=True, datasets=()):

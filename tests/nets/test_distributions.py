@@ -227,6 +227,34 @@ def test_kl_categorical_matches_torch_and_sums_over_latents():
     assert torch.allclose(kl_categorical(post, post), torch.zeros(2, 3), atol=1e-6)
 
 
+def test_kl_categorical_exact():
+    post = torch.tensor([[0.7, 0.3]]).log()
+    prior = torch.tensor([[0.5, 0.5]]).log()
+    expected = 0.7 * math.log(0.7 / 0.5) + 0.3 * math.log(0.3 / 0.5)
+    assert kl_categorical(post, prior).item() == pytest.approx(expected, rel=1e-6)
+    # sums over the S latents: two identical latents give twice the KL
+    assert kl_categorical(post.repeat(2, 1), prior.repeat(2, 1)).item() == pytest.approx(2 * expected, rel=1e-6)
+    # raw scores are re-normalised: adding a constant per latent changes nothing
+    assert kl_categorical(post + 3.0, prior - 1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_gaussian_exact():
+    value = kl_gaussian(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0]))
+    assert value.item() == pytest.approx(0.5 * (4 + 1 - 1 - math.log(4)), rel=1e-6)
+    # sums over the last axis
+    two = kl_gaussian(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), torch.zeros(2), torch.ones(2))
+    assert two.item() == pytest.approx(4 + 1 - 1 - math.log(4), rel=1e-6)
+
+
+def test_kls_score_half_precision_in_float32():
+    post, prior = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    half = kl_categorical(post.bfloat16(), prior.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, kl_categorical(post.bfloat16().float(), prior.bfloat16().float()))
+    mean, std = torch.randn(3, 4).bfloat16(), (torch.rand(3, 4) + 0.5).bfloat16()
+    assert kl_gaussian(mean, std, mean * 0, std * 0 + 1).dtype == torch.float32
+
+
 def test_kl_balancing_stop_gradients():
     post = torch.randn(2, 4, 5, requires_grad=True)
     prior = torch.randn(2, 4, 5, requires_grad=True)

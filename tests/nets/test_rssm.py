@@ -95,6 +95,32 @@ def test_observe_equals_a_naive_obs_step_loop(variant):
 
 
 @pytest.mark.parametrize("variant", ["categorical", "gaussian", "blocks8"])
+def test_observe_equals_a_sampled_obs_step_loop_when_draws_share_their_noise(variant, monkeypatch):
+    """With sampling on: ``observe`` draws the posteriors in its loop and the priors after it,
+    ``obs_step`` a prior before each posterior, so one seed gives the two paths different samples.
+    Given the same noise at every draw, the order cannot matter and the paths agree (categorical
+    samples exactly; Gaussian ones up to observe's batched embedding projection)."""
+    for cls in (OneHotDist, GaussianLatent):
+        sample = cls.sample
+        monkeypatch.setattr(cls, "sample", lambda self, generator=None, _s=sample: _s(
+            self, torch.Generator().manual_seed(0)))
+    rssm = make_rssm(VARIANTS[variant])
+    embed, action, is_first = inputs(3, 6, first_at=(0, 3))
+    with torch.no_grad():
+        post, prior = rssm.observe(embed, action, is_first)
+        state, posts, priors = rssm.initial(3), [], []
+        for t in range(6):
+            state, prior_t = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            posts.append(state)
+            priors.append(prior_t)
+    loop_post, loop_prior = RSSMState.stack(posts, 1), RSSMState.stack(priors, 1)
+    if VARIANTS[variant].latent == "categorical":
+        assert torch.equal(post.deter, loop_post.deter) and torch.equal(post.stoch, loop_post.stoch)
+    assert_states_equal(post, loop_post, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prior.deter, loop_prior.deter, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["categorical", "gaussian", "blocks8"])
 def test_is_first_restarts_from_the_initial_state(variant):
     rssm = make_rssm(VARIANTS[variant])
     t = 3

@@ -4,42 +4,21 @@ non-finite refusal, the warm-up, and the posterior shortcut of the online loop."
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from dreamer_core.behavior import ActorConfig, ActorCritic, BehaviorConfig
-from dreamer_core.nets.rssm import RSSMConfig
+from dreamer_core.behavior import ActorCritic
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.stages.updates import behavior_update, world_model_update
-from dreamer_core.types import Batch
-from dreamer_core.world_model import EncoderConfig, HeadConfig, WorldModel, WorldModelConfig
-from tests.common import ACTION_SPACES, OBS_SPACES, make_episode
+from tests.common import episode_batch as batch_of
+from tests.common import tiny_behavior_config as small_behavior
+from tests.common import tiny_world_model
 
 
-def small_world_model(action: str = "discrete") -> WorldModel:
-    cfg = WorldModelConfig(rssm=RSSMConfig(deter=16, hidden=16, stoch=4, classes=4),
-                           encoder=EncoderConfig(mlp_units=16, mlp_layers=1), heads=HeadConfig(units=16, layers=1))
-    return WorldModel(cfg, OBS_SPACES["vector"], ACTION_SPACES[action])
-
-
-def small_behavior(grad: str = "auto") -> BehaviorConfig:
-    cfg = BehaviorConfig(horizon=4, actor=ActorConfig(units=16, layers=1, grad=grad))
-    return dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, units=16, layers=1))
-
-
-def batch_of(action: str = "discrete", B: int = 2, T: int = 6) -> Batch:
-    eps = [make_episode(OBS_SPACES["vector"], ACTION_SPACES[action], T, terminated=True, episode_id=i)
-           for i in range(B)]
-
-    def stack(key: str) -> torch.Tensor:
-        return torch.as_tensor(np.stack([getattr(e, key)[:T] for e in eps]))
-
-    return Batch(obs={"vector": torch.as_tensor(np.stack([e.obs["vector"][:T] for e in eps]))},
-                 action=stack("action"), reward=stack("reward").float(), is_first=stack("is_first"),
-                 is_last=stack("is_last"), is_terminal=stack("is_terminal"))
+def small_world_model(action: str = "discrete"):
+    return tiny_world_model("vector", action, seed=None)
 
 
 def params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -94,7 +73,7 @@ def test_behavior_update_trains_actor_and_critic_and_leaves_the_world_model(acti
     critic_optim = make_optimizer(agent.critic.parameters(), cfg.critic_optim)
     wm_before, actor_before = params(wm), params(agent.actor)
     critic_before, slow_before = params(agent.critic), params(agent.slow_critic)
-    metrics = behavior_update(wm, agent, actor_optim, critic_optim, cfg, batch_of(action))
+    metrics = behavior_update(wm, agent, actor_optim, critic_optim, cfg, batch_of(action=action))
     assert {"actor/loss", "critic/loss", "actor/grad_norm", "critic/grad_norm", "imag/return"} <= set(metrics)
     assert all(torch.equal(a, b) for a, b in zip(wm_before, params(wm)))
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, params(agent.actor)))
