@@ -147,6 +147,7 @@ def train_world_model(
     device: DeviceOpt = "auto",
 ) -> None:
     """Stage 02: train the world model (DreamerV3 by default) offline from datasets."""
+    from dreamer_core import runs
     from dreamer_core.stages import train_world_model as stage
 
     flags = {
@@ -181,6 +182,7 @@ def train_behavior(
     device: DeviceOpt = "auto",
 ) -> None:
     """Stage 03: train the actor-critic in imagination from the run's frozen world model."""
+    from dreamer_core import runs
     from dreamer_core.stages import train_behavior as stage
 
     flags = {
