@@ -11,19 +11,17 @@ Shape letters used in comments, docstrings and asserts across dreamer_core:
 
 Tensors that cross a function boundary are batch-major ``[B, T, ...]``.
 
-Imports: numpy, torch and data.schema only.
+Imports: torch only; nothing of the package (building a Batch from an Episode is data's job:
+``data.sampler.batch_from_episode``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from dreamer_core.data.schema import Episode
-
-__all__ = ["Batch", "Episode"]
+__all__ = ["Batch"]
 
 
 @dataclass
@@ -49,22 +47,6 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         B, T = self.reward.shape
         return B, T
-
-    @classmethod
-    def from_episode(cls, episode: Episode, start: int = 0, stop: int | None = None) -> Batch:
-        """Rows ``start:stop`` of one episode as a ``[1, L]`` batch (``is_first`` at row 0 only;
-        vector observations as float32, frames stay uint8)."""
-        stop = episode.rows if stop is None else stop
-
-        def rows(x: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(x[start:stop]))[None]
-
-        obs = {k: rows(v if v.dtype == np.uint8 else v.astype(np.float32)) for k, v in episode.obs.items()}
-        is_first = torch.zeros_like(rows(episode.is_first), dtype=torch.bool)
-        is_first[:, 0] = True
-        return cls(obs=obs, action=rows(episode.action), reward=rows(episode.reward.astype(np.float32)),
-                   is_first=is_first, is_last=rows(episode.is_last).bool(),
-                   is_terminal=rows(episode.is_terminal).bool())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device``."""

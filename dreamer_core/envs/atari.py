@@ -12,22 +12,20 @@ make.py (the ALE frame cap is lifted past it), the vector env gets
 ``max_num_frames_per_episode = time_limit * frame_skip`` (ALE counts those frames after the
 no-op start, so both truncate after the same number of agent steps).
 
-Imports: gymnasium, numpy, ``dreamer_core.errors`` and ``dreamer_core.envs.wrappers``;
-ale-py and OpenCV lazily (extra [atari]).
+Imports: gymnasium, ``dreamer_core.errors`` and ``dreamer_core.envs.config`` (never
+``make.py``, which imports this module); ale-py and OpenCV lazily (extra [atari]).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 
+from dreamer_core.envs.config import EnvConfig
 from dreamer_core.errors import DreamerError, MissingDependencyError, UnknownEnvError
-
-if TYPE_CHECKING:  # only for annotations: make.py imports this module
-    from dreamer_core.envs.make import EnvConfig
 
 PURPOSE = "Atari environments"
 # ALE's own cap on frames per episode (v5 default), kept when no time limit is set.

@@ -18,8 +18,9 @@ MuJoCo needs a GL backend before dm_control is imported: ``MUJOCO_GL`` defaults 
 here (an existing value is kept). Vector envs of DMC tasks must use the ``spawn`` start method
 (``make_env_pool`` does this).
 
-Imports: numpy, gymnasium, ``dreamer_core.errors`` and ``dreamer_core.envs.wrappers``;
-dm_control lazily (extra [dmc]).
+Imports: numpy, gymnasium, ``dreamer_core.errors``, ``dreamer_core.envs.config`` and
+``dreamer_core.envs.wrappers`` (never ``make.py``, which imports this module); dm_control
+lazily (extra [dmc]).
 """
 
 from __future__ import annotations
@@ -27,16 +28,14 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from dreamer_core.envs import wrappers
+from dreamer_core.envs.config import EnvConfig
 from dreamer_core.errors import DreamerError, MissingDependencyError, UnknownEnvError
-
-if TYPE_CHECKING:  # only for annotations: make.py imports this module
-    from dreamer_core.envs.make import EnvConfig
 
 PREFIX = "dmc:"
 

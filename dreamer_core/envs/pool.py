@@ -33,7 +33,8 @@ import gymnasium as gym
 import numpy as np
 
 from dreamer_core.envs import atari
-from dreamer_core.envs.make import EnvConfig, import_env_module, make_env
+from dreamer_core.envs.config import EnvConfig
+from dreamer_core.envs.make import import_env_module, make_env
 from dreamer_core.errors import DreamerError
 
 BACKENDS = ("auto", "serial", "async", "ale")

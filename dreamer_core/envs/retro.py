@@ -13,22 +13,21 @@ env in the calling process to read the spaces, so no other retro env may be open
 Only ROMs that are installed can be played; stable-retro 1.0.1 ships just
 ``Airstriker-Genesis-v0``. Others are imported with ``python -m stable_retro.import PATH``.
 
-Imports: gymnasium, ``dreamer_core.errors`` and ``dreamer_core.envs.wrappers``; stable-retro
+Imports: gymnasium, ``dreamer_core.errors``, ``dreamer_core.envs.config`` and
+``dreamer_core.envs.wrappers`` (never ``make.py``, which imports this module); stable-retro
 lazily (extra [retro]).
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 
 from dreamer_core.envs import wrappers
+from dreamer_core.envs.config import EnvConfig
 from dreamer_core.errors import DreamerError, MissingDependencyError, UnknownEnvError
-
-if TYPE_CHECKING:  # only for annotations: make.py imports this module
-    from dreamer_core.envs.make import EnvConfig
 
 PREFIX = "retro:"
 

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dreamer_core.data.dataset import Dataset
-from dreamer_core.data.sampler import SequenceSampler
+from dreamer_core.data.sampler import SequenceSampler, batch_from_episode
 from dreamer_core.data.schema import Episode
+from dreamer_core.data.storage import ColumnStore
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.errors import DatasetError, SpacesMismatchError
 
@@ -350,9 +351,9 @@ def test_add_episode_extends_the_row_index(tmp_path, budget):
         sampler.add_episode(make_episode(9, 4, obs_space(image=(4, 4, 3)), action_space))
 
 
-def test_empty_online_replay_from_spaces():
+def test_empty_online_replay_from_a_store():
     space, action_space = obs_space(), ACTION_SPACES["box"]
-    sampler = SequenceSampler.from_spaces(space, action_space, batch_size=3, seq_len=6, seed=0)
+    sampler = SequenceSampler(ColumnStore(space, action_space), batch_size=3, seq_len=6, seed=0)
     assert sampler.num_rows == 0 and sampler.num_windows == 0
     with pytest.raises(DatasetError, match="fewer than one window"):
         sampler.sample()
@@ -362,6 +363,39 @@ def test_empty_online_replay_from_spaces():
     batch = sampler.sample()
     assert batch.shape == (3, 6) and batch.action.dtype == torch.float32
     assert_windows_match(batch, concat(episodes), window_starts(batch, sampler.episode_starts), 6)
+
+
+def test_a_sampler_over_a_store_equals_one_over_its_datasets(tmp_path):
+    dataset, _ = write_dataset(tmp_path / "d", [9, 4, 12])
+    for budget in (2**30, 0):
+        store = ColumnStore.from_datasets(dataset, memory_budget=budget)
+        on_store = SequenceSampler(store, 4, 5, seed=3)
+        on_dataset = SequenceSampler(dataset, 4, 5, seed=3, memory_budget=budget)
+        assert on_store.store is store and on_store.placement == on_dataset.placement
+        for _ in range(5):
+            assert_batches_equal(on_store.sample(), on_dataset.sample())
+        assert on_store.state_dict() == on_dataset.state_dict()
+        with on_store:
+            pass
+        assert_batches_equal(on_store.sample(), on_dataset.sample())  # closed files reopen
+    with pytest.raises(ValueError, match="memory_budget"):
+        SequenceSampler(store, 4, 5, seed=3, memory_budget=0)
+
+
+def test_batch_from_episode():
+    space, action_space = obs_space(), ACTION_SPACES["multidiscrete"]
+    episode = make_episode(4, 9, space, action_space)
+    episode.obs["pos"] = episode.obs["pos"].astype(np.float64)  # vectors come out as float32
+    batch = batch_from_episode(episode, 2, 7)
+    assert batch.shape == (1, 5)
+    assert batch.obs["pos"].dtype == torch.float32 and batch.obs["image"].dtype == torch.uint8
+    assert batch.is_first.tolist() == [[True, False, False, False, False]]  # a window's first row
+    for key, value in batch_columns(batch).items():
+        if key != "is_first":
+            reference = concat([episode])[key][2:7]
+            np.testing.assert_array_equal(value[0].numpy(), reference, err_msg=key)
+    whole = batch_from_episode(episode)
+    assert whole.shape == (1, 9) and whole.is_last[0, -1] and whole.is_terminal[0, -1]
 
 
 # --- errors ----------------------------------------------------------------------------------
