@@ -5,7 +5,7 @@
 For each size (the world-model preset and the behavior preset of the same name), builds an
 untrained DreamerV3 world model for a CartPole-like task (vector 4, Discrete(2): REINFORCE) and
 a Pendulum-like one (vector 3, Box(1): dynamics backprop), and times the full update of stage
-03 (`stages.train_behavior.behavior_update`: posterior start states of a B=16, T=64 replay
+03 (`stages.updates.behavior_update`: posterior start states of a B=16, T=64 replay
 batch -> imagination of H=15 from all 1024 of them -> returns, actor and critic losses ->
 backward -> clip -> Adam -> slow critic). Then splits one XS update into its parts. Writes the
 `behavior-speed` section of benchmarks/RESULTS.md.
@@ -25,13 +25,10 @@ from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.nets.layers import OneHotAwareLinear
 from dreamer_core.optim import make_optimizer
-from dreamer_core.stages.train_behavior import (
-    TrainBehaviorConfig,
-    behavior_update,
-    freeze,
-    start_states,
-)
+from dreamer_core.runs import freeze
+from dreamer_core.stages.train_behavior import TrainBehaviorConfig
 from dreamer_core.stages.train_world_model import TrainWorldModelConfig
+from dreamer_core.stages.updates import behavior_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import WorldModel
 
@@ -47,9 +44,10 @@ def build(size: str, obs_space, act_space):
     wm_cfg = config_lib.apply_presets(TrainWorldModelConfig(), "train-world-model", [size])
     cfg = config_lib.apply_presets(TrainBehaviorConfig(), "train-behavior", [size])
     world_model = freeze(WorldModel(wm_cfg.model, obs_space, act_space))
-    agent = ActorCritic(cfg.behavior, world_model.rssm.feat_dim, act_space, world_model.rssm.feat_onehot)
-    actor_optim = make_optimizer(agent.actor.parameters(), cfg.behavior.actor_optim)
-    critic_optim = make_optimizer(agent.critic.parameters(), cfg.behavior.critic_optim)
+    agent = ActorCritic.for_world_model(cfg.behavior, world_model)
+    groups = agent.parameter_groups()
+    actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
+    critic_optim = make_optimizer(groups["critic"], cfg.behavior.critic_optim)
     return world_model, agent, actor_optim, critic_optim, cfg.behavior
 
 
@@ -112,12 +110,16 @@ def breakdown(size: str, repeats: int = 3) -> list[tuple[str, float]]:
             out = fn()
         return (time.perf_counter() - start) / repeats * 1000, out
 
-    t_post, post = timed(lambda: start_states(world_model, batch))
+    def observe():
+        with torch.no_grad():  # the frozen world model only filters (as behavior_update does)
+            return world_model.observe(batch)
+
+    t_post, post = timed(observe)
     start = post.detach().flatten(0, 1)
     t_imag, (states, *_) = timed(lambda: agent.imagine(world_model, start, cfg.horizon, False))
-    feat = states.feat().detach()
+    feat = world_model.features(states).detach()
     t_heads, _ = timed(lambda: (world_model.reward_dist(feat[:, 1:]).mean, world_model.cont_dist(feat[:, 1:]).mode,
-                                agent.critic(feat), agent.slow_critic(feat)))
+                                agent.value(feat).mean, agent.value(feat, slow=True).mean))
 
     def loss_and_backward():
         actor_loss, critic_loss, _ = agent.loss(world_model, post, batch)

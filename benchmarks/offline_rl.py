@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from results import update_section  # noqa: E402
 
-from dreamer_core import checkpoint  # noqa: E402
+from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.data.dataset import Dataset  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
 from dreamer_core.stages import collect, evaluate, train_behavior, train_world_model  # noqa: E402
@@ -55,7 +55,7 @@ def dataset_for(task: str) -> list[Path]:
         collect_data(random_half, env, 25_000, seed=1)
     if not agent_half.exists():
         agent = WORK / "cartpole" / "agent-for-mixed"
-        if not (agent / "behavior.pt").exists():
+        if not (agent / runs.BEHAVIOR).exists():
             raise SystemExit("run --task cartpole first: its early agent collects half of the mixed dataset")
         collect_data(agent_half, env, 25_000, policy=str(agent), seed=2)
     return [random_half, agent_half]
@@ -87,18 +87,18 @@ def main() -> None:
     run = root / "run"
     start = time.perf_counter()
     sets = [f"threads={args.threads}", "log_every=100", "eval_every=500", f"checkpoint_every={args.wm_updates}"]
-    wm_path = run / train_world_model.WORLD_MODEL
-    if not wm_path.exists() or checkpoint.load(wm_path).get("update", 0) != args.wm_updates:
+    wm_path = run / runs.WORLD_MODEL
+    if not wm_path.exists() or checkpoint.load(wm_path, checkpoint.WorldModelArtifact).update != args.wm_updates:
         shutil.rmtree(run, ignore_errors=True)
         cfg = train_world_model.make_config([str(p) for p in data], str(run), [args.preset], sets,
                                             {"updates": args.wm_updates})
         train_world_model.run(cfg, progress=False)
     wm_seconds = time.perf_counter() - start
     wm_final = [r for r in read_metrics(run) if "val/wm/loss" in r][-1]
-    for name in ("behavior.pt", "behavior_metrics.jsonl", "behavior_config.yaml", "eval"):
+    for name in (runs.BEHAVIOR, runs.BEHAVIOR_METRICS, runs.BEHAVIOR_CONFIG, "eval"):
         path = run / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    (run / train_behavior.LATEST).unlink(missing_ok=True)
+    (run / runs.BEHAVIOR_LATEST).unlink(missing_ok=True)
 
     curve = []
     start = time.perf_counter()
@@ -118,10 +118,10 @@ def main() -> None:
             agent = root / "agent-for-mixed"
             shutil.rmtree(agent, ignore_errors=True)
             agent.mkdir(parents=True)
-            for name in ("world_model.pt", "behavior.pt"):
+            for name in (runs.WORLD_MODEL, runs.BEHAVIOR):
                 shutil.copy(run / name, agent / name)
     final = evaluate_run(run, args.episodes, 0, args.threads)
-    records = read_metrics(run, train_behavior.METRICS)
+    records = read_metrics(run, runs.BEHAVIOR_METRICS)
 
     png = HERE / f"offline_rl_{args.task}.png"
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from results import update_section  # noqa: E402
 
-from dreamer_core import checkpoint  # noqa: E402
+from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -49,9 +49,13 @@ def command(task: str, seed: int, steps: int, threads: int) -> list[str]:
             "--seed", str(seed), "--threads", str(threads), "-q"]
 
 
+def counters(run: Path) -> dict:
+    """The counters (env_steps, updates, resumes, clock...) of the run's resume checkpoint."""
+    return checkpoint.load(run / runs.ONLINE_LATEST, checkpoint.TrainState).counters
+
+
 def finished(run: Path, steps: int) -> bool:
-    latest = run / "checkpoints" / "online_latest.pt"
-    return latest.exists() and checkpoint.load(latest)["env_steps"] >= steps
+    return (run / runs.ONLINE_LATEST).exists() and counters(run)["env_steps"] >= steps
 
 
 def resume_command(task: str, seed: int, steps: int, threads: int) -> list[str]:
@@ -67,7 +71,7 @@ def train(task: str, seed: int, steps: int, threads: int, kill_at: int | None) -
     ran = []
     if finished(run, steps):
         return ran
-    latest = run / "checkpoints" / "online_latest.pt"
+    latest = run / runs.ONLINE_LATEST
     if latest.exists():
         cmd = resume_command(task, seed, steps, threads)
     if kill_at is not None and not latest.exists():
@@ -76,7 +80,7 @@ def train(task: str, seed: int, steps: int, threads: int, kill_at: int | None) -
         while proc.poll() is None:
             if latest.exists():
                 try:
-                    if checkpoint.load(latest)["env_steps"] >= kill_at:
+                    if counters(run)["env_steps"] >= kill_at:
                         time.sleep(5.0)  # land between checkpoints
                         os.kill(proc.pid, signal.SIGKILL)
                         break
@@ -108,7 +112,7 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
         x, y, std, wall = curve(run)
         if not len(x):
             continue
-        blob = checkpoint.load(run / "checkpoints" / "online_latest.pt")
+        blob = counters(run)
         line, = ax.plot(x, y, marker="o", markersize=3, label=f"seed {seed}" + (" (killed, resumed)" if blob["resumes"] else ""))
         ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.12)
         hit = np.nonzero((y >= target) & (x <= steps))[0]

@@ -64,3 +64,13 @@ def test_collect_config_resolution_order():
     cfg = make_config("out", ["atari"], [], {"env.id": "ALE/Pong-v5", "env.sticky_actions": 0.0})
     assert cfg.env.sticky_actions == 0.0
     assert config.to_dict(cfg)["env"]["id"] == "ALE/Pong-v5"
+
+
+def test_to_dict_and_from_dict_round_trip():
+    """What a resumed run reads back from its checkpoint (stages/common.resume_or_refuse)."""
+    cfg = Outer(inner=Inner(size=(96, 32), name="n", rate=1e-4, limit=3), steps=7, flag=True)
+    data = config.to_dict(cfg)
+    assert data == {"inner": {"size": [96, 32], "name": "n", "rate": 1e-4, "limit": 3}, "steps": 7, "flag": True}
+    assert config.from_dict(Outer, data) == cfg  # lists come back as tuples
+    # keys a stored config lacks (written before a field existed) take the defaults
+    assert config.from_dict(Outer, {"steps": 3, "inner": {"name": "m"}}) == Outer(inner=Inner(name="m"), steps=3)

@@ -141,7 +141,7 @@ class Every:
 
     def __init__(self, every: int | float, count: int = 0, due_now: bool = False):
         self.every = every
-        self.next = 0 if due_now else self._after(count)
+        self.next = (0 if due_now else self._after(count)) if every > 0 else math.inf
 
     def _after(self, count: int) -> float:
         return (count // self.every + 1) * self.every if self.every > 0 else math.inf

@@ -19,6 +19,7 @@ from dreamer_core.data import store
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import read_metrics
+from dreamer_core.runs import load_agent
 from dreamer_core.stages import online
 
 TOY = "dreamer/DummyDiscrete-v0"
@@ -34,6 +35,10 @@ def small_config(out: Path, **flags) -> online.TrainConfig:
     base = {"env.id": TOY, "steps": 300, "prefill": 100, "train_ratio": 16.0, "eval_every": 0,
             "eval_episodes": 2, "threads": 1, "device": "cpu"}
     return online.make_config(str(out), ["tiny"], [], base | flags)
+
+
+def train_state(path: Path) -> checkpoint.TrainState:
+    return checkpoint.load(path, checkpoint.TrainState)
 
 
 def evals(run: Path) -> list[tuple[int, float]]:
@@ -68,10 +73,8 @@ def test_online_run_writes_every_artifact(tmp_path):
     timing = [r for r in records if "time/world_model" in r][-1]
     assert timing["time/world_model"] > 0 and timing["time/behavior"] > 0 and timing["time/collect"] > 0
     # The artifacts load with the stage 03/04 loaders.
-    from dreamer_core.stages.agents import load_agent
-
-    world_model, agent, blob = load_agent(run)
-    assert blob["update"] == result["updates"] and blob["env_config"]["id"] == TOY
+    world_model, agent, artifact = load_agent(run)
+    assert artifact.update == result["updates"] and artifact.env_config["id"] == TOY
 
 
 def test_fresh_run_refuses_an_existing_run_and_resume_needs_a_checkpoint(tmp_path):
@@ -95,8 +98,8 @@ def test_resume_continues_counters_and_dataset(tmp_path):
     shards = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
     second = online.run(online.TrainConfig(out=str(run)), resume=True, progress=False, steps=350)
     assert second["env_steps"] == 350 and second["updates"] == 1 + (350 - 100) * 16 // 64 > first["updates"]
-    blob = checkpoint.load(run / online.LATEST)
-    assert blob["resumes"] == 1 and blob["env_steps"] == 350
+    counters = train_state(run / online.LATEST).counters
+    assert counters["resumes"] == 1 and counters["env_steps"] == 350
     after = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
     assert all(after[name] == mtime for name, mtime in shards.items())  # old shards untouched
     assert Dataset(run / "replay").num_steps == 350
@@ -118,7 +121,7 @@ def test_kill_9_then_resume_keeps_flushed_data_and_counters(tmp_path):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(proc.stderr.read().decode())
-            if latest.exists() and checkpoint.load(latest)["updates"] >= 5 and \
+            if latest.exists() and train_state(latest).counters["updates"] >= 5 and \
                     len(store.shard_paths(run / "replay")) >= 3:
                 break
             time.sleep(0.1)
@@ -129,21 +132,21 @@ def test_kill_9_then_resume_keeps_flushed_data_and_counters(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    blob = checkpoint.load(latest)
+    saved = train_state(latest).counters
     flushed = Dataset(run / "replay")
     shards = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
-    assert flushed.num_steps >= blob["dataset_steps"]
-    target = blob["env_steps"] + (flushed.num_steps - blob["dataset_steps"]) + 200
+    assert flushed.num_steps >= saved["dataset_steps"]
+    target = saved["env_steps"] + (flushed.num_steps - saved["dataset_steps"]) + 200
     result = dreamer("train", "--out", run, "--resume", "--steps", target, "-q")
     assert result.returncode == 0, result.stderr
-    resumed = checkpoint.load(latest)
+    resumed = train_state(latest).counters
     assert resumed["env_steps"] == target and resumed["resumes"] == 1
-    assert resumed["updates"] > blob["updates"]
+    assert resumed["updates"] > saved["updates"]
     after = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
     assert all(after[name] == mtime for name, mtime in shards.items())  # nothing flushed was lost or rewritten
     data = Dataset(run / "replay")
-    assert data.num_steps == flushed.num_steps + 200 + (target - 200 - blob["env_steps"]
-                                                        - (flushed.num_steps - blob["dataset_steps"]))
+    assert data.num_steps == flushed.num_steps + 200 + (target - 200 - saved["env_steps"]
+                                                        - (flushed.num_steps - saved["dataset_steps"]))
     steps = [r["step"] for r in read_metrics(run)]
     assert steps == sorted(steps)  # records past the checkpoint were dropped, then logged again
 
@@ -198,23 +201,25 @@ def test_plot_overlays_runs_and_refuses_bad_input(tmp_path):
 def test_replay_context_starts_windows_from_the_stored_latent():
     import torch
 
-    from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
+    from dreamer_core.nets.rssm import RSSMState
+    from dreamer_core.world_model import ReplayContext
+    from tests.common import tiny_world_model
 
-    rssm = RSSM(RSSMConfig(deter=6, hidden=8, stoch=3, classes=4), embed_dim=5, action_dim=2)
-    context = online.ReplayContext(deter=6, stoch=3, classes=4, categorical=True)
+    world_model = tiny_world_model()  # deter 16, 4 categoricals of 4 classes
+    context = ReplayContext(world_model)
     is_first = torch.zeros(3, 4, dtype=torch.bool)
-    assert context.initial_state(rssm, np.array([1, 5, 9]), is_first) is None  # nothing stored yet
-    deter = torch.randn(2, 4, 6)
-    stoch = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 4, 3)), 4).float()
+    assert context.initial_state(np.array([1, 5, 9]), is_first) is None  # nothing stored yet
+    deter = torch.randn(2, 4, 16)
+    stoch = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 4, 4)), 4).float()
     context.store(np.array([0, 10]), RSSMState(deter, stoch))  # rows 0-3 and 10-13
     is_first[1, 0] = True
-    state = context.initial_state(rssm, np.array([4, 11, 12]), is_first)
-    init = rssm.initial(3)
+    state = context.initial_state(np.array([4, 11, 12]), is_first)
+    init = world_model.initial_state(3)
     torch.testing.assert_close(state.deter[0], deter[0, 3])  # window at row 4 continues from row 3
     torch.testing.assert_close(state.stoch[0], stoch[0, 3])
     torch.testing.assert_close(state.deter[1], init.deter[1])  # row 11 starts an episode: initial state
     torch.testing.assert_close(state.deter[2], deter[1, 1])  # row 12 continues from row 11
-    unseen = context.initial_state(rssm, np.array([0, 7, 20]), torch.zeros(3, 4, dtype=torch.bool))
+    unseen = context.initial_state(np.array([0, 7, 20]), torch.zeros(3, 4, dtype=torch.bool))
     assert unseen is None  # row 0 has no predecessor; rows 6 and 19 were never replayed
 
 
@@ -243,11 +248,11 @@ def test_sigterm_stops_cleanly_and_resume_refuses_config_changes(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in out and "--resume" in out
-    blob = checkpoint.load(latest)
-    assert Dataset(run / "replay").num_steps == blob["env_steps"] == blob["dataset_steps"]  # nothing in flight lost
+    saved = train_state(latest).counters
+    assert Dataset(run / "replay").num_steps == saved["env_steps"] == saved["dataset_steps"]  # nothing in flight lost
     result = dreamer("train", "--out", run, "--resume", "--env", "CartPole-v1", "--steps", 10)
     assert result.returncode == 2 and "env.id" in result.stderr and "--steps" in result.stderr
-    assert checkpoint.load(latest)["env_steps"] == blob["env_steps"]  # refused before touching anything
+    assert train_state(latest).counters["env_steps"] == saved["env_steps"]  # refused before touching anything
 
 
 def test_non_finite_losses_stop_the_run_and_keep_the_data(tmp_path, monkeypatch):

@@ -18,9 +18,9 @@ from dreamer_core.cli import app
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.logging import read_metrics
 from dreamer_core.policies import AgentPolicy
+from dreamer_core.runs import load_agent
 from dreamer_core.stages import train_behavior as stage
-from dreamer_core.stages.agents import load_agent
-from dreamer_core.stages.train_world_model import world_model_from_checkpoint
+from dreamer_core.world_model import WorldModel
 
 runner = CliRunner()
 TINY = ["--preset", "tiny", "-q"]
@@ -54,7 +54,7 @@ def trained_agent(tmp_path_factory):
 
 
 def state_of(path):
-    model, _ = world_model_from_checkpoint(path)
+    model, _ = WorldModel.load(path)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -127,7 +127,7 @@ def test_incompatible_inputs_are_refused(discrete_run, tmp_path):
 
 def test_agent_policy_is_batched_and_resets_on_episode_start(trained_agent):
     data, run = trained_agent
-    world_model, agent, blob = load_agent(run)
+    world_model, agent, artifact = load_agent(run)
     policy = AgentPolicy(world_model, agent, num_envs=3, mode="mode", seed=0)
     obs = {"vector": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
     first = policy.act(obs, np.ones(3, dtype=bool))
@@ -137,7 +137,7 @@ def test_agent_policy_is_batched_and_resets_on_episode_start(trained_agent):
     assert not torch.equal(policy.state.deter, deter_after_first)
     policy.act(obs, np.array([True, False, False]))  # ...and env 0 starts over
     torch.testing.assert_close(policy.state.deter[0], deter_after_first[0])
-    assert blob["env_config"]["id"] == "dreamer/DummyDiscrete-v0"
+    assert artifact.env_config["id"] == "dreamer/DummyDiscrete-v0"
 
 
 def test_collect_with_the_agent_policy(trained_agent, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dreamer_core import checkpoint
 from dreamer_core.cli import app
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
@@ -50,8 +51,8 @@ def test_cli_train_writes_every_artifact(dummy_data, tmp_path):
     for key in ("val/wm/openloop_mse", "val/wm/openloop_baseline_mse", "val/wm/latent_usage", "val/wm/loss/recon"):
         assert np.isfinite(val[-1][key]), key
     assert all(np.isfinite(r["wm/loss"]) for r in records if "wm/loss" in r)
-    model, blob = stage.world_model_from_checkpoint(run / "world_model.pt")
-    assert blob["update"] == 20 and isinstance(model, WorldModel)
+    model, artifact = WorldModel.load(run / "world_model.pt")
+    assert artifact.update == 20 and isinstance(model, WorldModel)
     # an existing run is not overwritten without --resume
     before = (run / "world_model.pt").read_bytes()
     result = dreamer("train-world-model", dummy_data, "--out", run, "--updates", 20, *TINY)
@@ -97,8 +98,8 @@ def test_non_finite_losses_stop_the_run_and_keep_the_checkpoint(dummy_data, tmp_
     monkeypatch.setattr(trainer.model, "loss", poisoned)
     with pytest.raises(DreamerError, match="non-finite losses in a row at update 4"):
         trainer.run()
-    blob = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
-    assert blob["update"] == 4
+    state = checkpoint.load(tmp_path / "run" / "checkpoints" / "latest.pt", checkpoint.TrainState)
+    assert state.counters["update"] == 4
     assert any(r.get("wm/nonfinite") == 1.0 for r in read_metrics(tmp_path / "run"))
 
 
@@ -123,8 +124,9 @@ def test_calibration_is_stable_for_a_fixed_seed_and_recorded(dummy_data, tmp_pat
     assert set(results[0]["weights"]) == {"recon", "reward", "cont", "dyn", "rep"}
     saved = (tmp_path / "a" / "config.yaml").read_text()
     assert "calibration" in saved and "magnitudes" in saved
-    blob = torch.load(tmp_path / "a" / "world_model.pt", weights_only=False)
-    assert blob["config"]["model"]["scales"]["reward"] == pytest.approx(results[0]["weights"]["reward"])
+    artifact = checkpoint.load(tmp_path / "a" / "world_model.pt", checkpoint.WorldModelArtifact)
+    assert artifact.model_config["scales"]["reward"] == pytest.approx(results[0]["weights"]["reward"])
+    assert artifact.calibration == results[0]
 
 
 @pytest.mark.parametrize("variant", ["dreamerv3", "dreamerv2", "dreamerv1"])

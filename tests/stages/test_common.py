@@ -1,0 +1,385 @@
+"""The stage kit (stages/common.py): cadences, metric means, the non-finite guard, the training
+loop helper, stop requests, resume-or-refuse, metrics truncation and config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dreamer_core import checkpoint
+from dreamer_core import config as config_lib
+from dreamer_core.errors import DreamerError
+from dreamer_core.logging import read_metrics
+from dreamer_core.stages import common
+from dreamer_core.stages.common import (
+    Every,
+    EverySeconds,
+    MetricMean,
+    NonFiniteGuard,
+    StopRequest,
+    TrainLoop,
+    resume_or_refuse,
+    truncate_metrics,
+    write_config,
+)
+
+
+class FakeClock:
+    """Stands in for the ``time`` module of stages/common.py: both clocks read ``now``."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(common, "time", SimpleNamespace(monotonic=fake, perf_counter=fake))
+    return fake
+
+
+@pytest.fixture
+def own_signals():
+    """Signals sent to this process reach the handlers only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+
+
+def due_counts(every, counts) -> list[int]:
+    return [c for c in counts if every(c)]
+
+
+# --- Every ------------------------------------------------------------------------------------
+
+
+def test_every_is_due_at_each_multiple():
+    assert due_counts(Every(5), range(1, 21)) == [5, 10, 15, 20]
+    assert due_counts(Every(1), range(1, 5)) == [1, 2, 3, 4]
+    every = Every(5)
+    assert every(5) and not every(5)  # asking again at the same count is not due again
+
+
+def test_every_continues_from_a_resumed_count():
+    assert due_counts(Every(5, count=7), range(8, 21)) == [10, 15, 20]
+    assert due_counts(Every(5, count=10), range(11, 21)) == [15, 20]  # 10 was done before the resume
+
+
+def test_every_with_counters_that_jump():
+    # Env steps summed over 3 envs: the check sees 0, 3, 6, ... and is due at the first count
+    # that reaches each multiple of 10, never twice for one multiple, never skipping one.
+    assert due_counts(Every(10), range(0, 61, 3)) == [12, 21, 30, 42, 51, 60]
+    # A jump over several multiples is due once, then waits for the next multiple after it.
+    every = Every(10)
+    assert every(35) and not every(39) and every(40)
+
+
+def test_every_due_now_is_due_at_the_first_check():
+    every = Every(100, count=250, due_now=True)
+    assert every(250)
+    assert due_counts(every, range(251, 420)) == [300, 400]
+    assert due_counts(Every(100, due_now=True), [0, 50, 100]) == [0, 100]
+
+
+def test_every_zero_is_never_due():
+    assert due_counts(Every(0), range(0, 1000, 7)) == []
+    assert due_counts(Every(0, count=5), [5, 10**9]) == []
+
+
+def test_every_seconds(clock):
+    every = EverySeconds(10.0)
+    due = []
+    for _ in range(10):
+        clock.now += 4
+        due.append(every())
+    # 4, 8, 12 (due: counts from 12 on), 16, 20, 24 (due), 28, 32, 36 (due), 40
+    assert due == [False, False, True, False, False, True, False, False, True, False]
+
+
+# --- MetricMean -------------------------------------------------------------------------------
+
+
+def test_metric_mean_exact_means_prefix_and_reset():
+    mean = MetricMean()
+    assert mean.pop() == {} and mean.count == 0  # nothing added: an empty record
+    mean.add({"loss": 1.0, "grad": 0.5})
+    mean.add({"loss": 2.0, "grad": 1.5})
+    mean.add({"loss": 6.0, "grad": 1.0})
+    assert mean.count == 3
+    assert mean.pop("wm/") == {"wm/loss": 3.0, "wm/grad": 1.0}
+    assert mean.pop() == {} and mean.count == 0 and mean.sums == {}  # popping starts afresh
+    mean.add({"loss": 5.0})
+    assert mean.pop() == {"loss": 5.0}
+
+
+def test_metric_mean_of_a_key_missing_from_some_updates_is_over_all_updates():
+    # How `wm/nonfinite: 1.0` on failed updates becomes the share of failed updates.
+    mean = MetricMean()
+    for metrics in ({"loss": 2.0}, {"nonfinite": 1.0}, {"loss": 4.0}, {"loss": 6.0}):
+        mean.add(metrics)
+    assert mean.pop() == {"loss": 3.0, "nonfinite": 0.25}
+
+
+# --- NonFiniteGuard ---------------------------------------------------------------------------
+
+
+def test_non_finite_guard_resets_on_a_finite_update_and_raises_at_the_limit():
+    calls = []
+
+    def message(count: int) -> str:
+        calls.append(("message", count))
+        return f"stopped after {count} non-finite updates"
+
+    guard = NonFiniteGuard(3, message, on_limit=lambda: calls.append(("on_limit",)))
+    assert guard.check(True) is True
+    assert guard.check(False) is False and guard.check(False) is False and guard.in_row == 2
+    assert guard.check(True) is True and guard.in_row == 0  # one finite update resets the count
+    assert guard.check(False) is False and guard.check(False) is False
+    assert calls == []
+    with pytest.raises(DreamerError, match="^stopped after 3 non-finite updates$"):
+        guard.check(False)
+    assert calls == [("on_limit",), ("message", 3)]  # the data is kept before the error is raised
+
+
+def test_non_finite_guard_without_on_limit():
+    guard = NonFiniteGuard(1, lambda n: f"{n} in a row")
+    with pytest.raises(DreamerError, match="1 in a row"):
+        guard.check(False)
+
+
+# --- TrainLoop --------------------------------------------------------------------------------
+
+
+def test_train_loop_cadences_by_count(tmp_path):
+    logged, checkpoints = [], []
+    with TrainLoop(tmp_path, total=10, count=0, description="t", progress=False, log_every=3,
+                   checkpoint_every=4) as loop:
+        count = 0
+        while loop.running(count):
+            count += 1
+            final = count == 10
+            if loop.log_due(count, final):
+                logged.append(count)
+            if loop.checkpoint_due(count, final):
+                checkpoints.append(count)
+    assert count == 10
+    assert logged == [3, 6, 9, 10] and checkpoints == [4, 8, 10]
+
+
+def test_train_loop_resumed_count_and_no_cadence(tmp_path):
+    with TrainLoop(tmp_path, total=12, count=5, description="t", progress=False, log_every=3) as loop:
+        assert loop.start_count == 5
+        due = [c for c in range(6, 13) if loop.log_due(c)]
+        assert due == [6, 9, 12]
+        assert not any(loop.checkpoint_due(c) for c in range(6, 13))  # checkpoint_every=0: only when final
+        assert loop.checkpoint_due(12, final=True)
+
+
+def test_train_loop_checkpoints_by_seconds(tmp_path, clock):
+    due = []
+    with TrainLoop(tmp_path, total=100, count=0, description="t", progress=False,
+                   checkpoint_seconds=10.0) as loop:
+        for count in range(1, 11):
+            clock.now += 4
+            if loop.checkpoint_due(count):
+                due.append(count)
+    assert due == [3, 6, 9]
+
+
+def test_train_loop_checkpoints_by_count_or_seconds(tmp_path, clock):
+    due = []
+    with TrainLoop(tmp_path, total=100, count=0, description="t", progress=False, checkpoint_every=5,
+                   checkpoint_seconds=10.0) as loop:
+        for count in range(1, 11):
+            clock.now += 3
+            if loop.checkpoint_due(count):
+                due.append(count)
+    # seconds 3..30: the timer is due at 12 s (count 4), 24 s (count 8); counts 5 and 10
+    assert due == [4, 5, 8, 10]
+
+
+def test_train_loop_log_mean_writes_the_averaged_record(tmp_path):
+    with TrainLoop(tmp_path, total=10, count=0, description="t", progress=False, log_every=2) as loop:
+        loop.mean.add({"loss": 1.0, "kl": 4.0})
+        loop.mean.add({"loss": 2.0, "kl": 2.0})
+        record = loop.log_mean(2, "wm/", **{"wm/updates_per_second": 7.5})
+        assert record == {"wm/loss": 1.5, "wm/kl": 3.0, "wm/updates_per_second": 7.5}
+        loop.mean.add({"loss": 5.0, "kl": 0.0})
+        loop.log_mean(4)
+        loop.log(4, {"val/loss": 0.25})
+    records = read_metrics(tmp_path)
+    assert records == [{"step": 2, "wm/loss": 1.5, "wm/kl": 3.0, "wm/updates_per_second": 7.5},
+                       {"step": 4, "loss": 5.0, "kl": 0.0}, {"step": 4, "val/loss": 0.25}]
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_train_loop_metrics_name(tmp_path):
+    with TrainLoop(tmp_path, total=1, count=0, description="t", progress=False,
+                   metrics_name="behavior_metrics.jsonl") as loop:
+        loop.mean.add({"actor/loss": 0.5})
+        loop.log_mean(1)
+    assert read_metrics(tmp_path, "behavior_metrics.jsonl") == [{"step": 1, "actor/loss": 0.5}]
+    assert read_metrics(tmp_path) == []
+
+
+def test_train_loop_running_stops_at_total(tmp_path):
+    with TrainLoop(tmp_path, total=7, count=0, description="t", progress=False) as loop:
+        steps = 0
+        while loop.running(steps):
+            steps += 3  # a counter that overshoots: env steps of 3 envs
+        assert steps == 9 and not loop.stopped
+        assert not loop.running(7) and loop.running(6)
+
+
+def test_train_loop_max_seconds(tmp_path, clock):
+    with TrainLoop(tmp_path, total=10**9, count=0, description="t", progress=False, max_seconds=30.0) as loop:
+        count = 0
+        while loop.running(count):
+            count += 1
+            clock.now += 1.0
+        assert count == 30 and loop.stopped and loop.elapsed() == 30.0
+        assert loop.rate(count) == pytest.approx(1.0)
+    with TrainLoop(tmp_path, total=5, count=0, description="t", progress=False) as loop:
+        clock.now += 10**6
+        assert not loop.stopped and loop.running(0)  # max_seconds=0: no time limit
+
+
+def test_train_loop_stops_on_sigterm_when_handling_signals(tmp_path, own_signals):
+    before = signal.getsignal(signal.SIGTERM)
+    with TrainLoop(tmp_path, total=1000, count=0, description="t", progress=False, handle_signals=True) as loop:
+        count = 0
+        while loop.running(count):
+            count += 1
+            if count == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert count == 3 and loop.stopped
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored on exit
+
+
+def test_stop_request_second_ctrl_c_raises(own_signals):
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM only ever sets the flag
+        assert stop.requested
+
+
+# --- resume_or_refuse, truncate_metrics, write_config -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = 0.5
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "run"
+    steps: int = 10
+    inner: Inner = field(default_factory=Inner)
+
+
+def files_of(root):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def save_state(path, cfg, counters) -> None:
+    spaces = checkpoint.spaces_json(gym.spaces.Dict({"vector": gym.spaces.Box(-1, 1, (2,), np.float32)}),
+                                    gym.spaces.Discrete(3))
+    checkpoint.save(path, checkpoint.TrainState(**spaces, stage_config=config_lib.to_dict(cfg), stage="test",
+                                                counters=counters, modules={"m": {"w": torch.ones(2)}}))
+
+
+def test_fresh_run_without_files_starts(tmp_path):
+    cfg = RunConfig(out=str(tmp_path / "run"))
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    assert resume_or_refuse(cfg, latest, [tmp_path / "run" / "model.pt"], False, "choose another --out") == (cfg, None)
+
+
+@pytest.mark.parametrize("existing", ["latest", "artifact"])
+def test_fresh_run_refuses_an_existing_run_without_touching_it(tmp_path, existing):
+    run = tmp_path / "run"
+    latest, artifact = run / "checkpoints" / "latest.pt", run / "model.pt"
+    if existing == "latest":
+        save_state(latest, RunConfig(), {"update": 3})
+    else:
+        run.mkdir()
+        artifact.write_bytes(b"weights")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = files_of(run)
+    with pytest.raises(DreamerError) as info:
+        resume_or_refuse(RunConfig(), latest, [artifact], False, "choose another --out")
+    message = str(info.value)
+    taken = latest.name if existing == "latest" else artifact.name
+    assert str(run) in message and taken in message
+    assert "--resume" in message and "choose another --out" in message and "nothing was changed" in message
+    assert files_of(run) == before
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    latest = run / "checkpoints" / "latest.pt"
+    with pytest.raises(DreamerError, match="--resume was given") as info:
+        resume_or_refuse(RunConfig(), latest, [], True, "x")
+    assert str(latest) in str(info.value) and "never wrote" in str(info.value) and "without --resume" in str(info.value)
+    assert not latest.exists()
+
+
+def test_resume_returns_the_stored_config_through_keep(tmp_path):
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    stored = RunConfig(out="old", steps=50, inner=Inner(rate=0.1, sizes=(3, 4, 5)))
+    save_state(latest, stored, {"update": 7, "resumes": 0})
+    given = RunConfig(out="new", steps=80)
+    cfg, state = resume_or_refuse(given, latest, [], True, "x")
+    assert cfg == stored  # the default keep: the stored config as it was (tuples come back as tuples)
+    assert isinstance(state, checkpoint.TrainState) and state.counters == {"update": 7, "resumes": 0}
+    assert torch.equal(state.modules["m"]["w"], torch.ones(2))
+    cfg, _ = resume_or_refuse(given, latest, [], True, "x",
+                              keep=lambda s, g: dataclasses.replace(s, steps=g.steps))
+    assert cfg == dataclasses.replace(stored, steps=80)
+
+
+def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
+    truncate_metrics(tmp_path, 5)  # no metrics file yet: nothing to do
+    assert not (tmp_path / "metrics.jsonl").exists()
+    lines = [{"step": 2, "a": 1.0}, {"b": 3.0}, {"step": 5, "a": 2.0}, {"step": 6, "a": 3.0}, {"step": 9}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 1')
+    truncate_metrics(tmp_path, 5)
+    # records up to the checkpoint stay (a record without a step counts as step 0); a torn line goes
+    assert read_metrics(tmp_path) == lines[:3]
+    (tmp_path / "behavior_metrics.jsonl").write_text('{"step": 1}\n{"step": 4}\n')
+    truncate_metrics(tmp_path, 3, "behavior_metrics.jsonl")
+    assert read_metrics(tmp_path, "behavior_metrics.jsonl") == [{"step": 1}]
+    assert read_metrics(tmp_path) == lines[:3]
+
+
+def test_write_config_round_trip(tmp_path):
+    cfg = RunConfig(out="x", steps=3, inner=Inner(rate=1e-4, sizes=(64, 64)))
+    path = tmp_path / "config.yaml"
+    write_config(path, "train-test", cfg, calibration={"weights": {"recon": 0.5}})
+    data = yaml.safe_load(path.read_text())
+    assert data["stage"] == "train-test" and data["calibration"] == {"weights": {"recon": 0.5}}
+    assert config_lib.from_dict(RunConfig, data["config"]) == cfg
+    write_config(path, "train-test", RunConfig())  # rewriting replaces the file
+    assert set(yaml.safe_load(path.read_text())) == {"stage", "config"}
