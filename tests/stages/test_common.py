@@ -97,6 +97,7 @@ def test_every_due_now_is_due_at_the_first_check():
 def test_every_zero_is_never_due():
     assert due_counts(Every(0), range(0, 1000, 7)) == []
     assert due_counts(Every(0, count=5), [5, 10**9]) == []
+    assert due_counts(Every(0, due_now=True), [0, 1, 10**9]) == []
 
 
 def test_every_seconds(clock):
