@@ -4,9 +4,11 @@
     python notebooks/make_notebooks.py --check   # exit 1 if a stored notebook differs
 
 The notebooks hold only parameters and plotting; everything they compute comes from
-``dreamer_core`` (mostly ``dreamer_core.stages.dream``). Edit the cells here, not in Jupyter, so
-the stored notebooks stay output-free and reviewable. Cell ids are fixed, so writing twice
-gives the same bytes.
+``dreamer_core``: ``runs`` loads a run's models and data, ``analysis`` computes the views as
+numpy arrays, ``viz`` draws the ``dreamer dream`` video. ``demo.py`` (beside the notebooks,
+imported from their working directory) builds the small demo run when none is given. Edit
+the cells here, not in Jupyter, so the stored notebooks stay output-free and reviewable.
+Cell ids are fixed, so writing twice gives the same bytes.
 
 Imports: nbformat only.
 """
@@ -28,7 +30,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from dreamer_core.stages import dream
+from demo import demo_run  # notebooks/demo.py, beside this notebook
+
+{imports}
 
 RUN = Path(os.environ.get("DREAMER_RUN", "../runs/cartpole"))
 DATASET = Path(os.environ.get("DREAMER_DATASET", "../data/cartpole"))
@@ -58,11 +62,12 @@ Episodes, returns and lengths, frames and action statistics of a dataset written
 Set `DATASET` in the first cell (or the environment variable `DREAMER_DATASET`). When it does
 not exist, the notebook collects a small random CartPole dataset into the temp directory."""),
     new_code_cell(PARAMS.format(
+        imports="from dreamer_core import analysis, runs",
         extra="EPISODE = None  # the episode to look at (None: the longest)",
         build='if not DATASET.exists() and (RUN / "world_model.pt").exists():\n'
-              '    DATASET = dream.run_dataset(RUN).path  # the dataset the run was trained on\n'
+              '    DATASET = runs.run_dataset(RUN).path  # the dataset the run was trained on\n'
               'elif not DATASET.exists():\n'
-              '    RUN, DATASET = dream.demo_run(DEMO, upto="dataset")')),
+              '    RUN, DATASET = demo_run(DEMO, upto="dataset")')),
     new_code_cell(plot_setup("from dreamer_core.cli import format_summary",
                              "from dreamer_core.data.dataset import Dataset") + '''
 
@@ -72,7 +77,7 @@ if EPISODE is None:
     EPISODE = int(np.argmax([ref.rows for ref in ds.refs]))'''),
     new_markdown_cell("## Returns and lengths"),
     new_code_cell('''\
-overview = dream.dataset_overview(ds)
+overview = analysis.dataset_overview(ds)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3))
 axes[0].hist(overview["returns"], bins=30, color="#4a7bd0")
 axes[0].set(title="episode return", xlabel="return", ylabel="episodes")
@@ -157,20 +162,21 @@ its reward and continue predictions, which latent classes it uses, and its train
 Set `RUN` / `DATASET` in the first cell (or `DREAMER_RUN` / `DREAMER_DATASET`); when the run
 does not exist, the notebook trains a tiny CartPole world model first (about a minute)."""),
     new_code_cell(PARAMS.format(
+        imports="from dreamer_core import analysis, runs, viz",
         extra="EPISODE = None  # None: the longest episode\nCONTEXT = 5  # real rows the dream sees\n"
               "HORIZON = 15  # steps of the error-vs-horizon curve",
         build='if not (RUN / "world_model.pt").exists():\n'
-              '    RUN, DATASET = dream.demo_run(DEMO, upto="world_model")\n'
+              '    RUN, DATASET = demo_run(DEMO, upto="world_model")\n'
               'elif not DATASET.exists():\n'
-              '    DATASET = dream.run_dataset(RUN).path  # the dataset the run was trained on')),
+              '    DATASET = runs.run_dataset(RUN).path  # the dataset the run was trained on')),
     new_code_cell(plot_setup() + '''
 
-world_model, blob = dream.load_world_model(RUN)
-ds = dream.run_dataset(RUN, DATASET, blob)
+world_model, artifact = runs.load_world_model(RUN)
+ds = runs.run_dataset(RUN, DATASET, artifact)
 if EPISODE is None:
     EPISODE = int(np.argmax([ref.rows for ref in ds.refs]))
-batch = dream.load_episode_batch(ds, EPISODE)
-result = dream.dream_episode(world_model, batch, CONTEXT)
+batch = analysis.load_episode_batch(ds, EPISODE)
+result = analysis.dream_episode(world_model, batch, CONTEXT)
 L = result.length
 print(f"episode {EPISODE}: {L} rows; the dream sees rows 0-{CONTEXT - 1} and imagines {L - CONTEXT}; "
       f"{result.latent_usage():.0%} of the latent classes fire")'''),
@@ -183,8 +189,8 @@ imagined rows."""),
     new_code_cell('''\
 from IPython.display import Image as ShowImage
 
-frames = dream.dream_frames(result)
-video = dream.write_video(frames, Path(tempfile.gettempdir()) / f"dream_episode_{EPISODE}.gif")
+frames = viz.dream_frames(result)
+video = viz.write_video(frames, Path(tempfile.gettempdir()) / f"dream_episode_{EPISODE}.gif")
 ShowImage(filename=str(video))'''),
     new_markdown_cell("## Real, reconstructed and dreamed observations"),
     new_code_cell('''\
@@ -222,7 +228,7 @@ for this episode and averaged over up to 50 episodes, next to two references: re
 last context row (a model that has learned nothing about dynamics) and the reconstruction (a
 floor: it sees the row)."""),
     new_code_cell('''\
-average = dream.error_vs_horizon(world_model, ds, CONTEXT, HORIZON, episodes=list(range(min(50, len(ds.refs)))))
+average = analysis.error_vs_horizon(world_model, ds, CONTEXT, HORIZON, episodes=list(range(min(50, len(ds.refs)))))
 single = result.horizon()
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.2))
 for ax, errors, title in ((axes[0], single, f"episode {EPISODE}"),
@@ -312,20 +318,21 @@ Set `RUN` / `DATASET` in the first cell (or `DREAMER_RUN` / `DREAMER_DATASET`); 
 `behavior.pt`. Without one the notebook trains a tiny CartPole agent first (a few minutes);
 its 200 behavior updates show the machinery, not a good policy: train longer for that."""),
     new_code_cell(PARAMS.format(
+        imports="from dreamer_core import analysis, runs, viz",
         extra="EPISODE = None  # None: the longest episode\nCONTEXT = 5  # real rows before imagining\n"
               "HORIZON = 15  # imagined steps (stage 03 trains with 15)\nSAMPLES = 16  # rollouts from the same start",
         build='if not (RUN / "behavior.pt").exists():\n'
-              '    RUN, DATASET = dream.demo_run(DEMO, upto="behavior")\n'
+              '    RUN, DATASET = demo_run(DEMO, upto="behavior")\n'
               'elif not DATASET.exists():\n'
-              '    DATASET = dream.run_dataset(RUN).path  # the dataset the run was trained on')),
-    new_code_cell(plot_setup("from dreamer_core.stages.agents import load_agent") + '''
+              '    DATASET = runs.run_dataset(RUN).path  # the dataset the run was trained on')),
+    new_code_cell(plot_setup() + '''
 
-world_model, agent, blob = load_agent(RUN)
-ds = dream.run_dataset(RUN, DATASET)
+world_model, agent, artifact = runs.load_agent(RUN)
+ds = runs.run_dataset(RUN, DATASET)
 if EPISODE is None:
     EPISODE = int(np.argmax([ref.rows for ref in ds.refs]))
-start = dream.load_episode_batch(ds, EPISODE, length=CONTEXT)
-imagined = dream.imagine_with_actor(world_model, agent, start, CONTEXT, HORIZON, samples=SAMPLES)
+start = analysis.load_episode_batch(ds, EPISODE, length=CONTEXT)
+imagined = analysis.imagine_with_actor(world_model, agent, start, CONTEXT, HORIZON, samples=SAMPLES)
 print(f"{SAMPLES} rollouts of {HORIZON} steps from row {CONTEXT - 1} of episode {EPISODE}; "
       f"gamma {agent.cfg.gamma:.4g}, lambda {agent.cfg.lam}")
 print(f"lambda-return at the start: {imagined.lambda_return[:, 0].mean():.3f} "
@@ -395,13 +402,13 @@ for key, values in imagined.obs.items():
     new_markdown_cell("""\
 ## One real episode, played by the same agent
 
-`dream.play_episode` plays the agent greedily in the env the data came from (as
+`analysis.play_episode` plays the agent greedily in the env the data came from (as
 `dreamer evaluate` does). Along it: the critic's value of each posterior state against the
 real discounted return that followed, and the actor's own dream (from row C-1, under its own
 actions) against what really happened."""),
     new_code_cell('''\
-episode = dream.play_episode(world_model, agent, blob["env_config"], seed=0)
-real = dream.dream_episode(world_model, dream.episode_to_batch(episode), min(CONTEXT, episode.rows - 1), agent=agent)
+episode = analysis.play_episode(world_model, agent, artifact.env_config, seed=0)
+real = analysis.dream_episode(world_model, analysis.episode_to_batch(episode), min(CONTEXT, episode.rows - 1), agent=agent)
 print(f"real episode: return {episode.ret:.2f} in {episode.steps} steps "
       f"({'terminated' if episode.terminated else 'truncated'})")
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.2))
@@ -420,7 +427,7 @@ fig.tight_layout()'''),
     new_code_cell('''\
 from IPython.display import Image as ShowImage
 
-video = dream.write_video(dream.dream_frames(real), Path(tempfile.gettempdir()) / "agent_episode.gif")
+video = viz.write_video(viz.dream_frames(real), Path(tempfile.gettempdir()) / "agent_episode.gif")
 ShowImage(filename=str(video))'''),
     new_markdown_cell("## Behavior training curves (`RUN/behavior_metrics.jsonl`)"),
     new_code_cell('''\

@@ -1,7 +1,10 @@
 """The notebooks: stored without outputs and in sync with their generator, and every cell runs
-headless (nbclient, kernel ``python3`` on this interpreter) against one tiny run with image
-and vector observations and an agent, passed in through DREAMER_RUN / DREAMER_DATASET."""
+headless (nbclient, kernel ``python3`` on this interpreter, working directory notebooks/ so
+that ``demo.py`` beside them imports) against one tiny run with image and vector observations
+and an agent, passed in through DREAMER_RUN / DREAMER_DATASET. ``demo.demo_run``, which builds
+the notebooks' own small run when none is given, is tested here on a toy env."""
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -11,10 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamer_core.cli import app
-
-pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-from nbclient import NotebookClient  # noqa: E402
+from dreamer_core.data.dataset import Dataset
+from dreamer_core.errors import DreamerError
+from dreamer_core.runs import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -24,6 +26,15 @@ runner = CliRunner()
 
 def dreamer(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def notebook_module(name):
+    """Import ``notebooks/<name>.py`` (the folder is not a package, and not installed)."""
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
 
 
 @pytest.fixture(scope="module", params=["staged", "online"])
@@ -59,19 +70,34 @@ def test_notebooks_are_stored_without_outputs(name):
     assert nb.metadata.kernelspec.name == "python3"
     assert "DREAMER_RUN" in code[0].source and "DREAMER_DATASET" in code[0].source
     assert "import dreamer_core" in code[0].source or "from dreamer_core" in code[0].source
+    assert "from demo import demo_run" in code[0].source
+    # they compute through the library (runs, analysis, viz), never through a stage module
+    assert not any("dreamer_core.stages" in c.source for c in code)
 
 
 def test_notebooks_match_their_generator():
-    sys.path.insert(0, str(NOTEBOOKS))
-    try:
-        import make_notebooks
-    finally:
-        sys.path.remove(str(NOTEBOOKS))
-    assert make_notebooks.main(["--check"]) == 0
+    assert notebook_module("make_notebooks").main(["--check"]) == 0
+
+
+def test_demo_run_builds_once_and_redoes_an_unfinished_stage(tmp_path):
+    demo = notebook_module("demo")
+    kwargs = dict(env="dreamer/DummyDiscrete-v0", steps=150, world_model_updates=3, behavior_updates=2, progress=False)
+    run, data = demo.demo_run(tmp_path, upto="world_model", **kwargs)
+    assert (run / "world_model.pt").exists() and not (run / "behavior.pt").exists()
+    assert Dataset(data).num_steps == 150
+    stamp = (run / "world_model.pt").stat().st_mtime_ns
+    (run / "behavior.pt").write_bytes(b"left by a killed notebook")
+    run, data = demo.demo_run(tmp_path, **kwargs)
+    assert (run / "world_model.pt").stat().st_mtime_ns == stamp  # reused
+    load_agent(run)  # the unfinished behavior was trained again
+    with pytest.raises(DreamerError, match="upto"):
+        demo.demo_run(tmp_path, upto="everything")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_headless(name, tiny_run, monkeypatch):
+    NotebookClient = pytest.importorskip("nbclient").NotebookClient
+    pytest.importorskip("ipykernel")
     run, data = tiny_run
     monkeypatch.setenv("DREAMER_RUN", str(run))
     monkeypatch.setenv("DREAMER_DATASET", str(data))

@@ -10,13 +10,13 @@ Writes a new folder ``RUN/eval/<timestamp>/`` per evaluation (earlier ones are k
 the real frames | the world model's posterior reconstruction | an open-loop dream that sees
 only the first ``context`` frames and then imagines under the actions the agent took.
 
-Imports: stages.agents, envs, world_model, viz, config.
+Imports: runs (loading the agent), policies, envs, analysis (the reconstruction and dream of a
+played episode), viz (its frames, the returns plot), config. No other stage.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_core import checkpoint, viz
+from dreamer_core import analysis, viz
 from dreamer_core import config as config_lib
+from dreamer_core.checkpoint import BehaviorArtifact
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import ProgressBar
-from dreamer_core.policies import AgentPolicy
-from dreamer_core.stages.agents import BEHAVIOR, PlayedEpisode, load_agent, play_episode
-from dreamer_core.stages.train_world_model import resolve_device
-from dreamer_core.types import Batch
-from dreamer_core.world_model import WorldModel
+from dreamer_core.policies import AgentPolicy, play_episode
+from dreamer_core.runs import BEHAVIOR, load_agent
+from dreamer_core.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,9 @@ class EvalResult:
                 f"{r['return_max']:.2f}), length {r['length_mean']:.1f} -> {self.folder / 'report.json'}")
 
 
-def env_config_for(blob: dict[str, Any], env_id: str) -> EnvConfig:
+def env_config_for(artifact: BehaviorArtifact, env_id: str) -> EnvConfig:
     """The recorded env options, with the id replaced when one is given."""
-    recorded = dict(blob.get("env_config") or {})
+    recorded = dict(artifact.env_config or {})
     if not recorded and not env_id:
         raise DreamerError(
             "The run does not record which env its data came from. Pass --env ID (with the same options "
@@ -93,14 +92,14 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run)
     device = resolve_device(cfg.device)
-    world_model, agent, blob = load_agent(run_dir, device)
-    env_cfg = env_config_for(blob, cfg.env)
+    world_model, agent, artifact = load_agent(run_dir, device)
+    env_cfg = env_config_for(artifact, cfg.env)
     has_image = any(v.dtype == np.uint8 for v in world_model.observation_space.spaces.values())
     render = "rgb_array" if cfg.video and not has_image else None
     env = make_env(env_cfg, seed=cfg.seed, render_mode=render)
     try:
-        checkpoint.check_spaces(blob, env.observation_space, env.action_space,
-                                f"The environment {env_cfg.id}", run_dir / BEHAVIOR)
+        artifact.check_spaces(env.observation_space, env.action_space, f"The environment {env_cfg.id}",
+                              run_dir / BEHAVIOR)
         policy = AgentPolicy(world_model, agent, 1, mode=cfg.mode, seed=cfg.seed, device=device)
         folder = _new_folder(run_dir / "eval")
         returns, lengths, videos = [], [], []
@@ -114,8 +113,8 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
                 lengths.append(played.episode.steps)
                 if record:
                     path = folder / f"episode_{i:03d}.{cfg.video_format}"
-                    frames = episode_frames(world_model, played, cfg.context, device)
-                    videos.append(str(viz.write_video(frames, path, cfg.fps)))
+                    views = analysis.episode_views(world_model, played.episode, cfg.context, device)
+                    videos.append(str(viz.write_video(viz.episode_frames(views, played.frames), path, cfg.fps)))
                 bar.update(i + 1, f"return {ret:.1f} | mean {np.mean(returns):.1f}")
     finally:
         env.close()
@@ -125,12 +124,12 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         "returns": returns, "lengths": lengths,
         "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
         "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
-        "length_mean": float(np.mean(lengths)), "behavior_update": int(blob.get("update", 0)),
-        "world_model_update": int(blob.get("world_model_update", 0)), "videos": videos,
+        "length_mean": float(np.mean(lengths)), "behavior_update": artifact.update,
+        "world_model_update": artifact.world_model_update, "videos": videos,
         "seconds": time.perf_counter() - start,
     }
     atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
-    plot_returns(returns, folder / "returns.png", f"{env_cfg.id}: {cfg.episodes} episodes ({cfg.mode})")
+    viz.plot_returns(returns, folder / "returns.png", f"{env_cfg.id}: {cfg.episodes} episodes ({cfg.mode})")
     return EvalResult(report, folder)
 
 
@@ -144,54 +143,3 @@ def _new_folder(root: Path) -> Path:
         except FileExistsError:
             continue
     raise DreamerError(f"Could not create a new evaluation folder under {root}.")
-
-
-def episode_frames(world_model: WorldModel, played: PlayedEpisode, context: int, device: torch.device,
-                   height: int = 128) -> list[np.ndarray]:
-    """Video frames: real | reconstruction | dream (images), or the rendered env beside bars of
-    the vector observation's real | reconstructed | dreamed values."""
-    batch = Batch.from_episode(played.episode).to(device)
-    out = world_model.reconstruct_and_dream(batch, context)
-    recon = {k: v[0].float().cpu().numpy() for k, v in out["recon"].items()}
-    dream = {k: v[0].float().cpu().numpy() for k, v in out["dream"].items()}
-    real = {k: v[0].cpu().numpy() for k, v in batch.obs.items()}
-    image_keys = [k for k, v in real.items() if v.dtype == np.uint8]
-    vector_keys = [k for k in real if k not in image_keys]
-    scales = {k: np.maximum(np.abs(real[k]).max(0), 1e-3) * 1.25 for k in vector_keys}
-    frames = []
-    for t in range(batch.shape[1]):
-        panels = []
-        for key in image_keys:
-            panels += [viz.fit(viz.to_rgb(real[key][t]), height), viz.fit(viz.to_rgb(recon[key][t]), height),
-                       viz.fit(viz.to_rgb(dream[key][t]), height)]
-        if played.frames:
-            panels.append(viz.fit(viz.to_rgb(played.frames[t]), height))
-        for key in vector_keys:
-            panels.append(viz.vector_panel([real[key][t], recon[key][t], dream[key][t]],
-                                           [viz.REAL, viz.RECON, viz.DREAM], scales[key], height))
-        frame = viz.side_by_side(panels)
-        if t >= context:  # a red strip on top marks the frames the dream did not see
-            frame[:3] = viz.DREAM
-        frames.append(frame)
-    return frames
-
-
-def plot_returns(returns: list[float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(range(len(returns)), returns, color="#4a7bd0")
-    mean = float(np.mean(returns))
-    if math.isfinite(mean):
-        ax.axhline(mean, color="#d04a3a", label=f"mean {mean:.1f}")
-        ax.legend()
-    ax.set_xlabel("episode")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-

@@ -7,7 +7,10 @@ Reads ``metrics.jsonl`` (online runs: step = env steps; stage 02: step = updates
 ``behavior_metrics.jsonl`` (stage 03), picks the panels whose metrics exist and draws one line
 per run, so several seeds overlay in one figure. ``--key`` plots chosen metrics instead.
 
-Imports: logging (read_metrics), errors, matplotlib.
+This module reads the metrics and turns them into lines (``series``, ``smooth``); drawing
+the figure is ``viz.plot_curves``.
+
+Imports: logging (read_metrics), errors, viz. No other stage.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamer_core import viz
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import read_metrics
 
@@ -60,11 +64,6 @@ def plot_runs(runs: list[Path | str], out: Path | str | None = None, keys: list[
     ``out`` defaults to ``RUN/curve.png`` of the first run. Raises DreamerError when a run has
     no metrics or none of the asked-for keys was logged.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = [Path(r) for r in runs]
     if not runs:
         raise DreamerError("Give at least one run directory: `dreamer plot RUN [RUN...]`.")
@@ -88,41 +87,28 @@ def plot_runs(runs: list[Path | str], out: Path | str | None = None, keys: list[
             f"None of the metrics {', '.join(k for p in panels for k in p[3])} was logged in {', '.join(map(str, runs))}. "
             f"Logged keys include: {', '.join(logged[:12])}. Choose some with --key."
         )
-    cols = min(2, len(drawn))
-    rows = (len(drawn) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (panel_title, xlabel, name, panel_keys) in zip(axes.flat, drawn):
-        for i, run in enumerate(runs):
-            for j, key in enumerate(panel_keys):
-                x, y = series(data[run][name], key)
-                if not len(x):
-                    continue
-                label = run.name if len(panel_keys) == 1 else f"{run.name} {key}"
-                style = "-" if j == 0 else "--"
-                if key == "train/return":
-                    ax.plot(x, y, ".", color=colors[i % len(colors)], alpha=0.15, markersize=2)
-                    y = smooth(y, 20)
-                ax.plot(x, y, style, color=colors[i % len(colors)], label=label, marker="o" if len(x) < 30 else None,
-                        markersize=3)
-                if key == "eval/return":
-                    _, std = series(data[run][name], "eval/return_std")
-                    if len(std) == len(y):
-                        ax.fill_between(x, y - std, y + std, color=colors[i % len(colors)], alpha=0.12)
-        ax.set_title(panel_title)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        if len(runs) > 1 or len(panel_keys) > 1:
-            ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(drawn):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
     out = Path(out) if out is not None else runs[0] / "curve.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return viz.plot_curves([_curves(panel, runs, data) for panel in drawn], out, title)
+
+
+def _curves(panel: tuple, runs: list[Path], data: dict[Path, dict[str, list[dict]]]) -> viz.CurvePanel:
+    """The lines of one panel: one colour per run, dashed for its second key; the training
+    return smoothed over 20 episodes (raw points faint behind it), the evaluation return with
+    a band of one standard deviation."""
+    panel_title, xlabel, name, panel_keys = panel
+    curves = []
+    for i, run in enumerate(runs):
+        for j, key in enumerate(panel_keys):
+            x, y = series(data[run][name], key)
+            if not len(x):
+                continue
+            label = run.name if len(panel_keys) == 1 else f"{run.name} {key}"
+            raw = band = None
+            if key == "train/return":
+                raw, y = y, smooth(y, 20)
+            if key == "eval/return":
+                _, std = series(data[run][name], "eval/return_std")
+                if len(std) == len(y):
+                    band = std
+            curves.append(viz.Curve(x, y, i, label, dashed=j > 0, raw=raw, band=band))
+    return viz.CurvePanel(panel_title, xlabel, curves, legend=len(runs) > 1 or len(panel_keys) > 1)
