@@ -107,8 +107,22 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 # --- dreams ------------------------------------------------------------------------------------
 
 
+class _ObservationKeys:
+    """Image keys (uint8 frames) and vector keys of the ``real`` observations."""
+
+    real: dict[str, np.ndarray]
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, v in self.real.items() if v.dtype == np.uint8]
+
+    @property
+    def vector_keys(self) -> list[str]:
+        return [k for k, v in self.real.items() if v.dtype != np.uint8]
+
+
 @dataclass
-class DreamResult:
+class DreamResult(_ObservationKeys):
     """Everything the dream views show for one ``[1, L]`` window (batch axis dropped).
 
     Attributes:
@@ -159,14 +173,6 @@ class DreamResult:
     @property
     def length(self) -> int:
         return int(self.reward.shape[0])
-
-    @property
-    def image_keys(self) -> list[str]:
-        return [k for k, v in self.real.items() if v.dtype == np.uint8]
-
-    @property
-    def vector_keys(self) -> list[str]:
-        return [k for k, v in self.real.items() if v.dtype != np.uint8]
 
     def horizon(self) -> dict[str, np.ndarray]:
         """Errors of the imagined rows only, indexed by horizon ``h = 1 .. L-C``."""
@@ -300,7 +306,7 @@ def error_vs_horizon(world_model: WorldModel, dataset: Dataset, context: int, ho
 
 
 @dataclass
-class EpisodeViews:
+class EpisodeViews(_ObservationKeys):
     """Real | reconstruction | open-loop dream of one episode (batch axis dropped).
 
     Attributes:
@@ -317,14 +323,6 @@ class EpisodeViews:
     @property
     def length(self) -> int:
         return int(next(iter(self.real.values())).shape[0])
-
-    @property
-    def image_keys(self) -> list[str]:
-        return [k for k, v in self.real.items() if v.dtype == np.uint8]
-
-    @property
-    def vector_keys(self) -> list[str]:
-        return [k for k, v in self.real.items() if v.dtype != np.uint8]
 
 
 def episode_views(world_model: WorldModel, episode: Episode, context: int,
