@@ -2,7 +2,6 @@
 04's episode videos, with the red strip on imagined rows), the panel helpers, videos, and the
 PNG figures (error vs horizon, returns, learning curves through `dreamer plot`)."""
 
-import json
 import time
 
 import numpy as np
@@ -11,9 +10,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dreamer_core import analysis, viz
-from dreamer_core.cli import app
-from dreamer_core.errors import DreamerError
-from dreamer_core.stages.plot import plot_runs
 from tests.test_analysis import synthetic, tiny_agent
 
 runner = CliRunner()
@@ -137,33 +133,3 @@ def test_plot_curves_writes_one_panel_per_entry(tmp_path):
     assert out == tmp_path / "sub" / "curves.png" and png_size(out) == (1200, 720)
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]
     assert png_size(viz.plot_curves(panels[:1], tmp_path / "one.png")) == (600, 360)
-
-
-def write_metrics(run, steps=40):
-    run.mkdir(parents=True)
-    with open(run / "metrics.jsonl", "w") as f:
-        for s in range(steps):
-            f.write(json.dumps({"step": 10 * s, "train/return": float(s % 7), "wm/loss": 1.0 / (s + 1),
-                                "eval/return": float(s), "eval/return_std": 0.5}) + "\n")
-    with open(run / "behavior_metrics.jsonl", "w") as f:
-        for s in range(5):
-            f.write(json.dumps({"step": s, "imag/return": 0.1 * s}) + "\n")
-
-
-def test_dreamer_plot_draws_the_logged_panels(tmp_path):
-    """Metrics written by hand: 4 default panels have data (eval return, training return,
-    world-model loss, stage 03's imagined return), drawn 2 x 2; --key picks others."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    write_metrics(a)
-    write_metrics(b)
-    result = runner.invoke(app, ["plot", str(a), str(b), "--out", str(tmp_path / "both.png"), "--title", "two"])
-    assert result.exit_code == 0, result.output
-    assert "both.png" in result.output and png_size(tmp_path / "both.png") == (1200, 720)
-    assert png_size(plot_runs([a])) == (1200, 720) and (a / "curve.png").exists()
-    assert png_size(plot_runs([a], tmp_path / "key.png", keys=["wm/loss"])) == (600, 360)
-    with pytest.raises(DreamerError, match="--key"):
-        plot_runs([a], keys=["no/such_key"])
-    with pytest.raises(DreamerError, match="nothing to plot"):
-        plot_runs([tmp_path / "missing"])
-    with pytest.raises(DreamerError, match="at least one run"):
-        plot_runs([])

@@ -184,20 +184,6 @@ def test_cli_chain_from_an_online_run(tmp_path):
     assert time.monotonic() - start < 120
 
 
-def test_plot_overlays_runs_and_refuses_bad_input(tmp_path):
-    from dreamer_core.stages.plot import plot_runs, smooth
-
-    run = tmp_path / "run"
-    online.run(small_config(run, steps=150, eval_every=50), progress=False)
-    out = plot_runs([run, run], tmp_path / "two.png")
-    assert out.stat().st_size > 1000
-    with pytest.raises(DreamerError, match="nothing to plot"):
-        plot_runs([tmp_path / "missing"])
-    with pytest.raises(DreamerError, match="--key"):
-        plot_runs([run], keys=["no/such_key"])
-    np.testing.assert_allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
-
-
 def test_replay_context_starts_windows_from_the_stored_latent():
     import torch
 
