@@ -19,7 +19,6 @@ Imports: checkpoint, config, data, errors, files, logging.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -74,16 +73,17 @@ def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, 
                      ) -> tuple[C, checkpoint.TrainState | None]:
     """The config a run continues with, and its resume state (None for a fresh run).
 
-    Resuming takes the run's stored config, passed through ``keep(stored, given)`` for what
-    the user may change on a resume (a new budget, new datasets). A fresh run refuses to start
-    where ``latest`` or any of ``artifacts`` exist, so nothing on disk is overwritten.
+    ``latest`` is the run's resume checkpoint (``RUN/checkpoints/NAME.pt``). Resuming takes
+    the run's stored config, passed through ``keep(stored, given)`` for what the user may
+    change on a resume (a new budget, new datasets). A fresh run refuses to start where
+    ``latest`` or any of ``artifacts`` exist, so nothing on disk is overwritten.
     """
+    run_dir = latest.parent.parent
     if resume:
         if not latest.exists():
             raise DreamerError(
-                f"--resume was given, but {latest} does not exist: the run {latest.parent.parent} never wrote "
-                "a resume checkpoint. Start it afresh without --resume (delete the folder first if it holds "
-                "partial data)."
+                f"--resume was given, but {latest} does not exist: the run {run_dir} never wrote a resume "
+                "checkpoint. Start it afresh without --resume (delete the folder first if it holds partial data)."
             )
         state = checkpoint.load(latest, checkpoint.TrainState)
         stored = config_lib.from_dict(type(cfg), state.stage_config)
@@ -91,16 +91,10 @@ def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, 
     taken = [p for p in (latest, *artifacts) if p.exists()]
     if taken:
         raise DreamerError(
-            f"The run {taken[0].parent if taken[0] != latest else latest.parent.parent} already holds "
-            f"{', '.join(p.name for p in taken)}. Pass --resume to continue it, or {alternative}; "
-            "nothing was changed."
+            f"The run {run_dir} already holds {', '.join(p.name for p in taken)}. Pass --resume to continue "
+            f"it, or {alternative}; nothing was changed."
         )
     return cfg, None
-
-
-def replace_fields(cfg: C, **changes: Any) -> C:
-    """``dataclasses.replace`` with only the changes that are not None."""
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
 class StopRequest:
