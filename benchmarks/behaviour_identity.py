@@ -149,7 +149,9 @@ def main() -> None:
             lines.append(f"| {name} | `dreamer {' '.join(argv)}` | {ref['seconds'][name]:.0f} | "
                          f"{new['seconds'][name]:.0f} |")
         lines += ["", f"Compared {records} metric records ({values} values; wall-clock and speed keys excluded) "
-                  f"in {len(ref['files'])} files: **{verdict}**."]
+                  f"in {len(ref['files'])} files ({', '.join(f'`{n}`' for n in sorted(ref['files']))}): "
+                  f"**{verdict}**. The seconds of the two sides were measured at different times on a shared "
+                  "machine, not interleaved: they are not a speed comparison."]
         update_section("behaviour-identity", "## Behaviour identity across the restructuring\n\n" + "\n".join(lines))
     sys.exit(1 if diffs else 0)
 
