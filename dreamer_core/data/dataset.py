@@ -1,5 +1,11 @@
 """Reading datasets: a read-only index over the closed shards of a dataset directory.
 
+A shard whose data cannot be read (a chunk failing its checksum, a damaged file) raises a
+:class:`DatasetError` naming the shard and the column. The message names ``--skip-corrupt``
+only where it helps: that flag skips shards whose header cannot be read when the dataset is
+opened, and shards whose columns fail when the replay loads them
+(:meth:`ColumnStore.from_datasets <dreamer_core.data.storage.ColumnStore.from_datasets>`).
+
 Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
 """
 
@@ -38,7 +44,9 @@ class Dataset:
 
     Args:
         path: the dataset directory written by ``dreamer collect`` (or an import).
-        skip_corrupt: skip unreadable shards (listed in ``skipped``) instead of raising.
+        skip_corrupt: skip unreadable shards (listed in ``skipped``) instead of raising; the
+            replay loader (``ColumnStore.from_datasets``) also leaves out shards whose columns
+            turn out damaged or invalid when it reads them (see :meth:`leave_out`).
 
     Raises:
         DatasetError: missing directory, no closed shards, a corrupt shard (without
@@ -47,6 +55,7 @@ class Dataset:
 
     def __init__(self, path: Path | str, skip_corrupt: bool = False):
         self.path = Path(path)
+        self.skip_corrupt = skip_corrupt
         if not self.path.exists():
             raise DatasetError(
                 f"No dataset at {self.path}: the path does not exist. Create one with "
@@ -109,6 +118,23 @@ class Dataset:
         """Env options of the newest shard (enough to rebuild the env with make_env)."""
         return self.shards[-1].env_config
 
+    def leave_out(self, shard: Path, reason: str) -> None:
+        """Drop a damaged shard's episodes from this view (listed in ``skipped`` with ``reason``).
+
+        Raises:
+            DatasetError: no episode is left.
+        """
+        shard = Path(shard)
+        self.refs = [ref for ref in self.refs if ref.shard != shard]
+        self.shards = [s for s in self.shards if self.path / s.name != shard]
+        if all(path != shard for path, _ in self.skipped):
+            self.skipped = [*self.skipped, (shard, reason)]
+        if not self.refs:
+            raise DatasetError(
+                f"Every shard of the dataset {self.path} is damaged or was skipped (last: "
+                f"{shard.name}: {reason}). Collect the data again, or restore the shards from a copy."
+            )
+
     # --- reading --------------------------------------------------------------------------
 
     def load_episode(self, ref: EpisodeRef | int) -> schema.Episode:
@@ -117,11 +143,14 @@ class Dataset:
             ref = self.refs[ref]
         try:
             with h5py.File(ref.shard, "r") as f:
-                return read_rows(f, ref.start, ref.start + ref.rows)
+                return read_rows(f, ref.start, ref.start + ref.rows, ref.shard)
+        except DatasetError:
+            raise
         except Exception as exc:
             raise DatasetError(
-                f"The episode at rows {ref.start}:{ref.start + ref.rows} of shard {ref.shard} cannot be read ({type(exc).__name__}: "
-                f"{exc}). The shard is damaged: pass --skip-corrupt or move it out of the dataset."
+                f"The episode at rows {ref.start}:{ref.start + ref.rows} of shard {ref.shard} cannot "
+                f"be read ({type(exc).__name__}: {exc}). The shard is damaged: "
+                f"{store.DAMAGED_SHARD_FIX}"
             ) from None
 
     def iter_episodes(self, block_bytes: int = 64 << 20) -> Iterator[schema.Episode]:
@@ -129,14 +158,15 @@ class Dataset:
         row_bytes = max(1, _row_bytes(self.observation_space, self.action_space))
         block_rows = max(1, block_bytes // row_bytes)
         for shard in self.shards:
-            with h5py.File(self.path / shard.name, "r") as f:
+            path = self.path / shard.name
+            with h5py.File(path, "r") as f:
                 i = 0
                 while i < shard.num_episodes:
                     j, lo = i + 1, shard.starts[i]
                     while j < shard.num_episodes and shard.starts[j] + shard.rows[j] - lo <= block_rows:
                         j += 1
                     hi = shard.starts[j - 1] + shard.rows[j - 1]
-                    columns = read_rows(f, lo, hi)  # one read per column per block
+                    columns = read_rows(f, lo, hi, path)  # one read per column per block
                     for start, rows in zip(shard.starts[i:j], shard.rows[i:j]):
                         yield _slice(columns, start - lo, start - lo + rows)
                     i = j
@@ -166,16 +196,30 @@ class Dataset:
         }
 
 
-def read_rows(f: h5py.File, lo: int, hi: int) -> schema.Episode:
-    """Rows ``lo:hi`` of a shard's ``steps/`` columns (an episode when they bound one)."""
+def read_rows(f: h5py.File, lo: int, hi: int, shard: Path | None = None) -> schema.Episode:
+    """Rows ``lo:hi`` of a shard's ``steps/`` columns (an episode when they bound one).
+
+    Raises:
+        DatasetError: a column cannot be read (a chunk fails its checksum, or the file is
+            damaged); the message names the shard (``shard``, default the file's name) and the column.
+    """
     steps = f[schema.STEPS_GROUP]
+    shard = Path(f.filename) if shard is None else shard
+
+    def read(name: str) -> np.ndarray:
+        try:
+            return steps[name][lo:hi]
+        except (OSError, KeyError) as exc:
+            raise DatasetError(store.damaged_column_message(shard, name, lo, hi, exc)) from None
+
+    obs_names = [f"{schema.OBS_GROUP}/{k}" for k in steps[schema.OBS_GROUP]]
     return schema.Episode(
-        obs={k: steps[schema.OBS_GROUP][k][lo:hi] for k in steps[schema.OBS_GROUP]},
-        action=steps[schema.ACTION][lo:hi],
-        reward=steps[schema.REWARD][lo:hi],
-        is_first=steps[schema.IS_FIRST][lo:hi],
-        is_last=steps[schema.IS_LAST][lo:hi],
-        is_terminal=steps[schema.IS_TERMINAL][lo:hi],
+        obs={name.split("/", 1)[1]: read(name) for name in obs_names},
+        action=read(schema.ACTION),
+        reward=read(schema.REWARD),
+        is_first=read(schema.IS_FIRST),
+        is_last=read(schema.IS_LAST),
+        is_terminal=read(schema.IS_TERMINAL),
     )
 
 

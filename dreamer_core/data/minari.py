@@ -172,14 +172,17 @@ def import_minari(
                 for done, name in enumerate(names, start=1):
                     try:
                         episode = _read_episode(
-                            file[name], leaves, action_shape, action_dtype, jpeg
+                            file[name], leaves, action_space, action_shape, action_dtype, jpeg
                         )
+                        _check_episode(episode, dreamer_obs_space, action_space)
                     except _CorruptEpisode as exc:
                         if not skip_corrupt:
                             raise DatasetError(
                                 f"Episode {name} of the Minari dataset {main_file} cannot be "
-                                f"imported: {exc}. Nothing was written. Pass --skip-corrupt "
-                                "(skip_corrupt=True) to import the other episodes without it."
+                                f"imported: {exc}. Nothing was written. Fix or drop that episode "
+                                "in the Minari dataset, or import the other episodes without it "
+                                "from Python: dreamer_core.data.minari.import_minari(SRC, DST, "
+                                "skip_corrupt=True)."
                             ) from None
                         skipped.append({"episode": name, "error": str(exc)})
                     else:
@@ -477,9 +480,17 @@ def _episode_names(file: h5py.File) -> list[str]:
     return [name for _, name in sorted(numbered)]
 
 
+# What a Minari episode of N steps holds (said whenever the counts do not fit).
+_LAYOUT = (
+    "Minari stores an episode of N steps as N+1 observations (the reset observation and one "
+    "per step) and N actions, rewards, terminations and truncations"
+)
+
+
 def _read_episode(
     group: Any,
     leaves: list[_ObsLeaf],
+    action_space: gym.Space,
     action_shape: tuple[int, ...],
     action_dtype: np.dtype,
     jpeg: bool,
@@ -494,15 +505,28 @@ def _read_episode(
         truncations = _column(group, "truncations").reshape(-1).astype(bool)
         for name, value in (("terminations", terminations), ("truncations", truncations)):
             if value.shape[0] != steps:
-                raise _CorruptEpisode(f"{value.shape[0]} {name} for {steps} rewards")
+                raise _CorruptEpisode(f"it has {value.shape[0]} {name} for {steps} rewards; {_LAYOUT}")
         if terminations[:-1].any():
             raise _CorruptEpisode("it terminates before its last step")
         actions = _column(group, "actions")
+        count = int(actions.shape[0]) if actions.ndim else 1
+        if count != steps and actions.size != steps * int(np.prod(action_shape, dtype=np.int64)):
+            raise _CorruptEpisode(f"it has {count} actions for {steps} rewards; {_LAYOUT}")
         if actions.size != steps * int(np.prod(action_shape, dtype=np.int64)):
             raise _CorruptEpisode(
-                f"actions of shape {actions.shape} do not fit {steps} steps of shape {action_shape}"
+                f"its actions have shape {actions.shape}, which does not fit {steps} steps of "
+                f"the action space {action_space} (shape {action_shape} per step)"
             )
-        actions = actions.reshape((steps, *action_shape)).astype(action_dtype)
+        actions = actions.reshape((steps, *action_shape))
+        bad = schema.action_bad_rows(actions, action_space)
+        if bad.any():
+            t = int(np.argmax(bad))
+            raise _CorruptEpisode(
+                f"its action at step {t} (actions[{t}]) is {np.asarray(actions[t]).tolist()}, "
+                f"outside the action space {action_space}"
+                + (f" ({int(bad.sum())} such steps in all)" if bad.sum() > 1 else "")
+            )
+        actions = actions.astype(action_dtype)
         obs = {leaf.key: _read_obs(group, leaf, steps + 1, jpeg) for leaf in leaves}
         return schema.Episode.from_transitions(
             obs, actions, rewards.astype(np.float32), bool(steps and terminations[-1])
@@ -511,6 +535,25 @@ def _read_episode(
         raise
     except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
         raise _CorruptEpisode(f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_episode(episode: schema.Episode, obs_space: gym.spaces.Dict, action_space: gym.Space) -> None:
+    """What the writer would refuse, as a skippable _CorruptEpisode naming the Minari step."""
+    try:
+        episode.validate(obs_space, action_space)
+    except ValueError as exc:
+        raise _CorruptEpisode(str(exc)) from None
+    bad = schema.first_nonfinite(episode)
+    if bad is not None:
+        column, row, value = bad
+        if column.startswith("obs/"):
+            where = f"observation {row} (observations[{row}], key {column[len('obs/'):]!r})"
+        else:  # row t holds the reward and action of Minari step t - 1
+            plural = {"reward": "rewards", "action": "actions"}[column]
+            where = f"the {column} of step {row - 1} ({plural}[{row - 1}])"
+        raise _CorruptEpisode(
+            f"{where} is {value}; a world model trained on NaN or inf learns nothing useful"
+        )
 
 
 def _column(group: h5py.Group, name: str) -> np.ndarray:
@@ -526,14 +569,24 @@ def _read_obs(group: h5py.Group, leaf: _ObsLeaf, rows: int, jpeg: bool) -> np.nd
     if not isinstance(node, h5py.Dataset):
         raise _CorruptEpisode(f"it has no '{where}' dataset")
     if node.shape[:1] != (rows,):
-        raise _CorruptEpisode(f"'{where}' has {node.shape[:1]} rows, expected {rows}")
+        found = node.shape[0] if node.ndim else "no"
+        raise _CorruptEpisode(
+            f"it has {found} observations in '{where}' for {rows - 1} actions and rewards "
+            f"(expected {rows}); {_LAYOUT}"
+        )
     if leaf.kind == "image":
         return _read_frames(node, leaf, rows, jpeg)
     value = np.asarray(node[()])
-    if leaf.kind == "box":
-        return value.reshape(rows, -1).astype(np.float32)
-    if leaf.kind == "multibinary":
-        return value.reshape(rows, -1).astype(np.float32)
+    if leaf.kind in ("box", "multibinary"):
+        value = value.reshape(rows, -1)
+        width = int(leaf.out_space.shape[0])
+        if value.shape[1] != width:
+            raise _CorruptEpisode(
+                f"its observations in '{where}' have {value.shape[1]} values each, but the "
+                f"dataset's observation space {leaf.space} has {width} (the other episodes "
+                "follow the space)"
+            )
+        return value.astype(np.float32)
     if leaf.kind == "discrete":
         return _one_hot(
             value.reshape(rows, 1), np.array([leaf.space.start]), np.array([leaf.space.n]), where
@@ -545,8 +598,17 @@ def _read_obs(group: h5py.Group, leaf: _ObsLeaf, rows: int, jpeg: bool) -> np.nd
 def _one_hot(values: np.ndarray, start: np.ndarray, nvec: np.ndarray, where: str) -> np.ndarray:
     """``[rows, k]`` categorical values -> ``[rows, sum(nvec)]`` concatenated one-hots."""
     index = values.astype(np.int64) - start.astype(np.int64)
-    if index.shape[1] != nvec.size or np.any(index < 0) or np.any(index >= nvec):
-        raise _CorruptEpisode(f"'{where}' holds values outside its Discrete space")
+    if index.shape[1] != nvec.size:
+        raise _CorruptEpisode(
+            f"its observations in '{where}' have {index.shape[1]} values each, but the "
+            f"dataset's observation space has {nvec.size}"
+        )
+    bad = np.any((index < 0) | (index >= nvec), axis=1)
+    if bad.any():
+        t = int(np.argmax(bad))
+        raise _CorruptEpisode(
+            f"its observation {t} in '{where}' is {values[t].tolist()}, outside its Discrete space"
+        )
     offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
     out = np.zeros((values.shape[0], int(nvec.sum())), np.float32)
     np.put_along_axis(out, index + offsets, 1.0, axis=1)
@@ -672,11 +734,14 @@ def export_minari(
             ) from None
         files.fsync_dir(dst.parent)
     except BaseException as exc:
+        code = store.disk_errno(exc)
+        problem = None if code is None else store.describe_disk_error(code, dst.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and _is_no_space(exc):
+        if problem is not None:
             raise DatasetError(
-                f"No space left on device while exporting to {dst}; nothing was written there. "
-                "Free disk space or choose a destination on another disk."
+                f"{problem}, so the Minari export to {dst} stopped; the partial copy was removed "
+                f"and nothing was written at {dst} (the source dataset {dataset.path} is "
+                f"untouched). {store.disk_error_fix(code)} for the destination, then export again."
             ) from None
         raise
     return {
@@ -799,14 +864,22 @@ def _export_env_spec(
 
 
 def _write_main_file(path: Path, dataset: Dataset, single_key: bool) -> tuple[int, int]:
-    """Write every episode of ``dataset`` as ``episode_<i>`` groups; return (episodes, steps)."""
+    """Write every episode of ``dataset`` as ``episode_<i>`` groups; return (episodes, steps).
+
+    On any error (a full disk) the file is closed without writing anything more
+    (:func:`store.discard_h5_file`); the caller removes it."""
     episodes = steps = 0
-    with h5py.File(path, "w", track_order=True) as file:
+    file = h5py.File(path, "w", track_order=True)
+    try:
         for index, episode in enumerate(dataset.iter_episodes()):
             _write_episode(file.create_group(f"episode_{index}"), index, episode, single_key)
             episodes += 1
             steps += episode.steps
-        file.flush()
+        file.flush()  # a full disk fails here, not in close
+    except BaseException:
+        store.discard_h5_file(file, path)
+        raise
+    file.close()
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
     return episodes, steps
@@ -834,11 +907,10 @@ def _write_episode(
 
 def _leaf_dataset(group: h5py.Group, name: str, value: np.ndarray) -> None:
     # Chunked and growable along time, like minari's own columns (so it can append to them).
-    group.create_dataset(name, data=value, chunks=True, maxshape=(None, *value.shape[1:]))
-
-
-def _is_no_space(exc: BaseException) -> bool:
-    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+    column = group.create_dataset(name, data=value, chunks=True, maxshape=(None, *value.shape[1:]))
+    # Written out now, where a full disk raises: once the handle is dropped, HDF5 would write
+    # the cached chunks during garbage collection, where an error is only printed.
+    column.flush()
 
 
 # --- minari's space JSON ----------------------------------------------------------------------

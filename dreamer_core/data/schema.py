@@ -199,6 +199,62 @@ def episode_flags(rows: int, terminated: bool) -> tuple[np.ndarray, np.ndarray, 
     return is_first, is_last, is_terminal
 
 
+# --- value checks (vectorised; the writer, the loader and the Minari import share them) -------
+
+
+def nonfinite_rows(values: np.ndarray) -> np.ndarray:
+    """Bool ``[rows]``: rows of a float column holding NaN or +-inf (all False for integers)."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc":
+        return np.zeros(len(values), dtype=bool)
+    bad = ~np.isfinite(values)
+    return bad.reshape(len(values), -1).any(axis=1) if bad.ndim > 1 else bad
+
+
+def action_bad_rows(action: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Bool ``[rows]``: actions outside ``space``.
+
+    Discrete: ``0 <= a - start < n``; MultiDiscrete: the same per dimension; MultiBinary: 0 or
+    1; Box: finite (values beyond the bounds are allowed: envs clip them).
+    """
+    action = np.asarray(action)
+    rows = len(action)
+    if isinstance(space, gym.spaces.Box):
+        return nonfinite_rows(action)
+    if isinstance(space, gym.spaces.Discrete):
+        index = action.reshape(rows).astype(np.int64, copy=False) - int(space.start)
+        return (index < 0) | (index >= int(space.n))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        start = np.asarray(getattr(space, "start", 0), dtype=np.int64)
+        index = action.reshape(rows, *space.nvec.shape).astype(np.int64, copy=False) - start
+        bad = (index < 0) | (index >= space.nvec)
+        return bad.reshape(rows, -1).any(axis=1)
+    if isinstance(space, gym.spaces.MultiBinary):
+        return ((action != 0) & (action != 1)).reshape(rows, -1).any(axis=1)
+    return np.zeros(rows, dtype=bool)
+
+
+def first_nonfinite(episode: Episode) -> tuple[str, int, float] | None:
+    """The first (column, row, value) of an episode holding NaN or inf, or None.
+
+    Columns are ``obs/<key>`` for float observations, ``reward``, and ``action`` for float
+    actions; images and integer actions cannot hold such values.
+    """
+    columns = {f"obs/{k}": v for k, v in episode.obs.items()}
+    columns[REWARD] = episode.reward
+    columns[ACTION] = episode.action
+    found = None
+    for name, values in columns.items():
+        bad = nonfinite_rows(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            value = np.asarray(values[row], dtype=np.float64).ravel()
+            value = value[~np.isfinite(value)][0]
+            if found is None or row < found[1]:
+                found = (name, row, float(value))
+    return found
+
+
 # --- the episode record ----------------------------------------------------------------------
 
 

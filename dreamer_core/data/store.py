@@ -3,14 +3,27 @@
 A dataset is a directory of closed shards (``shard-*.h5``) plus ``dataset.json``, a
 manifest that caches each shard's header and per-episode summary. The manifest is derived
 data: any shard it does not know (or whose size or mtime changed) is scanned again, so a
-crash between renaming a shard and updating the manifest loses nothing.
+crash between renaming a shard and updating the manifest loses nothing. Each entry carries a
+SHA-256 ``digest`` of its own fields; an entry whose digest does not match (the file was
+edited by hand or by another tool) or that has none is not trusted either: the shard is
+scanned again. That costs one hash of a few kilobytes of JSON per shard on open, instead of
+opening every shard to cross-check its episode index.
 
-Both the writer and the reader build on this module. Imports: h5py, numpy, schema, io.
+Also here: :func:`disk_errno`, the one test for "the disk refused the write" (full, quota,
+read-only, permission) that the writer and the Minari export share.
+
+Both the writer and the reader build on this module. Imports: h5py, numpy, schema, errors,
+files.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +136,32 @@ def read_shard_info(path: Path) -> ShardInfo:
     except Exception as exc:  # h5py raises OSError, KeyError, ValueError on damaged files
         raise DatasetError(
             f"Shard {path} is corrupt or truncated and cannot be read ({type(exc).__name__}: "
-            f"{exc}). Pass --skip-corrupt to read the rest of the dataset without it, or move "
-            "the file out of the dataset directory."
+            f"{exc}). Move the file out of the dataset directory (or restore it from a copy); "
+            "`dreamer data info`, `dreamer train-world-model` and `dreamer train-behavior` read "
+            "the rest of the dataset without it when given --skip-corrupt."
         ) from None
     return info
+
+
+# What to do about a shard whose data fails when read (every command that reads data).
+DAMAGED_SHARD_FIX = (
+    "move the shard out of the dataset directory (or restore it from a copy) and run the command "
+    "again; the other shards are not affected."
+)
+
+
+def damaged_column_message(shard: Path, column: str, lo: int, hi: int, exc: BaseException) -> str:
+    """The message for a column of ``shard`` whose rows ``lo:hi`` cannot be read."""
+    text = str(exc)
+    if "filter returned failure" in text:  # Fletcher-32 checksum (or decompression) failed
+        why = ("a chunk fails its checksum or cannot be decompressed: the file changed on disk "
+               "after it was written, e.g. a disk or copy error")
+    else:
+        why = f"{type(exc).__name__}: {text}"
+    return (
+        f"Shard {shard} is damaged: its column steps/{column} cannot be read at rows {lo}:{hi} "
+        f"({why}). To go on, {DAMAGED_SHARD_FIX}"
+    )
 
 
 def _check_columns(f: h5py.File, info: ShardInfo) -> None:
@@ -156,7 +191,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def write_manifest(root: Path, shards: list[ShardInfo]) -> None:
-    """Atomically rewrite the manifest for the given shards."""
+    """Atomically rewrite the manifest for the given shards (each entry with its digest)."""
     first = shards[0] if shards else None
     data = {
         "format": schema.FORMAT,
@@ -164,9 +199,30 @@ def write_manifest(root: Path, shards: list[ShardInfo]) -> None:
         "env_ids": sorted({s.env_id for s in shards}),
         "observation_space": first.observation_space if first else None,
         "action_space": first.action_space if first else None,
-        "shards": {s.name: vars(s) for s in shards},
+        "shards": {s.name: {**vars(s), "digest": entry_digest(vars(s))} for s in shards},
     }
     atomic_write_bytes(Path(root) / schema.MANIFEST_NAME, json.dumps(data, indent=1).encode())
+
+
+def entry_digest(fields: dict[str, Any]) -> str:
+    """SHA-256 of a manifest entry's fields (everything but the digest itself)."""
+    fields = {k: v for k, v in fields.items() if k != "digest"}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached_info(entry: Any, path: Path, stat: Any) -> ShardInfo | None:
+    """The manifest's ShardInfo for ``path`` when the entry is current and untouched, else None."""
+    if not isinstance(entry, dict) or entry.get("name") != path.name:
+        return None
+    if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        return None  # the shard changed (or was replaced) since the entry was written
+    if entry.get("digest") != entry_digest(entry):
+        return None  # edited, or written before entries had digests: rescan the shard
+    try:
+        return ShardInfo(**{k: v for k, v in entry.items() if k != "digest"})
+    except TypeError:
+        return None  # written by another layout
 
 
 def scan(root: Path, skip_corrupt: bool = False) -> tuple[list[ShardInfo], list[tuple[Path, str]]]:
@@ -180,14 +236,10 @@ def scan(root: Path, skip_corrupt: bool = False) -> tuple[list[ShardInfo], list[
     shards: list[ShardInfo] = []
     skipped: list[tuple[Path, str]] = []
     for path in shard_paths(root):
-        entry = cached.get(path.name)
-        stat = path.stat()
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-            try:
-                shards.append(ShardInfo(**entry))
-                continue
-            except TypeError:
-                pass  # manifest written by another layout: rescan the shard
+        info = _cached_info(cached.get(path.name), path, path.stat())
+        if info is not None:
+            shards.append(info)
+            continue
         try:
             shards.append(read_shard_info(path))
         except DatasetError as exc:
@@ -199,3 +251,103 @@ def scan(root: Path, skip_corrupt: bool = False) -> tuple[list[ShardInfo], list[
 
 def dir_size(root: Path) -> int:
     return int(sum(p.stat().st_size for p in Path(root).iterdir() if p.is_file()))
+
+
+# --- disk errors ------------------------------------------------------------------------------
+
+# What the disk answers when a write cannot happen: full, over quota, read-only, not allowed.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """The errno of ``exc`` when the disk refused a write (one of ``DISK_ERRNOS``), else None.
+
+    Python raises ``OSError`` with ``errno`` set. h5py raises ``OSError`` for some calls and
+    ``RuntimeError`` (flush, close) or ``ValueError`` (creating a group) for others, and HDF5
+    puts the system's errno only into the message, as
+    ``errno = 28, error message = 'No space left on device'``.
+    """
+    if not isinstance(exc, Exception):
+        return None
+    text = str(exc)
+    codes = [exc.errno] if isinstance(exc, OSError) and exc.errno is not None else []
+    codes += [int(code) for code in _ERRNO_IN_TEXT.findall(text)]
+    if "No space left on device" in text:
+        codes.append(errno.ENOSPC)
+    return next((code for code in codes if code in DISK_ERRNOS), None)
+
+
+def describe_disk_error(code: int, path: Path) -> str:
+    """What went wrong, for a message: the disk's free space for ENOSPC, else the errno's meaning."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(path)
+        where = "" if free is None else f" ({format_bytes(free)} free there)"
+        what = "No space left on device" if code == errno.ENOSPC else "Disk quota exceeded"
+        return f"{what} while writing to {path}{where}"
+    if code == errno.EROFS:
+        return f"The file system of {path} is read-only"
+    return f"Permission denied while writing to {path}"
+
+
+def disk_error_fix(code: int) -> str:
+    """How to get past the disk error ``code`` (a sentence)."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "Free disk space, or choose a directory on another disk"
+    if code == errno.EROFS:
+        return "Choose a directory on a writable disk"
+    return "Choose a directory you may write to, or fix its permissions"
+
+
+def discard_h5_file(f: h5py.File, path: Path | None, handles: dict[str, Any] | None = None) -> None:
+    """Close an HDF5 file open for writing whose content is thrown away; nothing it writes can fail.
+
+    Closing flushes HDF5's caches to the file. After a full disk failed a write, that flush
+    fails too, and HDF5 keeps a half-closed file that crashes the interpreter at exit. So the
+    file's descriptor is first pointed at an anonymous in-memory file (Linux), where the last
+    writes land and vanish; elsewhere the file is truncated, which gives its space back for
+    them. ``handles`` (open datasets of the file, held by the caller) are dropped after that,
+    then the file is closed. The caller removes ``path``.
+    """
+    try:
+        if f.id.valid and not _redirect_to_memory(f) and path is not None:
+            os.truncate(path, 0)
+    except Exception:
+        pass
+    if handles is not None:
+        handles.clear()  # their last references go here; their cached chunks go nowhere now
+    try:
+        if f.id.valid:
+            f.close()
+    except Exception:
+        pass
+
+
+def _redirect_to_memory(f: h5py.File) -> bool:
+    """Point the file's descriptor at an anonymous memory file; False where that is not possible."""
+    if not hasattr(os, "memfd_create") or f.driver != "sec2":
+        return False
+    handle = f.id.get_vfd_handle()
+    if not isinstance(handle, int) or handle < 0:
+        return False
+    scratch = os.memfd_create("dreamer-discarded-h5")
+    try:
+        os.dup2(scratch, handle)
+    finally:
+        os.close(scratch)
+    return True
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes for a message: MiB from 1 MiB up, else KiB."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _free_bytes(path: Path) -> int | None:
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None

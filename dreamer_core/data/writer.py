@@ -11,6 +11,15 @@ buffered in memory and appended in batches (``flush_bytes``) to an open shard na
 progress. Existing shards are never opened for writing. Batching matters: HDF5 spends about
 0.15 ms per dataset it creates or resizes, more than a CartPole episode takes to play.
 
+Every column is written with HDF5's per-chunk Fletcher-32 checksum, so a shard damaged on
+disk later fails loudly on read instead of feeding wrong numbers to training.
+
+Bad input is refused with a :class:`DatasetError` and never half-stored: an episode holding
+NaN or inf (in an observation, the reward or a float action) is refused after the episodes
+finished before it are closed into a shard; a disk that is full, read-only or not writable
+discards only the shard being written (its ``.partial`` file is removed, closed shards stay as
+they are) and says how much space is left.
+
 Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
 """
 
@@ -36,6 +45,7 @@ from dreamer_core.data import schema, store
 from dreamer_core.errors import DatasetError, SpacesMismatchError
 
 COMPRESSIONS = ("lzf", "gzip", "none")
+CHECKSUM = True  # Fletcher-32 per chunk on every column of new shards
 
 
 class EpisodeBuilder:
@@ -177,6 +187,12 @@ def prepare_output_dir(
             f"The output path {path} exists and is a file, not a dataset directory. Choose "
             "another --out path (a new or empty directory, or an existing dataset to add to)."
         )
+    if path.is_dir() and not os.access(path, os.W_OK):
+        code = errno.EROFS if _read_only(path) else errno.EACCES
+        raise DatasetError(
+            f"{store.describe_disk_error(code, path)}, so no shard can be written there; nothing "
+            f"was changed. {store.disk_error_fix(code)}, then run the command again."
+        )
     if path.is_dir() and not store.is_dataset_dir(path):
         others = [p.name for p in path.iterdir() if not p.name.startswith(".")]
         if others:
@@ -185,7 +201,17 @@ def prepare_output_dir(
                 f"{', '.join(sorted(others)[:5])}{'...' if len(others) > 5 else ''}). Nothing was "
                 "written. Choose a new or empty directory for --out, or an existing dataset to add to."
             )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        code = store.disk_errno(exc)
+        if code is None:
+            raise
+        raise DatasetError(
+            f"{store.describe_disk_error(code, path)}: the dataset directory cannot be created "
+            f"({exc.strerror}); nothing was changed. {store.disk_error_fix(code)}, then run the "
+            "command again."
+        ) from None
     shards, _ = store.scan(path)
     if shards:
         problems = schema.space_mismatches(
@@ -260,6 +286,7 @@ class DatasetWriter:
         self.compression = None if compression == "none" else compression
         self._clock = clock
         self._file: h5py.File | None = None
+        self._columns: dict[str, h5py.Dataset] = {}  # the open shard's datasets, held open
         self._tmp_path: Path | None = None
         self._final_path: Path | None = None
         self._opened_at = 0.0
@@ -277,8 +304,17 @@ class DatasetWriter:
     # --- public ---------------------------------------------------------------------------
 
     def add_episode(self, episode: schema.Episode) -> None:
-        """Queue one finished episode for the open shard; flush and rotate when limits say so."""
+        """Queue one finished episode for the open shard; flush and rotate when limits say so.
+
+        Raises:
+            ValueError: the episode breaks the row contract or the spaces (a caller's bug).
+            DatasetError: the episode holds NaN or inf (the episodes before it are closed into
+                a shard first), or the disk refused a write (the open shard is discarded).
+        """
         episode.validate(self.observation_space, self.action_space)
+        bad = schema.first_nonfinite(episode)
+        if bad is not None:
+            self._refuse_nonfinite(episode, *bad)
         if self._count == 0:
             self._opened_at = self._clock()
         size = _nbytes(episode)
@@ -305,38 +341,55 @@ class DatasetWriter:
         assert self._file is not None and self._tmp_path is not None and self._final_path is not None
         with self._disk_errors():
             self._file.attrs["num_episodes"] = self._count
+            # A full disk fails this flush, while the file can still be discarded safely; after
+            # it, closing has nothing left to write.
             self._file.flush()
+            self._columns = {}
             self._file.close()
             self._file = None
             with open(self._tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(self._tmp_path, self._final_path)
-            files.fsync_dir(self.path)
-            self.shards.append(store.read_shard_info(self._final_path))
-            store.write_manifest(self.path, self.shards)
+        files.fsync_dir(self.path)
+        final, count = self._final_path, self._count
+        self.shards.append(store.read_shard_info(final))
         self.episodes_written += self._count
         self.steps_written += self._pending_steps
         self._tmp_path = self._final_path = None
         self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
+        try:
+            store.write_manifest(self.path, self.shards)
+        except OSError as exc:
+            code = store.disk_errno(exc)
+            if code is None:
+                raise
+            raise DatasetError(
+                f"{store.describe_disk_error(code, self.path)}. The shard {final.name} ({count} "
+                f"episode(s)) was closed and is complete, as are the {len(self.shards) - 1} shard(s) "
+                f"before it; only the manifest {schema.MANIFEST_NAME} could not be updated, and readers "
+                f"rescan the shards it does not list. {store.disk_error_fix(code)}, then run the "
+                "command again (writing into an existing dataset adds shards and never rewrites one)."
+            ) from None
 
     def close(self) -> None:
         """Close the open shard (if any). Safe to call twice."""
         self.close_shard()
 
     def discard(self) -> None:
-        """Drop the open shard and pending episodes without renaming anything (after an error)."""
+        """Drop the open shard and pending episodes without renaming anything (after an error).
+
+        Safe after a failed write: see :func:`store.discard_h5_file`."""
         self._pending.clear()
         self._pending_bytes = 0
         self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
         if self._file is not None:
-            try:
-                self._file.close()
-            except Exception:
-                pass
+            store.discard_h5_file(self._file, self._tmp_path, self._columns)
             self._file = None
+        self._columns = {}
         if self._tmp_path is not None:
             self._tmp_path.unlink(missing_ok=True)
             self._tmp_path = None
+        self._final_path = None
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -360,20 +413,26 @@ class DatasetWriter:
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         steps = f.create_group(schema.STEPS_GROUP)
         obs = steps.create_group(schema.OBS_GROUP)
+        # The datasets stay open until the shard closes: an HDF5 dataset whose last handle goes
+        # away writes its cached chunks right then, and a write failing inside Python's garbage
+        # collection is only printed, never raised, leaving HDF5 in a state that crashes later.
+        columns = self._columns = {}
         for key, space in self.observation_space.spaces.items():
             shape, dtype = schema.obs_column_spec(space)
             if schema.is_image_space(space):  # chunk by time so a window reads few chunks
-                _resizable(obs, key, shape, dtype, chunk_rows=32, compression=self.compression)
+                columns[f"obs/{key}"] = _resizable(obs, key, shape, dtype, chunk_rows=32,
+                                                   compression=self.compression)
             else:
-                _resizable(obs, key, shape, dtype, chunk_rows=_small_chunk_rows(shape, dtype))
+                columns[f"obs/{key}"] = _resizable(obs, key, shape, dtype, chunk_rows=_small_chunk_rows(shape, dtype))
         a_shape, a_dtype = schema.action_column_spec(self.action_space)
-        _resizable(steps, schema.ACTION, a_shape, a_dtype, chunk_rows=_small_chunk_rows(a_shape, a_dtype))
-        _resizable(steps, schema.REWARD, (), np.dtype(np.float32), chunk_rows=4096)
+        columns[schema.ACTION] = _resizable(steps, schema.ACTION, a_shape, a_dtype,
+                                            chunk_rows=_small_chunk_rows(a_shape, a_dtype))
+        columns[schema.REWARD] = _resizable(steps, schema.REWARD, (), np.dtype(np.float32), chunk_rows=4096)
         for flag in schema.FLAGS:
-            _resizable(steps, flag, (), np.dtype(bool), chunk_rows=4096)
+            columns[flag] = _resizable(steps, flag, (), np.dtype(bool), chunk_rows=4096)
         episodes = f.create_group(schema.EPISODES_GROUP)
         for name, dtype in zip(schema.EPISODE_INDEX, (np.int64, np.int64, np.float64, bool)):
-            _resizable(episodes, name, (), np.dtype(dtype), chunk_rows=1024)
+            columns[f"episodes/{name}"] = _resizable(episodes, name, (), np.dtype(dtype), chunk_rows=1024)
         self._shard_rows = 0
 
     def _flush(self) -> None:
@@ -390,44 +449,84 @@ class DatasetWriter:
     def _write_episodes(self, episodes: list[schema.Episode]) -> None:
         """Append whole episodes: one resize and one write per column."""
         assert self._file is not None
-        steps = self._file[schema.STEPS_GROUP]
+        columns = self._columns
         for key in self.observation_space.spaces:
-            _append(steps[schema.OBS_GROUP][key], np.concatenate([e.obs[key] for e in episodes]))
-        _append(steps[schema.ACTION], np.concatenate([e.action for e in episodes]))
-        _append(steps[schema.REWARD], np.concatenate([e.reward for e in episodes]))
+            _append(columns[f"obs/{key}"], np.concatenate([e.obs[key] for e in episodes]))
+        _append(columns[schema.ACTION], np.concatenate([e.action for e in episodes]))
+        _append(columns[schema.REWARD], np.concatenate([e.reward for e in episodes]))
         for flag in schema.FLAGS:
-            _append(steps[flag], np.concatenate([getattr(e, flag) for e in episodes]))
+            _append(columns[flag], np.concatenate([getattr(e, flag) for e in episodes]))
         rows = np.array([e.rows for e in episodes], dtype=np.int64)
-        index = self._file[schema.EPISODES_GROUP]
-        _append(index["start"], self._shard_rows + np.concatenate([[0], np.cumsum(rows)[:-1]]))
-        _append(index["rows"], rows)
-        _append(index["return"], np.array([e.ret for e in episodes], dtype=np.float64))
-        _append(index["terminated"], np.array([e.terminated for e in episodes], dtype=bool))
+        _append(columns["episodes/start"], self._shard_rows + np.concatenate([[0], np.cumsum(rows)[:-1]]))
+        _append(columns["episodes/rows"], rows)
+        _append(columns["episodes/return"], np.array([e.ret for e in episodes], dtype=np.float64))
+        _append(columns["episodes/terminated"], np.array([e.terminated for e in episodes], dtype=bool))
         self._shard_rows += int(rows.sum())
 
     @contextlib.contextmanager
     def _disk_errors(self) -> Iterator[None]:
-        """Turn 'no space left' into a clear DatasetError, discarding only the open shard."""
+        """Turn a refused write (full disk, quota, read-only, permission) into a clear
+        DatasetError, discarding only the open shard.
+
+        h5py reports a full disk as ``OSError``, ``RuntimeError`` or ``ValueError`` ("errno =
+        28" in the message), depending on the call; :func:`store.disk_errno` recognises them."""
         try:
             yield
-        except OSError as exc:
-            if not _is_no_space(exc):
+        except Exception as exc:
+            code = store.disk_errno(exc)
+            if code is None:
                 raise
-            lost = self._count
+            problem = store.describe_disk_error(code, self.path)  # the free space before discarding
+            lost, size = self._count, self._shard_bytes
             self.discard()
+            kept = (
+                f"The {len(self.shards)} shard(s) already in the dataset are intact and readable"
+                if self.shards else "No shard had been closed in the dataset yet"
+            )
             raise DatasetError(
-                f"No space left on device while writing to {self.path}. The {len(self.shards)} "
-                f"shard(s) already closed there are intact; the open shard ({lost} episode(s)) was "
-                "discarded. Free disk space or choose an --out directory on another disk, then run "
-                "the command again (collecting into an existing dataset adds shards and never "
-                "rewrites one)."
+                f"{problem}. {kept}; the shard being written ({lost} episode(s), about "
+                f"{store.format_bytes(size)} before compression) was discarded, so no half-written "
+                f"shard is left. {store.disk_error_fix(code)}, then run the command again "
+                "(writing into an existing dataset adds shards and never rewrites one)."
             ) from None
+
+    def _refuse_nonfinite(self, episode: schema.Episode, column: str, row: int, value: float) -> None:
+        """Close what came before, then refuse the episode holding NaN or inf."""
+        env_id = self._header["env_id"]
+        if column == schema.ACTION:
+            what = f"The policy sent env '{env_id}' the action value {value}"
+        elif column == schema.REWARD:
+            what = f"The env '{env_id}' returned the reward {value}"
+        else:
+            what = f"The env '{env_id}' returned {value} in observation '{column[len('obs/'):]}'"
+        where = "on reset (step 0)" if row == 0 else f"at step {row}"
+        number = self.episodes_written + self._count + 1
+        self.close_shard()  # the episodes finished before this one are real data: keep them
+        kept = (
+            f"The {self.episodes_written} episode(s) finished before it in this run are closed "
+            f"into shards in {self.path} and readable"
+            if self.episodes_written else "No episode had finished before it in this run"
+        )
+        raise DatasetError(
+            f"{what} {where} of episode {number} of this run (the episode had {episode.steps} "
+            "step(s)). A world model trained on NaN or inf learns nothing useful, so the episode "
+            f"was not stored. {kept}. Fix the env (or wrap it so that it clips such values or "
+            "ends the episode there), then run again; writing into the same dataset adds shards "
+            "next to the existing ones."
+        )
 
 
 def _resizable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
-               compression: str | None = None) -> None:
-    group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                         chunks=(chunk_rows, *shape), compression=compression)
+               compression: str | None = None) -> h5py.Dataset:
+    return group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                chunks=(chunk_rows, *shape), compression=compression, fletcher32=CHECKSUM)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def _small_chunk_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -444,9 +543,3 @@ def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
 
 def _nbytes(episode: schema.Episode) -> int:
     return sum(v.nbytes for v in episode.obs.values()) + episode.action.nbytes + 8 * episode.rows
-
-
-def _is_no_space(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(exc) or "errno = 28" in str(exc)

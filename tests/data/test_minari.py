@@ -19,6 +19,7 @@ import pytest
 from dreamer_core.data import minari as mi
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.schema import Episode, spaces_equal
+from dreamer_core.data.storage import ColumnStore
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.errors import DatasetError, MissingDependencyError
 from tests.common import make_episode
@@ -531,6 +532,66 @@ def test_import_corrupt_episode_and_skip(minari_root: Path, tmp_path: Path) -> N
     summary = mi.import_minari("bad-v0", tmp_path / "out", skip_corrupt=True)
     assert summary["episodes"] == 2 and [s["episode"] for s in summary["skipped"]] == ["episode_1"]
     assert Dataset(tmp_path / "out").num_steps == LENGTHS[0] + LENGTHS[2]
+
+
+def _replace(group: h5py.Group, name: str, value: np.ndarray) -> None:
+    del group[name]
+    group[name] = value
+
+
+BAD_EPISODES = {  # episode_1 (8 steps) of a Box(3) / Discrete(2) dataset, edited after creation
+    "wider-obs": (
+        lambda g: _replace(g, "observations", np.concatenate([g["observations"][()]] * 2, axis=1)),
+        ["its observations in 'observations' have 6 values each", "has 3"],
+    ),
+    "action-out-of-range": (
+        lambda g: _replace(g, "actions", np.array([0, 1, 1, 7, 0, 0, 1, 0])),
+        ["action at step 3 (actions[3]) is 7", "outside the action space Discrete(2)"],
+    ),
+    "negative-action": (
+        lambda g: _replace(g, "actions", np.array([0, -1, 1, 1, 0, 0, 1, 0])),
+        ["action at step 1 (actions[1]) is -1"],
+    ),
+    "too-few-observations": (
+        lambda g: _replace(g, "observations", g["observations"][:-1]),
+        ["it has 8 observations in 'observations' for 8 actions and rewards (expected 9)",
+         "N+1 observations", "N actions"],
+    ),
+    "too-many-actions": (
+        lambda g: _replace(g, "actions", np.concatenate([g["actions"][()], [0]])),
+        ["it has 9 actions for 8 rewards", "N+1 observations", "N actions"],
+    ),
+    "nan-reward": (
+        lambda g: _replace(g, "rewards", np.where(np.arange(8) == 2, np.nan, g["rewards"][()])),
+        ["the reward of step 2 (rewards[2]) is nan"],
+    ),
+    "inf-observation": (
+        lambda g: _replace(g, "observations", np.where(np.arange(9)[:, None] == 4, np.inf, g["observations"][()])),
+        ["observation 4 (observations[4], key 'vector') is inf"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EPISODES))
+def test_import_refuses_a_bad_episode_by_name_and_step(minari_root: Path, tmp_path: Path, case) -> None:
+    breaks, words = BAD_EPISODES[case]
+    create_minari("bad-v0", VECTOR, gym.spaces.Discrete(2))
+    with h5py.File(minari_root / "bad-v0" / "data" / "main_data.hdf5", "a") as f:
+        breaks(f["episode_1"])
+    with pytest.raises(DatasetError) as info:
+        mi.import_minari("bad-v0", tmp_path / "out")
+    message = str(info.value)
+    assert "Episode episode_1 of the Minari dataset" in message and "Nothing was written" in message
+    for word in words:
+        assert word in message
+    assert "--skip-corrupt" not in message  # `dreamer data import-minari` has no such flag
+    assert "skip_corrupt=True" in message
+    assert not (tmp_path / "out").exists()  # all or nothing
+    summary = mi.import_minari("bad-v0", tmp_path / "out", skip_corrupt=True)
+    assert [s["episode"] for s in summary["skipped"]] == ["episode_1"] and summary["episodes"] == 2
+    dataset = Dataset(tmp_path / "out")
+    assert dataset.num_steps == LENGTHS[0] + LENGTHS[2]
+    assert ColumnStore.from_datasets(dataset).num_rows == dataset.num_rows
 
 
 def test_import_into_non_dataset_dir_is_refused(minari_root: Path, tmp_path: Path) -> None:
