@@ -107,6 +107,7 @@ class TrainState(Payload):
     """
 
     stage: str = ""
+    run_id: str = ""  # the identity of the run directory it belongs to (RUN/run.json)
     modules: dict[str, Any] = field(default_factory=dict)
     optimizers: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
@@ -149,8 +150,9 @@ def load(path: Path | str, cls: type[P], map_location: str | torch.device = "cpu
         blob = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise DreamerError(
-            f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}). It is damaged; "
-            "use an earlier checkpoint from the run's checkpoints/ folder or train again."
+            f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}): it is damaged (a disk error "
+            "or an interrupted copy). A run keeps one checkpoint of each kind, so there is no older one to "
+            "fall back to: restore the file from a backup, or train again into a new --out."
         ) from None
     if not isinstance(blob, dict):
         raise DreamerError(f"{path} is not a dreamer-core checkpoint (it holds a {type(blob).__name__}).")

@@ -12,7 +12,8 @@
 
 Commands parse flags, resolve a config and call a stage's ``run``; they hold no logic of
 their own. A :class:`~dreamer_core.errors.DreamerError` is printed as one paragraph on
-stderr with exit code 2 and no traceback; anything else is a bug and shows its traceback.
+stderr with exit code 2 and no traceback, and so is a full disk, a read-only file system or a
+refused permission (``user_errors``); anything else is a bug and shows its traceback.
 
 Imports: stages, data, config, errors (top of the package; nothing imports this but the
 scripts and ``__main__``).
@@ -20,10 +21,13 @@ scripts and ``__main__``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import json
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,24 +47,152 @@ data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=Tru
 app.add_typer(data_app, name="data")
 
 
+# errno values that are the user's disk or permissions, not a bug: a message instead of a traceback.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied"}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+_H5_FILENAME = re.compile(r"(?:file)?name = '([^']*)'")
+# Where each command writes: its parameter and how the user gives it (for the message's fix).
+OUTPUTS = {"collect": ("out", "--out"), "train_world_model": ("out", "--out"), "train_behavior": ("run", "--run"),
+           "evaluate": ("run", "--run"), "train": ("out", "--out"), "plot": ("out", "--out"),
+           "dream": ("out", "--out"), "data_import_minari": ("dataset", "DATASET"),
+           "data_export_minari": ("dst", "DST")}
+TRAINING_COMMANDS = ("train", "train_world_model", "train_behavior")
+
+
+def disk_error(exc: BaseException) -> tuple[int, str | None] | None:
+    """(errno, file name or None) when ``exc`` or an exception it arose from is a full disk, a
+    read-only file system or a refused permission: an OSError with that errno, or an h5py
+    error whose text carries it. None for anything else (a bug: its traceback is shown)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc.errno, exc.filename if isinstance(exc.filename, str) else None
+        if isinstance(exc, (OSError, RuntimeError)):
+            found = _H5_ERRNO.search(str(exc))
+            if found and int(found.group(1)) in DISK_ERRNOS:
+                name = _H5_FILENAME.search(str(exc))
+                return int(found.group(1)), name.group(1) if name else None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_error_message(code: int, filename: str | None, output: Any = None, flag: str | None = None,
+                       resumable: bool = False) -> str:
+    """One paragraph: what happened, where (the file when known, and the command's output
+    ``output``, given as ``flag``), and what to do."""
+    if output is not None:
+        where = f" while writing {output}" + (f" ({filename})" if filename and filename != str(output) else "")
+    else:
+        where = f" at {filename}" if filename else ""
+    target = f"give {flag} a path" if flag else "use a path"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"Free some disk space (or raise the quota), or {target} on another disk"
+    elif code == errno.EROFS:
+        fix = f"{target[0].upper()}{target[1:]} on a writable disk"
+    else:
+        fix = f"{target[0].upper()}{target[1:]} you may write to, or fix the permissions"
+    again = "; a training run then continues from its last checkpoint with --resume" if resumable else ""
+    return (f"Stopped: {DISK_ERRNOS[code]} ({errno.errorcode.get(code, code)}){where}. {fix}, then run the "
+            f"command again{again}.")
+
+
 def user_errors(fn):
-    """Print DreamerError as one paragraph and exit 2 (typer.Exit passes through)."""
+    """Print DreamerError, and disk errors (full, read-only, no permission), as one paragraph
+    and exit non-zero (typer.Exit passes through); anything else is a bug and shows its traceback.
+
+    Errors that h5py reports while it frees objects after such a failure (printed through
+    ``sys.unraisablehook`` and ``sys.excepthook`` while the command runs) are held back:
+    dropped when the command fails with a disk error, printed at the end otherwise."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        held: list[str] = []
+        hooks = sys.unraisablehook, sys.excepthook
+        sys.unraisablehook = lambda u: held.append(_describe_unraisable(u))  # text only: keeps no object alive
+        sys.excepthook = lambda *info: held.append("".join(traceback.format_exception(*info)))
+        disk = False
         try:
             return fn(*args, **kwargs)
         except DreamerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=exc.exit_code) from None
+        except (OSError, RuntimeError) as exc:
+            found = disk_error(exc)
+            if found is None:
+                raise
+            disk = True
+            key, flag = OUTPUTS.get(fn.__name__, (None, None))
+            message = disk_error_message(*found, kwargs.get(key) if key else None, flag,
+                                         resumable=fn.__name__ in TRAINING_COMMANDS)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=DreamerError.exit_code) from None
+        finally:
+            sys.unraisablehook, sys.excepthook = hooks
+            if not disk:
+                for text in held:
+                    sys.stderr.write(text)
 
     return wrapper
+
+
+def _describe_unraisable(unraisable: Any) -> str:
+    """What the default ``sys.unraisablehook`` would print."""
+    where = f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n"
+    return where + "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                                      unraisable.exc_traceback))
 
 
 # Options shared by every stage command.
 PresetOpt = Annotated[list[str], typer.Option("--preset", help="Named preset; repeat to compose, applied in order.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override any config key: --set a.b=value (repeatable).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+
+
+def _refuse_changes_on_resume(run: Path, flags: dict[str, Any], allowed: tuple[str, ...], preset: list[str],
+                              set_: list[str], can_change: str, config_file: str | None = None,
+                              **switches: bool) -> None:
+    """A resumed run keeps the config it was started with: refuse options that would change it
+    (``allowed``: the flag keys a resume takes; ``switches``: boolean flags given, by name). A
+    flag repeating the value the run was started with (``config_file`` in the run) is no change."""
+    stored = _stored_config(run / config_file) if config_file else {}
+    given = [k for k, v in flags.items() if v is not None and k not in allowed and not (k == "device" and v == "auto")
+             and not _same_as_stored(stored, k, v)]
+    given += ["--preset"] * bool(preset) + ["--set"] * bool(set_)
+    given += [f"--{name.replace('_', '-')}" for name, on in switches.items() if on]
+    if given:
+        raise DreamerError(
+            f"--resume continues {run} with the config it was started with, so {', '.join(sorted(set(given)))} "
+            f"cannot change now (only {can_change} can). Drop those options, or start a new run in another "
+            "directory."
+        )
+
+
+def _stored_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _same_as_stored(stored: dict[str, Any], key: str, value: Any) -> bool:
+    node: Any = stored
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return node == value or (isinstance(value, tuple) and list(value) == node)
+
+
+def _refuse_resume_of_nothing(run: Path, resume: bool) -> None:
+    if resume and not run.is_dir():
+        raise DreamerError(
+            f"--resume was given, but {run} does not exist, so there is no run to continue. Check the path "
+            "(--out), or start a new run there without --resume."
+        )
 
 
 def _import_env_modules(modules: list[str]) -> None:
@@ -155,6 +287,9 @@ def train_world_model(
         "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
         "precision": precision, "device": device, "skip_corrupt": skip_corrupt or None,
     }
+    _refuse_resume_of_nothing(out, resume)
+    if resume:
+        _refuse_changes_on_resume(out, flags, ("updates",), preset, set_, "--updates, the new total, and the datasets")
     cfg = stage.make_config([str(d) for d in datasets or []], str(out), preset, set_, flags)
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
@@ -189,6 +324,8 @@ def train_behavior(
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "behavior.horizon": horizon,
         "behavior.actor.grad": actor_grad, "seed": seed, "device": device, "skip_corrupt": skip_corrupt or None,
     }
+    if resume:
+        _refuse_changes_on_resume(run, flags, ("updates",), preset, set_, "--updates, the new total, and --dataset")
     cfg = stage.make_config(str(run), [str(d) for d in dataset], preset, set_, flags)
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     parts = [f"{label} {result[key]:.4g}" for key, label in
@@ -262,17 +399,11 @@ def train(
         "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_seconds": checkpoint_seconds,
         "seed": seed, "threads": threads, "device": device,
     }
+    _refuse_resume_of_nothing(out, resume)
     if resume:
-        given = [k for k, v in flags.items() if v is not None and k not in ("steps", "threads", "device")]
-        given += ["--preset"] * bool(preset) + ["--set"] * bool(set_) + ["--pixels"] * pixels
-        if device != "auto":
-            given.append("device")
-        if given:
-            raise DreamerError(
-                f"--resume continues {out} with the config it was started with, so {', '.join(sorted(set(given)))} "
-                "cannot change now (only --steps, the new total, and --threads can). Drop those options, or "
-                "start a new run in another --out directory."
-            )
+        _refuse_changes_on_resume(out, flags, ("steps", "threads"), preset, set_,
+                                  "--steps, the new total, and --threads", config_file="train_config.yaml",
+                                  pixels=pixels)
         cfg = stage.TrainConfig(out=str(out))
     else:
         cfg = stage.make_config(str(out), preset, set_, flags)

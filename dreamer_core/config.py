@@ -3,8 +3,9 @@
 Each stage owns a frozen dataclass composed of module-owned configs (e.g. ``EnvConfig`` from
 ``envs``). A config is resolved in one order: dataclass defaults, then the CLI flags the user
 gave, then presets in the order given, then ``--set`` overrides. An unknown key is an error
-naming the valid ones. The resolved config is JSON-able (:func:`to_dict`) and is stored with
-every artifact.
+naming the valid ones, and so is a preset of another stage. The resolved config is JSON-able
+(:func:`to_dict`) and is stored with every artifact. Each stage's ``validate`` checks the values
+with :class:`Problems`, which names every bad value (and its flag) in one error.
 
 Imports: dataclasses and the config dataclasses of lower layers only.
 """
@@ -37,8 +38,8 @@ def _behavior_size(units: int, layers: int) -> dict[str, Any]:
             "behavior.critic.units": units, "behavior.critic.layers": layers}
 
 
-# Named presets: stage name -> preset name -> dotted overrides. A preset may say nothing about
-# a stage (applying it there changes nothing); a preset name that no stage knows is an error.
+# Named presets: stage name -> preset name -> dotted overrides. A command takes only its own
+# stage's presets: a preset of another stage (or one no stage knows) is an error, never a no-op.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "collect": {
         # DreamerV3's Atari setting: action repeat 4, sticky actions, 30 no-op starts.
@@ -122,15 +123,150 @@ def known_presets() -> list[str]:
 
 
 def apply_presets(cfg: C, stage: str, names: Iterable[str]) -> C:
-    """Apply named presets in order (each one's overrides for ``stage``)."""
+    """Apply named presets in order (each one's overrides for ``stage``); a preset ``stage``
+    does not know is an error naming the ones it does."""
+    own = PRESETS.get(stage, {})
     for name in names:
-        if name not in known_presets():
+        if name not in own:
+            takes = (f"`dreamer {stage}` takes --preset {', '.join(sorted(own))}" if own
+                     else f"`dreamer {stage}` takes no preset; drop --preset")
+            if name in known_presets():
+                users = sorted(s for s, presets in PRESETS.items() if name in presets)
+                raise DreamerError(
+                    f"The preset {name!r} is for `dreamer {'`, `dreamer '.join(users)}` and would change nothing "
+                    f"here: {takes} (or set single keys with --set KEY=VALUE)."
+                )
             raise DreamerError(
-                f"Unknown preset {name!r}. Known presets: {', '.join(known_presets())}. "
-                "Presets compose in the order given, e.g. --preset atari --preset tiny."
+                f"Unknown preset {name!r}: {takes}. Presets compose in the order given, "
+                "e.g. --preset dreamerv2 --preset S."
             )
-        cfg = apply_overrides(cfg, PRESETS.get(stage, {}).get(name, {}))
+        cfg = apply_overrides(cfg, own[name])
     return cfg
+
+
+# What the model configs accept, checked by the training stages' ``validate`` (a bad value would
+# otherwise surface as a traceback mid-build or be silently read as another option). A tuple
+# lists the choices, a number is the least value. The names are those of nets/layers.py (norms,
+# activations), nets/rssm.py, world_model.py and behavior.py; tests/test_cli.py keeps them in step.
+NORMS = ("layer", "rms", "none")
+ACTS = ("silu", "elu", "relu", "gelu", "tanh", "none")
+WORLD_MODEL_RULES: dict[str, Any] = {
+    "norm": NORMS, "act": ACTS, "rssm.norm": NORMS, "rssm.act": ACTS,
+    "rssm.latent": ("categorical", "gaussian"), "kl.mode": ("v1", "v2", "v3"), "heads.reward": ("twohot", "mse"),
+    "rssm.deter": 1, "rssm.hidden": 1, "rssm.stoch": 1, "rssm.classes": 1, "rssm.gru_blocks": 1,
+    "rssm.img_layers": 0, "rssm.obs_layers": 0, "rssm.unimix": 0, "rssm.min_std": 0,
+    "encoder.cnn_depth": 1, "encoder.mlp_units": 1, "encoder.mlp_layers": 0,
+    "heads.units": 1, "heads.layers": 0, "heads.bins": 2, "inverse.units": 1, "inverse.layers": 0,
+    "kl.free_nats": 0, "kl.balance": 0,
+    **{f"scales.{k}": 0 for k in ("recon", "reward", "cont", "dyn", "rep", "kl", "inverse")},
+}
+BEHAVIOR_RULES: dict[str, Any] = {
+    "norm": NORMS, "act": ACTS, "actor.grad": ("auto", "reinforce", "dynamics"), "critic.head": ("twohot", "mse"),
+    "retnorm.mode": ("percentile", "none"), "horizon": 1, "actor.units": 1, "actor.layers": 0,
+    "actor.entropy": 0, "actor.unimix": 0, "actor.min_std": 0, "critic.units": 1, "critic.layers": 0,
+    "critic.bins": 2, "critic.slow_rate": 0, "critic.slow_every": 1, "critic.slow_reg": 0,
+    "critic.replay_scale": 0, "retnorm.decay": 0, "retnorm.limit": 0,
+}
+
+
+def _field(cfg: Any, dotted: str) -> Any:
+    """``cfg.a.b`` for ``"a.b"``."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+class Problems:
+    """What is wrong with a resolved config, collected so that one error names all of it.
+
+        problems = Problems("train-world-model", flags={"updates": "--updates"})
+        problems.at_least("updates", cfg.updates, 1)
+        problems.one_of("precision", cfg.precision, ("float32", "bf16"))
+        problems.raise_any()  # a DreamerError listing every problem, or nothing
+
+    ``flags`` maps config keys to the command's flags, so a message names what the user typed.
+    """
+
+    DEVICES = ("auto", "cpu", "cuda")  # runtime.resolve_device (and cuda:N)
+    PRECISIONS = ("float32", "bf16")  # stages.common.autocast
+    OPTIMIZERS = ("adam", "laprop")  # optim.make_optimizer
+
+    def __init__(self, command: str, flags: Mapping[str, str] | None = None):
+        self.command, self.flags = command, dict(flags or {})
+        self.problems: list[str] = []
+
+    def name(self, key: str) -> str:
+        flag = self.flags.get(key)
+        return f"{flag} ({key})" if flag else key
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def require(self, ok: bool, problem: str) -> None:
+        if not ok:
+            self.problems.append(problem)
+
+    def at_least(self, key: str, value: float, low: float, why: str = "") -> None:
+        self.require(value >= low, f"{self.name(key)} must be at least {low}{why} (got {value})")
+
+    def positive(self, key: str, value: float, why: str = "") -> None:
+        self.require(value > 0, f"{self.name(key)} must be positive{why} (got {value})")
+
+    def between(self, key: str, value: float, low: float, high: float) -> None:
+        self.require(low <= value <= high, f"{self.name(key)} must be between {low} and {high} (got {value})")
+
+    def one_of(self, key: str, value: Any, options: Iterable[Any]) -> None:
+        options = tuple(options)
+        self.require(value in options, f"{self.name(key)} must be one of {', '.join(map(str, options))} "
+                                       f"(got {value!r})")
+
+    def device(self, key: str, value: str) -> None:
+        """auto, cpu, cuda or cuda:N (what ``runtime.resolve_device`` takes)."""
+        ok = value in self.DEVICES or (value.startswith("cuda:") and value[5:].isdigit())
+        self.require(ok, f"{self.name(key)} must be one of auto, cpu, cuda or cuda:N (got {value!r})")
+
+    def precision(self, key: str, value: str) -> None:
+        self.one_of(key, value, self.PRECISIONS)
+
+    def optimizer(self, key: str, optim: Any) -> None:
+        """An ``optim.OptimConfig`` at ``key``: a known optimizer with a positive learning rate."""
+        self.one_of(f"{key}.name", optim.name, self.OPTIMIZERS)
+        self.positive(f"{key}.lr", optim.lr)
+        self.at_least(f"{key}.warmup", optim.warmup, 0)
+
+    def fields(self, prefix: str, cfg: Any, rules: Mapping[str, Any]) -> None:
+        """Check the fields of a nested config against ``rules`` (dotted names under ``cfg``: a
+        tuple of choices or a least value), named as ``prefix.name``."""
+        for name, rule in rules.items():
+            value = _field(cfg, name)
+            key = f"{prefix}.{name}" if prefix else name
+            if isinstance(rule, tuple):
+                self.one_of(key, value, rule)
+            else:
+                self.at_least(key, value, rule)
+
+    def world_model(self, prefix: str, model: Any) -> None:
+        """A ``world_model.WorldModelConfig`` at ``prefix`` (see ``WORLD_MODEL_RULES``)."""
+        self.fields(prefix, model, WORLD_MODEL_RULES)
+        deter, blocks = _field(model, "rssm.deter"), _field(model, "rssm.gru_blocks")
+        if blocks >= 1 and deter % blocks:
+            self.add(f"{prefix}.rssm.deter ({deter}) must be divisible by {prefix}.rssm.gru_blocks ({blocks})")
+
+    def behavior(self, prefix: str, behavior: Any) -> None:
+        """A ``behavior.BehaviorConfig`` at ``prefix`` (see ``BEHAVIOR_RULES``), its discount,
+        lambda and both optimizers."""
+        self.fields(prefix, behavior, BEHAVIOR_RULES)
+        self.require(0 < behavior.gamma <= 1, f"{self.name(prefix + '.gamma')} must be in (0, 1] (got {behavior.gamma})")
+        self.between(f"{prefix}.lam", behavior.lam, 0, 1)
+        self.optimizer(f"{prefix}.actor_optim", behavior.actor_optim)
+        self.optimizer(f"{prefix}.critic_optim", behavior.critic_optim)
+
+    def raise_any(self) -> None:
+        if self.problems:
+            raise DreamerError(
+                f"Invalid settings for `dreamer {self.command}`: " + "; ".join(self.problems) + ". Change "
+                "them on the command line (the flag, or --set KEY=VALUE) and run it again; nothing was written."
+            )
 
 
 def resolve(base: C, stage: str, presets: Iterable[str], flags: Mapping[str, Any], sets: Iterable[str]) -> C:

@@ -7,7 +7,8 @@ the dream views and the notebooks share.
     RUN/config.yaml, behavior_config.yaml, train_config.yaml          resolved configs
     RUN/metrics.jsonl, behavior_metrics.jsonl, tb/, eval/, replay/ (online dataset)
 
-``load_world_model(run)`` and ``load_agent(run)`` rebuild the models from the artifacts alone;
+``load_world_model(run)`` and ``load_agent(run)`` rebuild the models from the artifacts alone
+(an agent trained against an older state of the world model is refused);
 ``load_policy(spec, ...)`` turns a ``--policy`` value (``random`` or a run directory) into a
 batched policy, checking that the env's spaces fit; ``run_dataset(run)`` opens the data a
 run's world model was trained on.
@@ -79,9 +80,16 @@ def load_agent(run: Path | str, device: str | torch.device = "cpu",
             f"The run {run} has no {BEHAVIOR}, so it has no agent. Train one with "
             f"`dreamer train-behavior --run {run}` (after `dreamer train-world-model`)."
         )
-    world_model, _ = WorldModel.load(run / WORLD_MODEL, device)
+    world_model, wm_artifact = WorldModel.load(run / WORLD_MODEL, device)
     freeze(world_model)
     agent, artifact = ActorCritic.load(path, world_model, device)
+    if artifact.world_model_update != wm_artifact.update:
+        raise DreamerError(
+            f"The agent in {path} was trained against the world model at update {artifact.world_model_update}, "
+            f"but {run / WORLD_MODEL} is now at update {wm_artifact.update} (it was trained further), so the "
+            f"agent's latent inputs no longer mean what it learned. Train the behavior again: delete {path} "
+            f"and {run / BEHAVIOR_LATEST}, then run `dreamer train-behavior --run {run}`."
+        )
     agent.eval()
     return world_model, agent, artifact
 

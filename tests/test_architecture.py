@@ -25,13 +25,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("dreamer_core.policies",),
     ("dreamer_core.runs", "dreamer_core.analysis"),
     ("dreamer_core.viz",),
-    ("dreamer_core.stages.common", "dreamer_core.stages.updates"),
+    ("dreamer_core.stages.common", "dreamer_core.stages.outputs", "dreamer_core.stages.updates"),
     ("dreamer_core.stages",),
     ("dreamer_core.cli", "dreamer_core.__main__"),
 ]
 BOTTOM = ("dreamer_core.nets", "dreamer_core.data", "dreamer_core.envs", "dreamer_core.files",
           "dreamer_core.errors", "dreamer_core.types")
-KIT = ("dreamer_core.stages.common", "dreamer_core.stages.updates")
+KIT = ("dreamer_core.stages.common", "dreamer_core.stages.outputs", "dreamer_core.stages.updates")
 # The world model's parts: only world_model.py (and the nets it builds from) may touch them.
 WORLD_MODEL_PARTS = {"encoder", "rssm", "decoder", "reward_head", "cont_head", "inverse_head", "codec"}
 

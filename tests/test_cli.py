@@ -3,6 +3,9 @@
 import errno
 import hashlib
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +278,336 @@ def test_collect_every_suite(tmp_path, env_id, flags, keys, module):
         assert episode.obs[key].dtype == (np.uint8 if len(shape) == 3 else np.float32)
     if env_id.startswith("retro:"):
         assert episode.action.shape[1:] == (12,) and episode.action.dtype == np.int8  # MultiBinary(12) kept
+
+
+# --- invalid values, unwritable outputs and full disks (issue 17) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A dataset and a run with a world model only (tiny, 2 updates)."""
+    root = tmp_path_factory.mktemp("cli")
+    assert dreamer("collect", "--env", "dreamer/DummyDiscrete-v0", "--out", root / "ds", "--steps", 300,
+                   "-q").exit_code == 0
+    result = dreamer("train-world-model", root / "ds", "--out", root / "run", "--preset", "tiny", "--updates", 2, "-q")
+    assert result.exit_code == 0, result.output
+    return root / "ds", root / "run"
+
+
+def tree_digest(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--updates", 0], ["--updates (updates) must be at least 1 (got 0)"]),
+    (["--precision", "fp8"], ["--precision (precision) must be one of float32, bf16 (got 'fp8')"]),
+    (["--set", "threads=-3"], ["threads must be at least 0"]),
+    (["--device", "tpu"], ["--device (device) must be one of auto, cpu, cuda"]),
+    (["--updates", 0, "--batch-size", 0, "--seq-len", -1],  # every problem in one message
+     ["--updates (updates)", "--batch-size (batch_size)", "--seq-len (seq_len)"]),
+    (["--set", "model.act=swish", "--set", "checkpoint_every=-1"], ["model.act must be one of", "checkpoint_every"]),
+])
+def test_stage_02_refuses_invalid_values_and_writes_nothing(small_run, tmp_path, args, needles):
+    ds, _ = small_run
+    result = dreamer("train-world-model", ds, "--out", tmp_path / "run", "--preset", "tiny", *args, "-q")
+    assert_user_error(result, "Invalid settings for `dreamer train-world-model`", *needles, "nothing was written")
+    assert not (tmp_path / "run").exists()  # `--updates 0` used to print "-> world_model.pt" and write nothing
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--horizon", 0], "--horizon (behavior.horizon) must be at least 1"),
+    (["--set", "behavior.horizon=0"], "--horizon (behavior.horizon) must be at least 1"),  # used to crash in torch.stack
+    (["--updates", 0], "--updates (updates) must be at least 1"),
+    (["--set", "behavior.critic.head=huber"], "behavior.critic.head must be one of twohot, mse"),  # was silently ignored
+    (["--set", "behavior.critic.slow_every=0"], "behavior.critic.slow_every must be at least 1"),
+])
+def test_stage_03_refuses_invalid_values(small_run, args, needle):
+    _, run = small_run
+    before = tree_digest(run)
+    assert_user_error(dreamer("train-behavior", "--run", run, *args, "-q"), needle)
+    assert tree_digest(run) == before
+
+
+@pytest.mark.parametrize("command,args,needle", [
+    ("train", ["--env", "CartPole-v1", "--threads", -3], "--threads (threads) must be at least 0"),
+    ("train", ["--env", "CartPole-v1", "--set", "precision=fp8"], "precision must be one of float32, bf16"),
+    ("train", ["--env", "CartPole-v1", "--eval-episodes", -1], "--eval-episodes (eval_episodes) must be at least 0"),
+    ("collect", ["--env", "CartPole-v1", "--steps", -5], "cannot be negative"),
+    ("collect", ["--env", "CartPole-v1", "--steps", 5, "--device", "tpu"], "--device (device) must be one of"),
+    ("evaluate", ["--episodes", 0], "--episodes (episodes) must be at least 1"),
+    ("dream", ["--fps", 0], "--fps (fps) must be at least 1"),
+])
+def test_every_command_refuses_invalid_values(tmp_path, command, args, needle):
+    target = {"train": ["--out", tmp_path / "run"], "collect": ["--out", tmp_path / "ds"],
+              "evaluate": ["--run", tmp_path / "run"], "dream": ["--run", tmp_path / "run", "--out", tmp_path / "d.gif"]}
+    assert_user_error(dreamer(command, *target[command], *args), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_presets_and_keys_a_command_does_not_use_are_refused(tmp_path):
+    result = dreamer("collect", "--env", "CartPole-v1", "--out", tmp_path / "ds", "--steps", 5, "--preset", "tiny")
+    assert_user_error(result, "The preset 'tiny' is for", "would change nothing here", "--preset atari")
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--preset", "atari")
+    assert_user_error(result, "The preset 'atari' is for `dreamer collect`", "paper-lr")
+    assert_user_error(dreamer("evaluate", "--run", tmp_path / "run", "--preset", "tiny"), "takes no preset")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_changes_and_a_missing_run(small_run, tmp_path):
+    _, run = small_run
+    before = tree_digest(run)
+    result = dreamer("train-world-model", "--out", run, "--resume", "--batch-size", 3, "--preset", "S", "-q")
+    assert_user_error(result, "--preset, batch_size cannot change now", "--updates")
+    assert tree_digest(run) == before
+    assert_user_error(dreamer("train", "--out", tmp_path / "typo", "--resume", "-q"), "does not exist")
+    assert_user_error(dreamer("train-world-model", "--out", tmp_path / "typo", "--resume", "-q"), "does not exist")
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("make_out,needle", [
+    (lambda d: d / "afile", "is a file, not a run directory"),
+    (lambda d: d / "ds", "is a dataset directory, not a run directory"),
+    (lambda d: d / "notes", "exists and is not a run directory (it holds thesis.tex)"),
+    (lambda d: Path("/proc/dreamer-test/run"), "cannot be written (No such file or directory)"),
+])
+@pytest.mark.parametrize("command", ["train-world-model", "train"])
+def test_run_outputs_that_are_not_runs_are_refused(small_run, tmp_path, command, make_out, needle):
+    ds, _ = small_run
+    (tmp_path / "afile").write_text("precious")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    shutil.copytree(ds, tmp_path / "ds")
+    before = tree_digest(tmp_path)
+    out = make_out(tmp_path)
+    args = [ds, "--preset", "tiny"] if command == "train-world-model" else ["--env", "dreamer/DummyDiscrete-v0"]
+    assert_user_error(dreamer(command, *args, "--out", out, "-q"), needle)
+    assert tree_digest(tmp_path) == before
+
+
+def test_output_files_and_folders_of_the_wrong_kind_are_refused(small_run, tmp_path):
+    _, run = small_run
+    (tmp_path / "clip.gif").mkdir()
+    assert_user_error(dreamer("dream", "--run", run, "--out", tmp_path / "clip.gif"), "is an existing directory")
+    assert_user_error(dreamer("plot", run, "--out", tmp_path / "a.txt"), "--out must end in .png or .pdf or .svg")
+    (tmp_path / "curve.png").mkdir()
+    assert_user_error(dreamer("plot", run, "--out", tmp_path / "curve.png"), "is an existing directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif", "curve.png"]
+
+
+def test_an_eval_folder_that_is_a_file_is_refused(tmp_path, small_run):
+    ds, run = small_run
+    agent_run = tmp_path / "run"
+    shutil.copytree(run, agent_run)
+    assert dreamer("train-behavior", "--run", agent_run, "--preset", "tiny", "--updates", 1, "-q").exit_code == 0
+    (agent_run / "eval").write_text("not a folder")
+    before = tree_digest(agent_run)
+    assert_user_error(dreamer("evaluate", "--run", agent_run, "--episodes", 1), "evaluation folder", "is a file")
+    assert tree_digest(agent_run) == before
+
+
+def h5py_full_disk_error(path: str) -> RuntimeError:
+    """What h5py raises when the disk fills while a file closes: a RuntimeError whose cause
+    carries the errno in its text."""
+    try:
+        try:
+            raise RuntimeError(f"Unable to flush file (file write failed: time = Mon Nov 30 2026, filename = '{path}', "
+                               "file descriptor = 3, errno = 28, error message = 'No space left on device')")
+        except RuntimeError:
+            raise RuntimeError("Slist already enabled? (slist already enabled?)")  # noqa: B904 (as h5py does)
+    except RuntimeError as exc:
+        return exc
+
+
+DISK_ERRORS = [
+    pytest.param(errno.ENOSPC, "no space left on the device (ENOSPC)", "Free some disk space", id="ENOSPC"),
+    pytest.param(errno.EDQUOT, "the disk quota is exceeded (EDQUOT)", "raise the quota", id="EDQUOT"),
+    pytest.param(errno.EROFS, "the file system is read-only (EROFS)", "on a writable disk", id="EROFS"),
+    pytest.param(errno.EACCES, "permission is denied (EACCES)", "fix the permissions", id="EACCES"),
+]
+
+
+@pytest.mark.parametrize("code,what,fix", DISK_ERRORS)
+def test_disk_errors_of_the_training_commands_are_one_paragraph(small_run, tmp_path, monkeypatch, code, what, fix):
+    from dreamer_core.stages import online, train_world_model
+
+    ds, _ = small_run
+    path = str(tmp_path / "run" / "checkpoints" / ".latest.pt.x1.tmp")
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(train_world_model, "run", fail)
+    monkeypatch.setattr(online, "run", fail)
+    result = dreamer("train-world-model", ds, "--out", tmp_path / "run", "--preset", "tiny", "-q")
+    assert_user_error(result, what, f"while writing {tmp_path / 'run'} ({path})", fix, "--out", "--resume")
+    assert len(result.output.strip().splitlines()) == 1
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "-q")
+    assert_user_error(result, what, fix, "--out")
+
+
+def test_a_full_disk_in_export_minari_is_one_paragraph(tmp_path, monkeypatch, small_run):
+    import dreamer_core.data.minari as minari
+
+    ds, _ = small_run
+    partial = str(tmp_path / ".m.partial-1234" / "data" / "main_data.hdf5")
+
+    def fail(*args, **kwargs):
+        raise h5py_full_disk_error(partial)
+
+    monkeypatch.setattr(minari, "export_minari", fail)
+    result = dreamer("data", "export-minari", ds, tmp_path / "m")
+    assert_user_error(result, "no space left on the device (ENOSPC)", f"while writing {tmp_path / 'm'} ({partial})",
+                      "give DST a path on another disk")
+    assert "Slist" not in result.output
+
+
+def test_a_genuine_bug_still_shows_its_traceback(small_run, tmp_path, monkeypatch):
+    from dreamer_core.stages import train_world_model
+
+    ds, _ = small_run
+    for exc in (OSError(errno.ENOENT, "No such file or directory", "x"), RuntimeError("shape mismatch"),
+                ValueError("a bug")):
+        def fail(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(train_world_model, "run", fail)
+        result = dreamer("train-world-model", ds, "--out", tmp_path / "run", "--preset", "tiny", "-q")
+        assert result.exit_code == 1 and result.exception is exc  # not turned into a user error
+        assert "error:" not in result.output
+
+
+def test_errors_reported_while_objects_are_freed_are_held_back(small_run, tmp_path, monkeypatch):
+    """h5py prints its errors while freeing objects after a failed write (sys.unraisablehook);
+    a disk-error message stands alone, and on other outcomes they are printed at the end."""
+    from dreamer_core.stages import train_world_model
+
+    ds, _ = small_run
+
+    class Noisy:
+        def __del__(self):
+            raise RuntimeError("Can't decrement id ref count (errno = 28, error message = 'No space left on device')")
+
+    def fill_up(*args, **kwargs):
+        Noisy()  # freed at once: its error goes to sys.unraisablehook
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_world_model, "run", fill_up)
+    result = dreamer("train-world-model", ds, "--out", tmp_path / "run", "--preset", "tiny", "-q")
+    assert_user_error(result, "no space left on the device")
+    assert "decrement" not in result.output
+
+    def noisy_success(*args, **kwargs):
+        Noisy()
+        return {"updates": 1}
+
+    monkeypatch.setattr(train_world_model, "run", noisy_success)
+    result = dreamer("train-world-model", ds, "--out", tmp_path / "run", "--preset", "tiny", "-q")
+    assert result.exit_code == 0 and "trained 1 updates" in result.output
+    assert "Can't decrement id ref count" in result.output  # shown, not swallowed
+
+
+def test_disk_errors_through_a_real_process(tmp_path, small_run):
+    """The same wrapper in a real `python -m dreamer_core` process: a message for a full disk,
+    a traceback for a bug."""
+    ds, _ = small_run
+    script = (
+        "import errno, sys\n"
+        "from dreamer_core import cli\n"
+        "from dreamer_core.stages import train_world_model\n"
+        "def fail(*a, **k):\n"
+        "    raise {exc}\n"
+        "train_world_model.run = fail\n"
+        "sys.argv = ['dreamer', 'train-world-model', {ds!r}, '--out', {out!r}, '-q']\n"
+        "cli.main()\n"
+    )
+    for exc, code, needle in [("OSError(errno.ENOSPC, 'No space left on device')", 2, "no space left on the device"),
+                              ("ValueError('a bug')", 1, "Traceback")]:
+        done = subprocess.run([sys.executable, "-c", script.format(exc=exc, ds=str(ds), out=str(tmp_path / "r"))],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == code and needle in done.stderr, done.stderr
+        assert (needle == "Traceback") == ("Traceback" in done.stderr)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): room for a run's config and metrics, not for its checkpoint."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_stage_02_on_a_really_full_disk(small_run, small_disk):
+    ds, _ = small_run
+    before = tree_digest(ds)
+    result = dreamer("train-world-model", ds, "--out", small_disk / "run", "--preset", "tiny", "--updates", 2, "-q")
+    assert_user_error(result, "no space left on the device (ENOSPC)", f"while writing {small_disk / 'run'}",
+                      "Free some disk space", "--resume")
+    assert tree_digest(ds) == before
+    assert not list((small_disk / "run").rglob("*.tmp"))  # the half-written checkpoint was removed
+
+
+def test_read_only_outputs_are_refused_before_anything_runs(small_run, small_disk):
+    ds, run = small_run
+    shutil.copytree(run, small_disk / "run", ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode == 0
+    before = tree_digest(small_disk)
+    ro = "cannot be written (Read-only file system)"
+    assert_user_error(dreamer("collect", "--env", "CartPole-v1", "--out", small_disk / "ds", "--steps", 5), ro)
+    assert_user_error(dreamer("train-world-model", ds, "--out", small_disk / "new", "--preset", "tiny", "-q"), ro)
+    assert_user_error(dreamer("train-behavior", "--run", small_disk / "run", "--preset", "tiny", "-q"), ro)
+    assert_user_error(dreamer("dream", "--run", run, "--out", small_disk / "d.gif"), ro)
+    assert tree_digest(small_disk) == before
+
+
+def test_model_choices_are_those_of_the_nets():
+    from dreamer_core import config
+    from dreamer_core.nets import layers
+
+    assert config.NORMS == layers.NORMS and config.ACTS == layers.ACTS
+
+
+def test_resume_accepts_the_env_module_it_started_with_and_refuses_another(tmp_path, monkeypatch):
+    (tmp_path / "my_envs_for_resume.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('MyResumeCartPole-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv',"
+        " max_episode_steps=20)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    common = ["--env-module", "my_envs_for_resume", "--out", run, "-q"]
+    small = ["--prefill", 64, "--eval-every", 0, "--preset", "tiny", "--threads", 1]
+    result = dreamer("train", "--env", "MyResumeCartPole-v0", "--steps", 80, *small, *common)
+    assert result.exit_code == 0, result.output
+    result = dreamer("train", "--resume", "--steps", 120, *common)
+    assert result.exit_code == 0, result.output
+    assert "trained 120 env steps" in result.output
+    assert_user_error(dreamer("train", "--resume", "--env-module", "json", "--out", run, "-q"),
+                      "env.env_module", "cannot change now")
+
+
+def test_a_run_in_use_is_refused_and_a_copied_checkpoint_too(tmp_path):
+    """One writer per run (RUN/.lock held by a live process), and a resume checkpoint copied
+    from another run is recognised by the run identity it carries."""
+    small = ["--prefill", 64, "--eval-every", 0, "--preset", "tiny", "--threads", 1, "-q"]
+    for name in ("a", "b"):
+        result = dreamer("train", "--env", "CartPole-v1", "--steps", 70, "--out", tmp_path / name, *small)
+        assert result.exit_code == 0, result.output
+    lock = tmp_path / "a" / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    before = digest(tmp_path / "a" / "checkpoints")
+    assert_user_error(dreamer("train", "--resume", "--out", tmp_path / "a", "-q"), "is in use by process")
+    assert digest(tmp_path / "a" / "checkpoints") == before and lock.exists()  # the holder's lock stays
+    lock.unlink()
+    shutil.copy(tmp_path / "b" / "checkpoints" / "online_latest.pt", tmp_path / "a" / "checkpoints")
+    copied = digest(tmp_path / "a" / "checkpoints")
+    assert_user_error(dreamer("train", "--resume", "--steps", 90, "--out", tmp_path / "a", "-q"),
+                      "belongs to another run", "nothing was changed")
+    assert digest(tmp_path / "a" / "checkpoints") == copied

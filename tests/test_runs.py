@@ -109,3 +109,15 @@ def test_freeze_stops_gradients_and_training_mode():
     wm = small_world_model()
     assert runs.freeze(wm) is wm
     assert not wm.training and all(not p.requires_grad for p in wm.parameters())
+
+
+def test_an_agent_trained_against_an_older_world_model_is_refused(tmp_path):
+    """After `train-world-model --resume`, the run's behavior was trained on other latents:
+    evaluate and collect --policy refuse it, as train-behavior --resume does."""
+    run = tmp_path / "run"
+    wm, _ = write_run(run)
+    wm.save(run / runs.WORLD_MODEL, {}, update=9, datasets=[], batch_size=2, seq_len=4)  # trained further
+    with pytest.raises(DreamerError, match="world model at update 7, but .* is now at update 9"):
+        runs.load_agent(run)
+    with pytest.raises(DreamerError, match="dreamer train-behavior --run"):
+        runs.load_policy(str(run), OBS_SPACES["vector"], ACTION_SPACES["discrete"], 1, device="cpu")

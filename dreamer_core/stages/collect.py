@@ -9,7 +9,8 @@ collector loses little. Ctrl-C or SIGTERM ends collection early but keeps everyt
 collected, including the episodes in progress (written as truncated); the command then exits
 with code 130.
 
-Imports: envs, data, policies, config, logging.
+Imports: envs, data, policies, config, logging, runs, and the stage kit (stages.common: stop
+requests; stages.outputs: the --out check).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from dreamer_core import config as config_lib
-from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
+from dreamer_core.data.writer import COMPRESSIONS, DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env_pool
-from dreamer_core.errors import DreamerError
+from dreamer_core.envs.pool import BACKENDS
 from dreamer_core.logging import ProgressBar
 from dreamer_core.runs import load_policy
 from dreamer_core.stages.common import StopRequest
+from dreamer_core.stages.outputs import check_writable
 
 
 @dataclass(frozen=True)
@@ -87,19 +89,32 @@ class CollectResult:
         }
 
 
+FLAGS = {"steps": "--steps", "episodes": "--episodes", "num_envs": "--num-envs", "backend": "--backend",
+         "shard_episodes": "--shard-episodes", "shard_seconds": "--shard-seconds", "compression": "--compression",
+         "device": "--device", "policy": "--policy"}
+
+
 def validate(cfg: CollectConfig) -> None:
-    if (cfg.steps > 0) == (cfg.episodes > 0):
-        raise DreamerError(
-            f"Give exactly one budget: --steps N or --episodes N (got steps={cfg.steps}, "
-            f"episodes={cfg.episodes})."
-        )
-    if cfg.num_envs < 1:
-        raise DreamerError(f"--num-envs must be at least 1 (got {cfg.num_envs}).")
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("collect", FLAGS)
+    if cfg.steps < 0 or cfg.episodes < 0:
+        p.add(f"--steps and --episodes cannot be negative (got steps={cfg.steps}, episodes={cfg.episodes})")
+    elif (cfg.steps > 0) == (cfg.episodes > 0):
+        p.add(f"give exactly one budget: --steps N or --episodes N (got steps={cfg.steps}, episodes={cfg.episodes})")
+    p.at_least("num_envs", cfg.num_envs, 1)
+    p.at_least("shard_episodes", cfg.shard_episodes, 1)
+    p.positive("shard_seconds", cfg.shard_seconds)
+    p.one_of("compression", cfg.compression, COMPRESSIONS)
+    p.one_of("backend", cfg.backend, BACKENDS)
+    p.device("device", cfg.device)
+    p.require(bool(cfg.policy.strip()), "--policy is empty: give 'random' or a run directory")
+    p.raise_any()
 
 
 def run(cfg: CollectConfig, progress: bool = True) -> CollectResult:
     """Collect until the step or episode budget is reached; return what was written."""
     validate(cfg)
+    check_writable(cfg.out, f"--out {cfg.out}")
     pool = make_env_pool(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, backend=cfg.backend)
     try:
         policy = load_policy(
@@ -175,4 +190,6 @@ def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, 
     flags = dict(flags)
     if flags.get("episodes") is not None and flags.get("steps") is None:
         flags["steps"] = 0  # --episodes N alone replaces the default step budget
-    return config_lib.resolve(CollectConfig(out=out), "collect", presets, flags, sets)
+    cfg = config_lib.resolve(CollectConfig(out=out), "collect", presets, flags, sets)
+    validate(cfg)
+    return cfg

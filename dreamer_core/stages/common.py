@@ -2,8 +2,13 @@
 
 - ``autocast``: precision selection (bf16 autocast or float32); the device itself is
   ``runtime.resolve_device``.
+- ``RunLock``: one writer per run directory (a lock file with the holder's pid and host; a
+  lock left by a dead process is taken over with a message); ``clean_temporaries`` removes
+  what a killed atomic write left.
+- ``run_id``: the identity of a run directory (``RUN/run.json``), stored in every checkpoint.
 - ``resume_or_refuse``: a fresh run refuses to overwrite a run directory; a resumed one reads
-  its checkpoint. ``truncate_metrics`` drops records logged after that checkpoint.
+  its checkpoint and refuses one that belongs to another run; a run killed before its first
+  checkpoint starts afresh. ``truncate_metrics`` drops records logged after a given step.
 - ``write_config``: the resolved config of a stage, saved in the run directory.
 - ``open_datasets``: the datasets a stage trains on, with a clear error when none is given.
 - ``StopRequest``: Ctrl-C / SIGTERM become a flag the loops check between steps.
@@ -21,8 +26,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import socket
+import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,33 +77,161 @@ def truncate_metrics(run_dir: Path, step: int, name: str = "metrics.jsonl") -> N
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
+RUN_ID_FILE = "run.json"
+LOCK_FILE = ".lock"
+
+
+def run_id(run_dir: Path, create: bool = False) -> str | None:
+    """The identity of the run in ``run_dir`` (``RUN/run.json``); ``create`` makes one for a new run.
+
+    Every checkpoint stores it, so a checkpoint copied from another run is recognised."""
+    path = run_dir / RUN_ID_FILE
+    if path.exists():
+        try:
+            return str(json.loads(path.read_text())["run_id"])
+        except (ValueError, KeyError, TypeError):
+            raise DreamerError(
+                f"{path} is damaged, so the run's checkpoints cannot be matched to it. Restore it from a "
+                "backup, or start a new run in another directory; nothing was changed."
+            ) from None
+    if not create:
+        return None
+    identity = uuid.uuid4().hex
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps({"run_id": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+    return identity
+
+
 def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, alternative: str,
-                     keep: Callable[[C, C], C] = lambda stored, given: stored,
-                     ) -> tuple[C, checkpoint.TrainState | None]:
+                     keep: Callable[[C, C], C] = lambda stored, given: stored, resumable: list[Path] = (),
+                     config_file: Path | None = None) -> tuple[C, checkpoint.TrainState | None]:
     """The config a run continues with, and its resume state (None for a fresh run).
 
     ``latest`` is the run's resume checkpoint (``RUN/checkpoints/NAME.pt``). Resuming takes
     the run's stored config, passed through ``keep(stored, given)`` for what the user may
-    change on a resume (a new budget, new datasets). A fresh run refuses to start where
-    ``latest`` or any of ``artifacts`` exist, so nothing on disk is overwritten.
+    change on a resume (a new budget, new datasets), and refuses a checkpoint whose run
+    identity is not this directory's. ``--resume`` on a run killed before its first checkpoint
+    starts it afresh and says so. A fresh run refuses to start where ``latest`` or any of
+    ``artifacts`` exist, so nothing on disk is overwritten; of those, ``resumable`` ones (an
+    online run's replay) do not stop a resume without a checkpoint: the stage continues from them,
+    with the config the run started with (``config_file``, written by ``write_config``).
     """
     run_dir = latest.parent.parent
-    if resume:
-        if not latest.exists():
-            raise DreamerError(
-                f"--resume was given, but {latest} does not exist: the run {run_dir} never wrote a resume "
-                "checkpoint. Start it afresh without --resume (delete the folder first if it holds partial data)."
-            )
+    if resume and not run_dir.is_dir():
+        raise DreamerError(
+            f"--resume was given, but there is no run at {run_dir}. Check the path, or start a new run there "
+            "without --resume."
+        )
+    if resume and latest.exists():
         state = checkpoint.load(latest, checkpoint.TrainState)
+        _check_identity(state, latest, run_dir)
         stored = config_lib.from_dict(type(cfg), state.stage_config)
         return keep(stored, cfg), state
     taken = [p for p in (latest, *artifacts) if p.exists()]
+    if resume and not [p for p in taken if p not in resumable]:
+        kept = "".join(f", keeping {p.name}/" for p in taken)
+        print(f"{run_dir} has no checkpoint yet (the run stopped before its first one): starting it afresh{kept}.",
+              file=sys.stderr)
+        if config_file is not None and config_file.exists():
+            stored = yaml.safe_load(config_file.read_text()) or {}
+            cfg = keep(config_lib.from_dict(type(cfg), stored.get("config") or {}), cfg)
+        return cfg, None
     if taken:
         raise DreamerError(
-            f"The run {run_dir} already holds {', '.join(p.name for p in taken)}. Pass --resume to continue "
-            f"it, or {alternative}; nothing was changed."
+            f"The run {run_dir} already holds {', '.join(p.name for p in taken)}"
+            + (f" but no {latest.name} to resume from" if resume else "")
+            + f". {'Pass --resume to continue it, or ' if not resume else 'Choose another --out: '}{alternative}; "
+            "nothing was changed."
         )
     return cfg, None
+
+
+def _check_identity(state: checkpoint.TrainState, latest: Path, run_dir: Path) -> None:
+    here = run_id(run_dir)
+    if here is None or state.run_id != here:
+        found = f"run {state.run_id or 'unknown'}"
+        raise DreamerError(
+            f"The checkpoint {latest} belongs to another run ({found}), not to the run in {run_dir} "
+            f"({'no ' + RUN_ID_FILE if here is None else 'run ' + here}): it was copied or moved here. "
+            "Resume the run it belongs to in its own directory, or start a new run elsewhere; nothing was changed."
+        )
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the temporary files killed atomic writes left in the run (``.NAME.*.tmp``);
+    call it while holding the run's lock. Returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class RunLock:
+    """One writer per run directory: ``RUN/.lock`` holds the writer's pid, host and start time.
+
+    A lock held by a live process (or by another host, whose processes cannot be checked)
+    is refused with a message; a lock left by a process that no longer runs on this host is
+    taken over, with a message. The lock is removed on exit (and the run directory too when the
+    lock made it and nothing was written into it)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def __enter__(self) -> RunLock:
+        self.created = not self.run_dir.exists()  # a refused new run leaves no empty directory
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.record, f)
+            return self
+        raise DreamerError(f"Could not take the lock {self.path}; try again.")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.created and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (ValueError, KeyError, TypeError):
+            holder, pid, host = {}, -1, self.record["host"]
+        if host != self.record["host"]:
+            raise DreamerError(
+                f"The run {self.run_dir} is in use by process {pid} on host {host} (since {holder.get('since')}). "
+                "Wait for it to finish or stop it; if it is certainly gone, delete "
+                f"{self.path} and try again. Nothing was changed."
+            )
+        if pid > 0 and _alive(pid):
+            raise DreamerError(
+                f"The run {self.run_dir} is in use by process {pid} (since {holder.get('since')}): two writers "
+                "would duplicate its data and metrics. Wait for it to finish or stop it (Ctrl-C keeps "
+                "everything); nothing was changed."
+            )
+        print(f"{self.run_dir}: taking over the lock of process {pid}, which no longer runs.", file=sys.stderr)
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StopRequest:

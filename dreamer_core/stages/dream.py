@@ -8,7 +8,8 @@ on (or ``--dataset``) through ``runs``, dreams one episode window with
 error-vs-horizon plot ``<stem>_error.png`` (``viz.plot_error``). The views themselves, as
 numpy arrays for notebooks, are analysis.py's.
 
-Imports: analysis, viz, runs, runtime, config, errors. No other stage; cli imports it.
+Imports: analysis, viz, runs, runtime, config, errors, the stage kit (stages.outputs: the --out
+check). No other stage; cli imports it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dreamer_core import config as config_lib
 from dreamer_core.analysis import DreamResult
 from dreamer_core.errors import DreamerError
 from dreamer_core.runtime import resolve_device
+from dreamer_core.stages.outputs import check_output_file
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,25 @@ class DreamConfig:
 
 
 def make_config(run: str, out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> DreamConfig:
-    return config_lib.resolve(DreamConfig(run=run, out=out), "dream", presets, flags, sets)
+    cfg = config_lib.resolve(DreamConfig(run=run, out=out), "dream", presets, flags, sets)
+    validate(cfg)
+    return cfg
+
+
+FLAGS = {"out": "--out", "dataset": "--dataset", "episode": "--episode", "context": "--context",
+         "horizon": "--horizon", "fps": "--fps", "device": "--device"}
+
+
+def validate(cfg: DreamConfig) -> None:
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("dream", FLAGS)
+    p.require(Path(cfg.out).suffix in (".gif", ".mp4"), f"--out must end in .gif or .mp4 (got {Path(cfg.out).name!r})")
+    p.require(cfg.context >= 1, f"--context must be at least 1 (got {cfg.context}): the dream starts from a real row")
+    p.require(cfg.horizon >= 0, f"--horizon must be 0 (to the end of the episode) or positive (got {cfg.horizon})")
+    p.at_least("fps", cfg.fps, 1)
+    p.at_least("height", cfg.height, 1)
+    p.device("device", cfg.device)
+    p.raise_any()
 
 
 @dataclass
@@ -67,13 +87,9 @@ class DreamReport:
 
 def run(cfg: DreamConfig) -> DreamReport:
     """Load the run and the episode, dream, and write the video and the error plot."""
-    out = Path(cfg.out)
-    if out.suffix not in (".gif", ".mp4"):
-        raise DreamerError(f"--out must end in .gif or .mp4 (got {out.name!r}).")
-    if cfg.context < 1:
-        raise DreamerError(f"--context must be at least 1 (got {cfg.context}): the dream starts from a real row.")
-    if cfg.horizon < 0:
-        raise DreamerError(f"--horizon must be 0 (to the end of the episode) or positive (got {cfg.horizon}).")
+    validate(cfg)
+    out = check_output_file(cfg.out, (".gif", ".mp4"))
+    check_output_file(out.with_name(f"{out.stem}_error.png"), (".png",), "--out's error plot")
     device = resolve_device(cfg.device)
     world_model, artifact = runs.load_world_model(cfg.run, device)
     agent = runs.load_agent(cfg.run, device)[1] if cfg.actor else None

@@ -11,7 +11,8 @@ the real frames | the world model's posterior reconstruction | an open-loop drea
 only the first ``context`` frames and then imagines under the actions the agent took.
 
 Imports: runs (loading the agent), policies, envs, analysis (the reconstruction and dream of a
-played episode), viz (its frames, the returns plot), config. No other stage.
+played episode), viz (its frames, the returns plot), config, the stage kit (stages.outputs: the
+RUN/eval check). No other stage.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dreamer_core.logging import ProgressBar
 from dreamer_core.policies import AgentPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, load_agent
 from dreamer_core.runtime import resolve_device
+from dreamer_core.stages.outputs import check_folder
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,27 @@ class EvaluateConfig:
 
 
 def make_config(run: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> EvaluateConfig:
-    return config_lib.resolve(EvaluateConfig(run=run), "evaluate", presets, flags, sets)
+    cfg = config_lib.resolve(EvaluateConfig(run=run), "evaluate", presets, flags, sets)
+    validate(cfg)
+    return cfg
+
+
+FLAGS = {"episodes": "--episodes", "video_format": "--video-format", "mode": "--mode", "device": "--device"}
+
+
+def validate(cfg: EvaluateConfig) -> None:
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("evaluate", FLAGS)
+    p.at_least("episodes", cfg.episodes, 1)
+    p.one_of("mode", cfg.mode, ("mode", "sample"))
+    p.device("device", cfg.device)
+    p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
+    p.at_least("max_steps", cfg.max_steps, 0, " (0 = the env's own limit)")
+    p.require(cfg.video_format in ("gif", "mp4"), f"--video-format must be gif or mp4 (got {cfg.video_format!r})")
+    p.at_least("video_episodes", cfg.video_episodes, 0)
+    p.at_least("fps", cfg.fps, 1)
+    p.at_least("context", cfg.context, 1)
+    p.raise_any()
 
 
 @dataclass
@@ -84,15 +106,13 @@ def env_config_for(artifact: BehaviorArtifact, env_id: str) -> EnvConfig:
 
 
 def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
-    if cfg.episodes < 1:
-        raise DreamerError(f"--episodes must be at least 1 (got {cfg.episodes}).")
-    if cfg.video_format not in ("gif", "mp4"):
-        raise DreamerError(f"video_format must be gif or mp4 (got {cfg.video_format!r}).")
+    validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run)
     device = resolve_device(cfg.device)
     world_model, agent, artifact = load_agent(run_dir, device)
+    check_folder(run_dir / "eval", "The evaluation folder")
     env_cfg = env_config_for(artifact, cfg.env)
     has_image = any(v.dtype == np.uint8 for v in world_model.observation_space.spaces.values())
     render = "rgb_array" if cfg.video and not has_image else None

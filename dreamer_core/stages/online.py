@@ -17,8 +17,12 @@ to resume) plus ``world_model.pt`` and ``behavior.pt`` in the formats stages 03/
 
 Resuming (``--resume``, also after ``kill -9``) restores weights, optimizers, the return
 normaliser, counters and RNG states from the checkpoint and rebuilds the replay from the
-shards. Episodes flushed after the checkpoint are kept and their steps counted; episodes in
-progress at the kill are lost (they were never written).
+shards. The replay is the truth: the env-step and episode counters continue from what the
+shards hold (episodes flushed after the checkpoint included; episodes in progress at the kill
+are lost, they were never written), and metrics logged past it are dropped, so they have no
+gap and no duplicate. A run killed before its first checkpoint resumes from its shards alone.
+Only one process writes a run at a time (``RUN/.lock``), and checkpoints carry the run's
+identity (``RUN/run.json``): one copied from another run is refused.
 
 With ``replay_context`` (off by default) windows that start mid-episode begin from the latent
 state the world model computed for the row before them when it was last replayed
@@ -28,8 +32,8 @@ Writes into RUN/: ``train_config.yaml``, ``metrics.jsonl`` (step = env steps), `
 ``replay/`` (dataset), ``world_model.pt``, ``behavior.pt``, ``checkpoints/``.
 
 Imports: world_model, behavior, policies, envs, data, checkpoint, config, runs, runtime, and
-the stage kit (stages.common: the training loop, resume, stop requests; stages.updates: the
-world-model and behavior update steps stages 02 and 03 use too).
+the stage kit (stages.common: the training loop, resume, stop requests; stages.outputs: the
+--out check; stages.updates: the world-model and behavior update steps stages 02 and 03 use too).
 """
 
 from __future__ import annotations
@@ -52,19 +56,23 @@ from dreamer_core.data.storage import ColumnStore
 from dreamer_core.data.store import is_dataset_dir
 from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
-from dreamer_core.errors import DreamerError
+from dreamer_core.envs.pool import BACKENDS
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, ONLINE_CONFIG, ONLINE_LATEST, REPLAY, WORLD_MODEL
 from dreamer_core.stages.common import (
     Every,
     NonFiniteGuard,
+    RunLock,
     TrainLoop,
     autocast,
+    clean_temporaries,
     resume_or_refuse,
+    run_id,
     truncate_metrics,
     write_config,
 )
+from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update, world_model_update
 from dreamer_core.world_model import ReplayContext, WorldModel, WorldModelConfig
 
@@ -124,20 +132,35 @@ def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, 
     return cfg
 
 
+FLAGS = {"steps": "--steps", "num_envs": "--num-envs", "train_ratio": "--train-ratio", "prefill": "--prefill",
+         "batch_size": "--batch-size", "seq_len": "--seq-len", "eval_every": "--eval-every",
+         "eval_episodes": "--eval-episodes", "checkpoint_seconds": "--checkpoint-seconds", "threads": "--threads",
+         "device": "--device", "env.action_repeat": "--action-repeat"}
+
+
 def validate(cfg: TrainConfig) -> None:
-    problems = []
-    if cfg.steps < 1:
-        problems.append(f"--steps must be positive (got {cfg.steps})")
-    if cfg.num_envs < 1:
-        problems.append(f"--num-envs must be at least 1 (got {cfg.num_envs})")
-    if cfg.train_ratio <= 0:
-        problems.append(f"--train-ratio must be positive (got {cfg.train_ratio})")
-    if cfg.prefill < cfg.seq_len:
-        problems.append(f"prefill ({cfg.prefill}) must hold at least one window of seq_len={cfg.seq_len} steps")
-    if cfg.eval_every < 0 or cfg.eval_episodes < 0:
-        problems.append("eval_every and eval_episodes must be >= 0")
-    if problems:
-        raise DreamerError("Invalid `dreamer train` config: " + "; ".join(problems) + ". Fix these and try again.")
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("train", FLAGS)
+    p.at_least("steps", cfg.steps, 1)
+    p.at_least("num_envs", cfg.num_envs, 1)
+    p.positive("train_ratio", cfg.train_ratio)
+    p.at_least("batch_size", cfg.batch_size, 1)
+    p.at_least("seq_len", cfg.seq_len, 1)
+    p.require(cfg.prefill >= cfg.seq_len,
+              f"--prefill ({cfg.prefill}) must hold at least one window of seq_len={cfg.seq_len} steps")
+    p.at_least("eval_every", cfg.eval_every, 0, " (0 = never)")
+    p.at_least("eval_episodes", cfg.eval_episodes, 0)
+    p.at_least("log_every", cfg.log_every, 0)
+    p.at_least("checkpoint_seconds", cfg.checkpoint_seconds, 0, " (0 = only at the end)")
+    p.positive("shard_seconds", cfg.shard_seconds)
+    p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
+    p.precision("precision", cfg.precision)
+    p.device("device", cfg.device)
+    p.one_of("backend", cfg.backend, BACKENDS)
+    p.optimizer("optim", cfg.optim)
+    p.world_model("model", cfg.model)
+    p.behavior("behavior", cfg.behavior)
+    p.raise_any()
 
 
 def replay_path(cfg: TrainConfig) -> str:
@@ -170,27 +193,30 @@ class OnlineTrainer:
         self.progress = progress
         cfg, state = resume_or_refuse(
             cfg, self.run_dir / LATEST, [self.run_dir / p for p in (WORLD_MODEL, BEHAVIOR, REPLAY)], resume,
-            "choose another --out", keep=lambda stored, given: replace(stored, out=given.out))
+            "choose another --out", keep=lambda stored, given: replace(stored, out=given.out),
+            resumable=[self.run_dir / REPLAY], config_file=self.run_dir / CONFIG)
         if steps is not None:
             cfg = replace(cfg, steps=steps)
         if threads is not None:
             cfg = replace(cfg, threads=threads)
         validate(cfg)
         self.cfg = cfg
+        self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
         self.device = runtime.resolve_device(cfg.device)
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.resumes = 0 if state is None else int(state.counters["resumes"]) + 1
+        # A resume without a checkpoint (killed before the first) still counts: new env seeds.
+        self.resumes = int(state.counters["resumes"]) + 1 if state is not None else int(resume)
         self.env_seed = cfg.seed + 7919 * self.resumes  # a resumed run meets new episodes, not the same ones again
         self.pool = make_env_pool(cfg.env, num_envs=cfg.num_envs, seed=self.env_seed, backend=cfg.backend)
         self.eval_env = None  # made at the first evaluation, kept for the run
         try:
-            self._build(state)
+            self._build(state, resume)
         except BaseException:
             self.pool.close()
             raise
 
-    def _build(self, state: checkpoint.TrainState | None) -> None:
+    def _build(self, state: checkpoint.TrainState | None, resume: bool) -> None:
         cfg = self.cfg
         obs_space, act_space = self.pool.observation_space, self.pool.action_space
         self.observation_space, self.action_space = obs_space, act_space
@@ -213,34 +239,35 @@ class OnlineTrainer:
         self.last_eval: float | None = None
         self.best_eval: float | None = None
         replay_dir = self.run_dir / REPLAY
-        flushed = 0
         if state is not None:
             self._restore(state)
-            flushed = self._reload_replay(replay_dir)
-            self.replay.load_state_dict(state.rng["replay_sampler"])  # continues the stream over the rebuilt rows
-            extra = max(0, flushed - int(state.counters["dataset_steps"]))  # flushed after the checkpoint
+        if resume:
+            # The replay is the truth: what was flushed to shards, including episodes flushed
+            # after the checkpoint; steps of episodes in progress at a kill are gone and not counted.
+            self.env_steps, self.episodes = self._reload_replay(replay_dir)
+            if state is not None:
+                self.replay.load_state_dict(state.rng["replay_sampler"])  # continues the stream over the rebuilt rows
             truncate_metrics(self.run_dir, self.env_steps)
-            self.env_steps += extra
         self.writer = DatasetWriter(
             replay_dir, env_id=cfg.env.id, env_config=cfg.env.to_dict(), observation_space=obs_space,
             action_space=act_space, policy=f"online:{self.run_dir}", seed=cfg.seed, shard_episodes=100_000,
             shard_seconds=cfg.shard_seconds,
         )
 
-    def _reload_replay(self, replay_dir: Path) -> int:
-        """Fill the replay with every episode in the run's shards; returns their env steps."""
+    def _reload_replay(self, replay_dir: Path) -> tuple[int, int]:
+        """Fill the replay with every episode in the run's shards; returns (env steps, episodes)."""
         if not is_dataset_dir(replay_dir):
-            return 0
+            return 0, 0
         dataset = Dataset(replay_dir)
         for episode in dataset.iter_episodes():
             self.replay.add_episode(episode)
-        return dataset.num_steps
+        return dataset.num_steps, dataset.num_episodes
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = self.run_id or run_id(self.run_dir, create=True)
         write_config(self.run_dir / CONFIG, "train", cfg)
         self.obs = self.pool.reset(seed=self.env_seed)
         self.recorder = EpisodeRecorder(self.observation_space, self.action_space, self.obs)
@@ -306,6 +333,7 @@ class OnlineTrainer:
         for episode in self.recorder.in_progress():
             self.writer.add_episode(episode)
             self.replay.add_episode(episode)
+            self.episodes += 1  # the counter is what the dataset holds
         if self.loop.mean.count:
             self._log()
         if not interrupted and self.cfg.eval_episodes:
@@ -414,6 +442,7 @@ class OnlineTrainer:
         cfg, cfg_dict = self.cfg, config_lib.to_dict(self.cfg)
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict, stage="train",
+            run_id=self.run_id,
             modules={"world_model": self.world_model.state_dict(), "agent": self.agent.state_dict()},
             optimizers={"world_model": self.wm_optim.state_dict(), "actor": self.actor_optim.state_dict(),
                         "critic": self.critic_optim.state_dict()},
@@ -453,13 +482,15 @@ class OnlineTrainer:
 
 def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
         threads: int | None = None) -> dict[str, Any]:
-    """Train online (or resume) and return a summary."""
-    trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads)
-    try:
-        result = trainer.run()
-    finally:
-        trainer.close()
-    return result
+    """Train online (or resume) and return a summary; one writer per run directory."""
+    check_run_dir(cfg.out, "--out")
+    with RunLock(Path(cfg.out)) as lock:
+        clean_temporaries(lock.run_dir)
+        trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
 
 
 def summary_line(result: dict[str, Any]) -> str:

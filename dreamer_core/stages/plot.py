@@ -10,7 +10,8 @@ per run, so several seeds overlay in one figure. ``--key`` plots chosen metrics 
 This module reads the metrics and turns them into lines (``series``, ``smooth``); drawing
 the figure is ``viz.plot_curves``.
 
-Imports: logging (read_metrics), errors, viz. No other stage.
+Imports: logging (read_metrics), errors, viz, the stage kit (stages.outputs: the --out check).
+No other stage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from dreamer_core import viz
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import read_metrics
+from dreamer_core.stages.outputs import check_output_file
 
 # (title, x label, metrics file, keys); a panel is drawn when one of its keys was logged.
 PANELS = [
@@ -87,7 +89,7 @@ def plot_runs(runs: list[Path | str], out: Path | str | None = None, keys: list[
             f"None of the metrics {', '.join(k for p in panels for k in p[3])} was logged in {', '.join(map(str, runs))}. "
             f"Logged keys include: {', '.join(logged[:12])}. Choose some with --key."
         )
-    out = Path(out) if out is not None else runs[0] / "curve.png"
+    out = check_output_file(out if out is not None else runs[0] / "curve.png", (".png", ".pdf", ".svg"))
     return viz.plot_curves([_curves(panel, runs, data) for panel in drawn], out, title)
 
 

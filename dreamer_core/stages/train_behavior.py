@@ -14,7 +14,7 @@ Defaults follow the world model: its batch shape, its MLP width and depth, and i
 override them.
 
 Imports: behavior, world_model, optim, data, checkpoint, config, runs (artifact names and
-loading), runtime, and the stage kit (stages.common, stages.updates).
+loading), runtime, and the stage kit (stages.common, stages.outputs, stages.updates).
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ from dreamer_core.runs import (
     freeze,
 )
 from dreamer_core.stages.common import (
+    RunLock,
     TrainLoop,
+    clean_temporaries,
     open_datasets,
     resume_or_refuse,
+    run_id,
     truncate_metrics,
     write_config,
 )
+from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import WorldModel, WorldModelConfig
@@ -103,7 +107,28 @@ def make_config(run: str, datasets: list[str], presets: list[str], sets: list[st
     base = config_lib.apply_presets(base, "train-behavior", variant)
     if datasets:
         base = dataclasses.replace(base, datasets=tuple(datasets))
-    return config_lib.resolve(base, "train-behavior", presets, flags, sets)
+    cfg = config_lib.resolve(base, "train-behavior", presets, flags, sets)
+    validate(cfg)
+    return cfg
+
+
+FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq-len",
+         "behavior.horizon": "--horizon", "behavior.actor.grad": "--actor-grad", "device": "--device"}
+
+
+def validate(cfg: TrainBehaviorConfig) -> None:
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("train-behavior", FLAGS)
+    p.at_least("updates", cfg.updates, 1)
+    p.at_least("batch_size", cfg.batch_size, 1)
+    p.at_least("seq_len", cfg.seq_len, 1)
+    p.device("device", cfg.device)
+    p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
+    p.at_least("log_every", cfg.log_every, 0, " (0 = only at the end)")
+    p.at_least("checkpoint_every", cfg.checkpoint_every, 0, " (0 = only at the end)")
+    p.at_least("memory_budget", cfg.memory_budget, 0)
+    p.behavior("behavior", cfg.behavior)
+    p.raise_any()
 
 
 def _keep_on_resume(stored: TrainBehaviorConfig, given: TrainBehaviorConfig, updates: int | None,
@@ -121,8 +146,10 @@ class BehaviorTrainer:
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / BEHAVIOR], resume,
                                       "train a world model into another run directory",
-                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates))
+                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates),
+                                      config_file=self.run_dir / BEHAVIOR_CONFIG)
         self.cfg = cfg
+        self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
         self.device = runtime.resolve_device(cfg.device)
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -150,6 +177,8 @@ class BehaviorTrainer:
         self.update = 0
         if state is not None:
             self._restore(state)
+        else:
+            truncate_metrics(self.run_dir, 0, METRICS)  # a run restarted before its first checkpoint logs anew
 
     def _open_datasets(self, paths: tuple[str, ...]) -> list[Dataset]:
         missing = [p for p in paths if not Path(p).exists()]
@@ -164,6 +193,7 @@ class BehaviorTrainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        self.run_id = self.run_id or run_id(self.run_dir, create=True)
         write_config(self.run_dir / BEHAVIOR_CONFIG, "train-behavior", cfg)
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
@@ -192,7 +222,7 @@ class BehaviorTrainer:
         meta = {"update": self.update, "world_model_update": self.world_model_update, "env_config": self.env_config}
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
-            stage="train-behavior", modules={"agent": self.agent.state_dict()},
+            stage="train-behavior", run_id=self.run_id, modules={"agent": self.agent.state_dict()},
             optimizers={"actor": self.actor_optim.state_dict(), "critic": self.critic_optim.state_dict()},
             counters=meta, rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
         self.agent.save(self.run_dir / BEHAVIOR, self.world_model, cfg_dict, **meta)
@@ -209,5 +239,8 @@ class BehaviorTrainer:
 
 def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
-    """Train (or resume) the behavior and return the final metrics."""
-    return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()
+    """Train (or resume) the behavior and return the final metrics; one writer per run directory."""
+    check_run_dir(cfg.run, "--run")
+    with RunLock(Path(cfg.run)) as lock:
+        clean_temporaries(lock.run_dir)
+        return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()

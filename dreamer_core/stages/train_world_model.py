@@ -9,7 +9,8 @@ spaces, what stage 03 loads), ``checkpoints/latest.pt`` (everything needed to re
 ``metrics.jsonl`` and ``tb/``.
 
 Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, and
-the stage kit (stages.common: resume, config files, the training loop; stages.updates).
+the stage kit (stages.common: resume, config files, the training loop; stages.outputs: the
+--out check; stages.updates).
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ from dreamer_core.runs import WORLD_MODEL, WORLD_MODEL_CONFIG, WORLD_MODEL_LATES
 from dreamer_core.stages.common import (
     Every,
     NonFiniteGuard,
+    RunLock,
     TrainLoop,
+    clean_temporaries,
     open_datasets,
     resume_or_refuse,
+    run_id,
     truncate_metrics,
     write_config,
 )
+from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import world_model_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import LossScales, WorldModel, WorldModelConfig
@@ -81,7 +86,38 @@ def make_config(datasets: list[str], out: str, presets: list[str], sets: list[st
                 flags: dict[str, Any]) -> TrainWorldModelConfig:
     """Defaults, then presets in order, then the flags given (None = not given), then --set."""
     base = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
-    return config_lib.resolve(base, "train-world-model", presets, flags, sets)
+    cfg = config_lib.resolve(base, "train-world-model", presets, flags, sets)
+    validate(cfg)
+    return cfg
+
+
+FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq-len", "balance": "--balance",
+         "optim.name": "--optimizer", "precision": "--precision", "device": "--device"}
+
+
+def validate(cfg: TrainWorldModelConfig) -> None:
+    """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
+    p = config_lib.Problems("train-world-model", FLAGS)
+    p.at_least("updates", cfg.updates, 1)
+    p.at_least("batch_size", cfg.batch_size, 1)
+    p.at_least("seq_len", cfg.seq_len, 1)
+    p.precision("precision", cfg.precision)
+    p.device("device", cfg.device)
+    p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
+    p.optimizer("optim", cfg.optim)
+    p.world_model("model", cfg.model)
+    p.require(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1) (got {cfg.val_fraction})")
+    p.at_least("val_batches", cfg.val_batches, 1)
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        p.at_least(key, getattr(cfg, key), 0, " (0 = only at the end)")
+    p.at_least("openloop_context", cfg.openloop_context, 1)
+    p.at_least("openloop_horizon", cfg.openloop_horizon, 1)
+    p.at_least("openloop_windows", cfg.openloop_windows, 1)
+    p.one_of("balance", cfg.balance, ("fixed", "calibrate"))
+    p.at_least("calibrate_updates", cfg.calibrate_updates, 1)
+    p.at_least("max_nonfinite", cfg.max_nonfinite, 1)
+    p.at_least("memory_budget", cfg.memory_budget, 0)
+    p.raise_any()
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -145,8 +181,10 @@ class Trainer:
         self.progress = progress
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / WORLD_MODEL], resume, "choose another --out",
-                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates))
+                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates),
+                                      config_file=self.run_dir / WORLD_MODEL_CONFIG)
         self.cfg = cfg
+        self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
         self.device = runtime.resolve_device(cfg.device)
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -161,6 +199,8 @@ class Trainer:
         self.calibration: dict[str, Any] | None = None
         if state is not None:
             self._restore(state)
+        else:
+            truncate_metrics(self.run_dir, 0)  # a run restarted before its first checkpoint logs anew
 
     def _make_samplers(self, datasets: list[Dataset]) -> None:
         """Training windows, held-out windows and held-out open-loop windows (when long enough)."""
@@ -183,7 +223,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = self.run_id or run_id(self.run_dir, create=True)
         if self.update == 0 and cfg.balance == "calibrate" and self.calibration is None:
             self.calibrate()
         self._write_config()
@@ -334,7 +374,7 @@ class Trainer:
         cfg, cfg_dict = self.cfg, config_lib.to_dict(self.cfg)
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
-            stage="train-world-model", modules={"model": self.model.state_dict()},
+            stage="train-world-model", run_id=self.run_id, modules={"model": self.model.state_dict()},
             optimizers={"model": self.optimizer.state_dict()},
             counters={"update": self.update, "calibration": self.calibration},
             rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
@@ -367,6 +407,8 @@ def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> 
 
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
-    """Train (or resume) and return the final metrics."""
-    trainer = Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates)
-    return trainer.run()
+    """Train (or resume) and return the final metrics; one writer per run directory."""
+    check_run_dir(cfg.out, "--out")
+    with RunLock(Path(cfg.out)) as lock:
+        clean_temporaries(lock.run_dir)
+        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()

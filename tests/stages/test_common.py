@@ -304,11 +304,14 @@ def files_of(root):
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def save_state(path, cfg, counters) -> None:
+def save_state(path, cfg, counters, identity: str | None = None) -> None:
+    """A resume checkpoint of the run ``path`` lies in (``identity``: another run's id instead)."""
     spaces = checkpoint.spaces_json(gym.spaces.Dict({"vector": gym.spaces.Box(-1, 1, (2,), np.float32)}),
                                     gym.spaces.Discrete(3))
+    identity = identity or common.run_id(path.parent.parent, create=True)
     checkpoint.save(path, checkpoint.TrainState(**spaces, stage_config=config_lib.to_dict(cfg), stage="test",
-                                                counters=counters, modules={"m": {"w": torch.ones(2)}}))
+                                                run_id=identity, counters=counters,
+                                                modules={"m": {"w": torch.ones(2)}}))
 
 
 def test_fresh_run_without_files_starts(tmp_path):
@@ -337,14 +340,87 @@ def test_fresh_run_refuses_an_existing_run_without_touching_it(tmp_path, existin
     assert files_of(run) == before
 
 
-def test_resume_without_a_checkpoint_says_so(tmp_path):
+def test_resume_without_a_checkpoint_starts_afresh_and_says_so(tmp_path, capsys):
+    """A run killed before its first checkpoint: --resume starts it afresh (instead of sending
+    the user between "pass --resume" and "start afresh"), keeping what may be kept."""
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    (run / "replay").mkdir(parents=True)
     latest = run / "checkpoints" / "latest.pt"
-    with pytest.raises(DreamerError, match="--resume was given") as info:
+    cfg = RunConfig(out=str(run))
+    assert resume_or_refuse(cfg, latest, [run / "replay"], True, "x", resumable=[run / "replay"]) == (cfg, None)
+    assert "no checkpoint yet" in capsys.readouterr().err and (run / "replay").is_dir() and not latest.exists()
+    common.write_config(run / "config.yaml", "test", RunConfig(out=str(run), steps=77))
+    resumed, _ = resume_or_refuse(RunConfig(out=str(run)), latest, [], True, "x", config_file=run / "config.yaml")
+    assert resumed.steps == 77  # the config the run started with, not the defaults
+    with pytest.raises(DreamerError, match="there is no run at"):
+        resume_or_refuse(cfg, tmp_path / "missing" / "checkpoints" / "latest.pt", [], True, "x")
+    assert not (tmp_path / "missing").exists()
+    (run / "model.pt").write_bytes(b"weights")  # an artifact without a checkpoint cannot be continued
+    with pytest.raises(DreamerError, match="model.pt but no latest.pt to resume from. Choose another --out"):
+        resume_or_refuse(cfg, latest, [run / "model.pt"], True, "x")
+    assert (run / "model.pt").read_bytes() == b"weights"
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    """A resume checkpoint copied from another run is recognised by the run identity it carries."""
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    here = common.run_id(tmp_path / "run", create=True)
+    save_state(latest, RunConfig(), {"update": 3}, identity="another-run")
+    with pytest.raises(DreamerError, match=f"belongs to another run \\(run another-run\\), not to .* \\(run {here}\\)"):
         resume_or_refuse(RunConfig(), latest, [], True, "x")
-    assert str(latest) in str(info.value) and "never wrote" in str(info.value) and "without --resume" in str(info.value)
-    assert not latest.exists()
+    (tmp_path / "run" / common.RUN_ID_FILE).unlink()
+    with pytest.raises(DreamerError, match="no run.json"):
+        resume_or_refuse(RunConfig(), latest, [], True, "x")
+
+
+def test_run_id_is_made_once_and_a_damaged_one_is_refused(tmp_path):
+    assert common.run_id(tmp_path) is None
+    first = common.run_id(tmp_path, create=True)
+    assert common.run_id(tmp_path, create=True) == first == common.run_id(tmp_path) and len(first) == 32
+    (tmp_path / common.RUN_ID_FILE).write_text("{not json")
+    with pytest.raises(DreamerError, match="is damaged"):
+        common.run_id(tmp_path)
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capsys):
+    with common.RunLock(tmp_path / "new"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()  # made by the lock and left empty: removed again
+    run = tmp_path / "run"
+    run.mkdir()
+    with common.RunLock(run) as lock:
+        record = json.loads(lock.path.read_text())
+        assert record["pid"] == os.getpid()
+        with pytest.raises(DreamerError, match=f"in use by process {os.getpid()}"):
+            common.RunLock(run).__enter__()
+    assert not (run / common.LOCK_FILE).exists()  # released
+    dead = subprocess_pid_that_exited()
+    (run / common.LOCK_FILE).write_text(json.dumps({"pid": dead, "host": record["host"], "since": "earlier"}))
+    with common.RunLock(run):
+        assert json.loads((run / common.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert f"taking over the lock of process {dead}" in capsys.readouterr().err
+    (run / common.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "earlier"}))
+    with pytest.raises(DreamerError, match="on host elsewhere"):
+        common.RunLock(run).__enter__()
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_clean_temporaries_removes_only_what_killed_atomic_writes_left(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / "checkpoints" / ".online_latest.pt.abc123.tmp", tmp_path / ".config.yaml.x.tmp"]
+    keep = [tmp_path / "checkpoints" / "online_latest.pt", tmp_path / "metrics.jsonl", tmp_path / "notes.tmp"]
+    for path in stale + keep:
+        path.write_bytes(b"x")
+    assert sorted(common.clean_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
 
 
 def test_resume_returns_the_stored_config_through_keep(tmp_path):

@@ -84,8 +84,9 @@ def test_fresh_run_refuses_an_existing_run_and_resume_needs_a_checkpoint(tmp_pat
     with pytest.raises(DreamerError, match="--resume"):
         online.OnlineTrainer(small_config(run), progress=False)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
-    with pytest.raises(DreamerError, match="never wrote"):
-        online.OnlineTrainer(small_config(tmp_path / "empty"), resume=True, progress=False)
+    with pytest.raises(DreamerError, match="--resume was given, but there is no run at"):
+        online.OnlineTrainer(small_config(tmp_path / "missing"), resume=True, progress=False)
+    assert not (tmp_path / "missing").exists()
     with pytest.raises(DreamerError, match="prefill"):
         small_config(tmp_path / "x", prefill=4, seq_len=16)
     result = dreamer("train", "--out", tmp_path / "noenv")
@@ -136,7 +137,7 @@ def test_kill_9_then_resume_keeps_flushed_data_and_counters(tmp_path):
     flushed = Dataset(run / "replay")
     shards = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
     assert flushed.num_steps >= saved["dataset_steps"]
-    target = saved["env_steps"] + (flushed.num_steps - saved["dataset_steps"]) + 200
+    target = flushed.num_steps + 200
     result = dreamer("train", "--out", run, "--resume", "--steps", target, "-q")
     assert result.returncode == 0, result.stderr
     resumed = train_state(latest).counters
@@ -145,10 +146,14 @@ def test_kill_9_then_resume_keeps_flushed_data_and_counters(tmp_path):
     after = {p.name: p.stat().st_mtime_ns for p in store.shard_paths(run / "replay")}
     assert all(after[name] == mtime for name, mtime in shards.items())  # nothing flushed was lost or rewritten
     data = Dataset(run / "replay")
-    assert data.num_steps == flushed.num_steps + 200 + (target - 200 - saved["env_steps"]
-                                                        - (flushed.num_steps - saved["dataset_steps"]))
-    steps = [r["step"] for r in read_metrics(run)]
-    assert steps == sorted(steps)  # records past the checkpoint were dropped, then logged again
+    assert data.num_steps == target and data.num_episodes == resumed["episodes"]  # the replay is the counter
+    records = read_metrics(run)
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps)  # records past the flushed data were dropped, then logged again
+    returns = [r["step"] for r in records if "train/return" in r]
+    assert len(returns) == len(set(returns))  # no episode logged twice
+    assert data.num_episodes - 1 <= len(returns) <= data.num_episodes  # only the one cut at the end has none
+    assert not list(run.rglob(".*.tmp")) and not (run / ".lock").exists()
 
 
 def test_online_learning_improves_the_toy_return(tmp_path):
