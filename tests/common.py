@@ -121,3 +121,28 @@ def episode_batch(obs: str | gym.Space = "vector", action: str | gym.Space = "di
     return Batch(obs={k: torch.as_tensor(np.stack([e.obs[k][:T] for e in eps])) for k in eps[0].obs},
                  action=stack("action"), reward=stack("reward").float(), is_first=stack("is_first").bool(),
                  is_last=stack("is_last").bool(), is_terminal=stack("is_terminal").bool())
+
+
+def mounted_tmpfs(where, size: str):
+    """Mount a tmpfs of ``size`` (e.g. ``"1m"``) at the new folder ``where`` for a test: a
+    generator for pytest fixtures (``yield from mounted_tmpfs(...)``). Skips the test where it
+    cannot mount (not root, not Linux); unmounts afterwards (lazily when busy)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    where.mkdir(parents=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it

@@ -20,6 +20,7 @@ from dreamer_core.data import store
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.envs import EnvConfig, make_env
+from tests.common import mounted_tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -532,16 +533,7 @@ def test_disk_errors_through_a_real_process(tmp_path, small_run):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (root only): room for a run's config and metrics, not for its checkpoint."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not permitted here")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    yield from mounted_tmpfs(tmp_path / "disk", "1m")
 
 
 def test_stage_02_on_a_really_full_disk(small_run, small_disk):

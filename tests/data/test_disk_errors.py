@@ -9,7 +9,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,7 @@ from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.storage import ColumnStore
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.errors import DatasetError
-from tests.common import ACTION_SPACES, OBS_SPACES, make_episode
+from tests.common import ACTION_SPACES, OBS_SPACES, make_episode, mounted_tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,20 +212,9 @@ FILL_SCRIPT = textwrap.dedent(
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs, mounted for the test (needs root); skipped where it cannot be mounted."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root on Linux; the injected-error tests above cover the logic")
-    mount = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)  # busy: detach it
+    """A 2 MiB tmpfs, mounted for the test (needs root); skipped where it cannot be mounted
+    (the injected-error tests above cover the logic then)."""
+    yield from mounted_tmpfs(tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}", "2m")
 
 
 @pytest.mark.parametrize("pixels", ["vector", "pixels"])

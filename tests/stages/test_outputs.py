@@ -20,6 +20,7 @@ from dreamer_core.stages.outputs import (
     check_run_dir,
     check_writable,
 )
+from tests.common import mounted_tmpfs
 
 
 def tree(root: Path) -> list[str]:
@@ -29,20 +30,12 @@ def tree(root: Path) -> list[str]:
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only file system holding ``file.txt`` and ``run/config.yaml`` (root only)."""
-    where = tmp_path / "ro"
-    where.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not permitted here")
-    try:
+    for where in mounted_tmpfs(tmp_path / "ro", "1m"):
         (where / "file.txt").write_text("x")
         (where / "run").mkdir()
         (where / "run" / runs.WORLD_MODEL_CONFIG).write_text("stage: x\n")
         assert subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True).returncode == 0
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_a_run_directory_may_be_new_empty_or_a_run(tmp_path):
