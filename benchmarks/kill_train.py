@@ -104,6 +104,10 @@ def trial(index: int, steps: int, rng: random.Random) -> dict:
     if resumed.poll() is not None:
         second = None  # the resumed run may have ended first: the lock test says nothing then
     _, err = resumed.communicate(timeout=600)
+    if resumed.returncode == 2 and "never started" in err:  # killed before it wrote its config: start it anew
+        how += " (before the run started: resume refused, started anew)"
+        resumed = dreamer("train", "--out", str(run), "--steps", str(steps), *TRAIN)
+        _, err = resumed.communicate(timeout=600)
     problems = [] if resumed.returncode == 0 else [f"resume failed ({resumed.returncode}): {err[-400:]}"]
     if second is not None and (second.returncode == 0 or "in use by process" not in second.stderr):
         problems.append(f"a second writer was not refused: {second.stderr[-300:]}")

@@ -129,6 +129,11 @@ def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, 
         return keep(stored, cfg), state
     taken = [p for p in (latest, *artifacts) if p.exists()]
     if resume and not [p for p in taken if p not in resumable]:
+        if config_file is not None and not config_file.exists():
+            raise DreamerError(
+                f"--resume was given, but the run in {run_dir} never started (it has no {config_file.name}), so "
+                "there is nothing to continue. Start it without --resume, with the options it should have."
+            )
         kept = "".join(f", keeping {p.name}/" for p in taken)
         print(f"{run_dir} has no checkpoint yet (the run stopped before its first one): starting it afresh{kept}.",
               file=sys.stderr)

@@ -352,6 +352,8 @@ def test_resume_without_a_checkpoint_starts_afresh_and_says_so(tmp_path, capsys)
     common.write_config(run / "config.yaml", "test", RunConfig(out=str(run), steps=77))
     resumed, _ = resume_or_refuse(RunConfig(out=str(run)), latest, [], True, "x", config_file=run / "config.yaml")
     assert resumed.steps == 77  # the config the run started with, not the defaults
+    with pytest.raises(DreamerError, match="never started \\(it has no other.yaml\\)"):
+        resume_or_refuse(cfg, latest, [], True, "x", config_file=run / "other.yaml")
     with pytest.raises(DreamerError, match="there is no run at"):
         resume_or_refuse(cfg, tmp_path / "missing" / "checkpoints" / "latest.pt", [], True, "x")
     assert not (tmp_path / "missing").exists()
