@@ -179,7 +179,8 @@ class RunLock:
     A lock held by a live process (or by another host, whose processes cannot be checked)
     is refused with a message; a lock left by a process that no longer runs on this host is
     taken over, with a message. The lock is removed on exit (and the run directory too when the
-    lock made it and nothing was written into it)."""
+    lock made it and nothing was written into it). Taking the lock removes the temporary files
+    that killed atomic writes left (``clean_temporaries``)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -197,6 +198,7 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(self.record, f)
+            clean_temporaries(self.run_dir)  # safe now: no other writer can be mid-write
             return self
         raise DreamerError(f"Could not take the lock {self.path}; try again.")
 

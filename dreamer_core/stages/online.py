@@ -66,7 +66,6 @@ from dreamer_core.stages.common import (
     RunLock,
     TrainLoop,
     autocast,
-    clean_temporaries,
     resume_or_refuse,
     run_id,
     truncate_metrics,
@@ -468,8 +467,8 @@ class OnlineTrainer:
         self.random_policy.rng.bit_generator.state = state.rng["random_policy"]
         self.policy.generator.set_state(state.rng["policy"])
         torch.set_rng_state(state.rng["torch"])
-        c = state.counters
-        self.env_steps, self.updates, self.episodes, self.evals = c["env_steps"], c["updates"], c["episodes"], c["evals"]
+        c = state.counters  # env steps and episodes come from the replay (_build)
+        self.updates, self.evals = c["updates"], c["evals"]
         self.clock = Clock(c["clock"])
         self.last_eval, self.best_eval = c["last_eval"], c["best_eval"]
 
@@ -484,8 +483,7 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: in
         threads: int | None = None) -> dict[str, Any]:
     """Train online (or resume) and return a summary; one writer per run directory."""
     check_run_dir(cfg.out, "--out")
-    with RunLock(Path(cfg.out)) as lock:
-        clean_temporaries(lock.run_dir)
+    with RunLock(Path(cfg.out)):
         trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads)
         try:
             return trainer.run()

@@ -44,7 +44,6 @@ from dreamer_core.runs import (
 from dreamer_core.stages.common import (
     RunLock,
     TrainLoop,
-    clean_temporaries,
     open_datasets,
     resume_or_refuse,
     run_id,
@@ -241,6 +240,5 @@ def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
     """Train (or resume) the behavior and return the final metrics; one writer per run directory."""
     check_run_dir(cfg.run, "--run")
-    with RunLock(Path(cfg.run)) as lock:
-        clean_temporaries(lock.run_dir)
+    with RunLock(Path(cfg.run)):
         return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()

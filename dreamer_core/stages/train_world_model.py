@@ -35,7 +35,6 @@ from dreamer_core.stages.common import (
     NonFiniteGuard,
     RunLock,
     TrainLoop,
-    clean_temporaries,
     open_datasets,
     resume_or_refuse,
     run_id,
@@ -409,6 +408,5 @@ def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None) -> dict[str, Any]:
     """Train (or resume) and return the final metrics; one writer per run directory."""
     check_run_dir(cfg.out, "--out")
-    with RunLock(Path(cfg.out)) as lock:
-        clean_temporaries(lock.run_dir)
+    with RunLock(Path(cfg.out)):
         return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()

@@ -389,8 +389,11 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caps
         assert (tmp_path / "new").is_dir()
     assert not (tmp_path / "new").exists()  # made by the lock and left empty: removed again
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "checkpoints").mkdir(parents=True)
+    stale = run / "checkpoints" / ".latest.pt.x1.tmp"  # left by a write killed mid-way
+    stale.write_bytes(b"half")
     with common.RunLock(run) as lock:
+        assert not stale.exists()
         record = json.loads(lock.path.read_text())
         assert record["pid"] == os.getpid()
         with pytest.raises(DreamerError, match=f"in use by process {os.getpid()}"):
