@@ -355,8 +355,9 @@ class Imagination:
 
     Attributes:
         obs: key -> ``[N, H+1, ...]`` decoded states (images float in [0, 1]).
-        action: ``[N, H+1, A]`` actor-space actions (one-hot for Discrete); the last one is
-            never executed. ``env_action``: ``[N, H+1, ...]`` the same in the env's encoding.
+        action: ``[N, H+1, A]`` actor-space actions, as the model read them (one-hot for
+            Discrete, [-1, 1] for Box); the last one is never executed. ``env_action``:
+            ``[N, H+1, ...]`` the same in the env's encoding (Box: scaled to the bounds).
         policy_probs: ``[N, H+1, A]`` action probabilities (Discrete and MultiBinary; None for Box).
         entropy: ``[N, H+1]`` policy entropy.
         reward: ``[N, H]`` predicted reward; ``cont``: ``[N, H]`` continue probability.

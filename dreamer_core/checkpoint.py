@@ -16,6 +16,12 @@ data whose spaces do not fit, and a run can be traced back to its command.
 
 Format 1 (dreamer-core 0.1.0: untyped dicts) artifacts still load: they are converted on
 reading. Format-1 resume checkpoints are refused with a message that says what to do.
+Format 2 (0.2.x) files have format 3's fields and load as they are, with one exception:
+before format 3 the world model read Box actions in the env's units, since then normalised
+to [-1, 1] by the bounds (nets/actions.py). World models and resume states of formats 1 and
+2 whose Box action space has a normalised dimension with bounds other than exactly [-1, 1]
+would misread every action, so they are refused with a message that says what to do
+(behavior artifacts still load: the actor always worked in [-1, 1]).
 
 Writes are atomic (temporary file in the same folder, fsync, rename): a crash leaves the
 previous checkpoint, never a truncated one.
@@ -33,13 +39,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from dreamer_core import __version__, files
 from dreamer_core.data import schema
 from dreamer_core.errors import DreamerError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+OLD_RELEASES = {1: "0.1.x", 2: "0.2.x"}  # older formats -> the dreamer-core releases that wrote them
 P = TypeVar("P", bound="Payload")
 
 
@@ -156,26 +164,65 @@ def load(path: Path | str, cls: type[P], map_location: str | torch.device = "cpu
         ) from None
     if not isinstance(blob, dict):
         raise DreamerError(f"{path} is not a dreamer-core checkpoint (it holds a {type(blob).__name__}).")
+    version = 1 if blob.get("checkpoint_version") == 1 else blob.get("format_version")
+    written_by = blob.get("dreamer_core_version", OLD_RELEASES.get(version, "unknown"))
     if blob.get("checkpoint_version") == 1:
         blob = _from_format_1(blob, cls, path)
-    elif blob.get("format_version") != FORMAT_VERSION:
+    elif version not in (2, FORMAT_VERSION):
         found = blob.get("format_version", blob.get("checkpoint_version"))
         raise DreamerError(
-            f"{path} is a dreamer-core checkpoint of format {found}, but this version reads formats 1 and "
+            f"{path} is a dreamer-core checkpoint of format {found}, but this version reads formats 1 to "
             f"{FORMAT_VERSION}. Load it with the dreamer-core version that wrote it "
-            f"({blob.get('dreamer_core_version', 'unknown')})."
+            f"({written_by})."
         )
     if blob.get("kind") != cls.kind:
         raise DreamerError(
             f"{path} holds a {blob.get('kind')} checkpoint, not a {cls.kind} one. Pass the right file "
             "(world_model.pt, behavior.pt or checkpoints/*latest.pt of a run)."
         )
+    if version != FORMAT_VERSION and cls is not BehaviorArtifact:
+        _refuse_raw_box_actions(blob, cls, path, version, written_by)
     return cls(**{f.name: blob[f.name] for f in dataclasses.fields(cls) if f.name in blob})
 
 
+def box_encoding_changed(action_space: gym.Space) -> bool:
+    """True when format 3 feeds this action space to the world model differently from formats
+    1 and 2: a Box with a dimension that is normalised (both bounds finite, ``high > low``;
+    ``ActionSpace.scaled``) and whose bounds are not exactly [-1, 1]. Other spaces, and Box
+    dimensions that pass unchanged, are encoded as before."""
+    if not isinstance(action_space, gym.spaces.Box):
+        return False
+    low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
+    scaled = np.isfinite(low) & np.isfinite(high) & (high > low)
+    return bool((scaled & ((low != -1) | (high != 1))).any())
+
+
+def _refuse_raw_box_actions(blob: dict[str, Any], cls: type[Payload], path: Path, version: int,
+                            written_by: str) -> None:
+    """Refuse a format-1/2 world model or resume state whose Box actions format 3 reads differently."""
+    action_space = schema.space_from_json(blob["action_space"])
+    if not box_encoding_changed(action_space):
+        return
+    release = OLD_RELEASES[version]
+    if cls is WorldModelArtifact:
+        what, model = "a world model", "this world model"
+        todo = ("Retrain the world model with this version (stage 02 on the same data, then stage 03 on the "
+                f"new world model), or load this one with dreamer-core {release}.")
+    else:
+        what, model = "a resume state", "the run's world model"
+        todo = (f"Finish the run with dreamer-core {release}, or start a new run with this version (it trains "
+                "the world model again).")
+    raise DreamerError(
+        f"{path} holds {what} written by dreamer-core {written_by} (checkpoint "
+        f"format {version}), which fed Box actions to the world model in the env's units. Since dreamer-core "
+        f"0.3.0 (format {FORMAT_VERSION}) the world model reads them normalised to [-1, 1] by the bounds of "
+        f"{action_space}, so {model} would misread every action. {todo}"
+    )
+
+
 def _from_format_1(blob: dict[str, Any], cls: type[Payload], path: Path) -> dict[str, Any]:
-    """Convert a format-1 artifact (dreamer-core 0.1.0) to the format-2 fields; resume states
-    of format 1 are refused (their layouts were the stages' own)."""
+    """Convert a format-1 artifact (dreamer-core 0.1.0) to the format-2 (= format-3) fields;
+    resume states of format 1 are refused (their layouts were the stages' own)."""
     config = blob["config"]
     common = {"observation_space": blob["observation_space"], "action_space": blob["action_space"],
               "stage_config": config}

@@ -1,7 +1,8 @@
 """Checkpoints (checkpoint.py): typed payloads round trip through the file format; the wrong
 kind, an unknown format, a damaged or foreign file and a missing one are refused with messages
 that say what to do; format-1 (dreamer-core 0.1.0) artifacts are converted and format-1 resume
-states refused; spaces are checked with a message naming both sides."""
+states refused; format-1/2 world models and resume states whose Box actions format 3 normalises
+differently are refused, the others load; spaces are checked with a message naming both sides."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dreamer_core.data import schema
 from dreamer_core.errors import DreamerError
 from dreamer_core.stages.train_behavior import TrainBehaviorConfig
 from dreamer_core.stages.train_world_model import TrainWorldModelConfig
+from dreamer_core.world_model import WorldModel
 from tests.common import ACTION_SPACES, OBS_SPACES, tiny_behavior_config, tiny_world_model
 
 SPACES = checkpoint.spaces_json(OBS_SPACES["dict"], ACTION_SPACES["box"])
@@ -63,7 +65,7 @@ def test_typed_payloads_round_trip(tmp_path, payload):
     for f in dataclasses.fields(payload):
         assert equal(getattr(loaded, f.name), getattr(payload, f.name)), f.name
     blob = torch.load(path, weights_only=False)
-    assert blob["format_version"] == checkpoint.FORMAT_VERSION == 2 and blob["kind"] == payload.kind
+    assert blob["format_version"] == checkpoint.FORMAT_VERSION == 3 and blob["kind"] == payload.kind
     assert blob["dreamer_core_version"] == __version__
     assert blob["dataset_schema_version"] == schema.SCHEMA_VERSION
     obs_space, action_space = loaded.spaces()
@@ -98,11 +100,11 @@ def test_loading_a_world_model_file_as_a_behavior_is_refused(tmp_path):
         ActorCritic.load(tmp_path / "world_model.pt", wm)
 
 
-@pytest.mark.parametrize("version", [3, 17])
+@pytest.mark.parametrize("version", [4, 17, 1])
 def test_an_unknown_format_version_is_refused_naming_it(tmp_path, version):
     path = tmp_path / "world_model.pt"
     torch.save({"format_version": version, "kind": "world_model", "dreamer_core_version": "9.9.9", **SPACES}, path)
-    with pytest.raises(DreamerError, match=rf"format {version}, but this version reads formats 1 and 2\. "
+    with pytest.raises(DreamerError, match=rf"format {version}, but this version reads formats 1 to 3\. "
                                            r"Load it with the dreamer-core version that wrote it \(9\.9\.9\)"):
         checkpoint.load(path, checkpoint.WorldModelArtifact)
 
@@ -186,6 +188,103 @@ def test_a_format_1_artifact_of_the_other_kind_is_refused(tmp_path):
     assert checkpoint.load(path, checkpoint.WorldModelArtifact).update == 3
     with pytest.raises(DreamerError, match="cannot use as a behavior"):
         checkpoint.load(path, checkpoint.BehaviorArtifact)
+
+
+# --- formats 1 and 2: Box actions in env units --------------------------------------------------------
+
+PENDULUM = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+BOX_MESSAGE = (r"{path} holds {what} written by dreamer-core {version} \(checkpoint format {format}\), which fed "
+               r"Box actions to the world model in the env's units\. Since dreamer-core 0\.3\.0 \(format 3\) the "
+               r"world model reads them normalised to \[-1, 1\] by the bounds of Box\(-2\.0, 2\.0, \(1,\), "
+               r"float32\), so {model} would misread every action\. ")
+
+
+def as_format_2(path) -> None:
+    """Rewrite a checkpoint as dreamer-core 0.2.0 wrote it (format 2 had format 3's fields)."""
+    blob = torch.load(path, weights_only=False)
+    torch.save({**blob, "format_version": 2, "dreamer_core_version": "0.2.0"}, path)
+
+
+def test_a_format_2_world_model_with_a_pendulum_box_is_refused_with_what_to_do(tmp_path):
+    wm = tiny_world_model("vector", PENDULUM)
+    path = tmp_path / "world_model.pt"
+    wm.save(path)
+    assert WorldModel.load(path)[0].action_space == PENDULUM  # format 3: loads
+    as_format_2(path)
+    with pytest.raises(DreamerError) as err:
+        WorldModel.load(path)
+    message = str(err.value)
+    assert re.match(BOX_MESSAGE.format(path=re.escape(str(path)), what="a world model", version=r"0\.2\.0",
+                                       format=2, model="this world model"), message), message
+    assert message.endswith("Retrain the world model with this version (stage 02 on the same data, then stage 03 "
+                            "on the new world model), or load this one with dreamer-core 0.2.x.")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("action", ["discrete", "multibinary", "box",
+                                    gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)],
+                         ids=["discrete", "multibinary", "box-minus-one-to-one", "box-unbounded"])
+def test_a_format_2_world_model_whose_actions_read_the_same_still_loads(tmp_path, action):
+    wm = tiny_world_model("vector", action)
+    path = tmp_path / "world_model.pt"
+    wm.save(path, update=5)
+    as_format_2(path)
+    loaded, artifact = WorldModel.load(path)
+    assert artifact.update == 5 and loaded.action_space == wm.action_space
+    assert all(torch.equal(v, wm.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_format_2_resume_states_with_a_pendulum_box_are_refused_behavior_artifacts_load(tmp_path):
+    wm = tiny_world_model("vector", PENDULUM)
+    weights = {"layer.weight": torch.ones(2)}
+    spaces = checkpoint.spaces_json(wm.observation_space, PENDULUM)
+    path = tmp_path / "latest.pt"
+    checkpoint.save(path, checkpoint.TrainState(**spaces, stage_config={}, stage="train-world-model",
+                                                modules={"model": weights}))
+    as_format_2(path)
+    with pytest.raises(DreamerError) as err:
+        checkpoint.load(path, checkpoint.TrainState)
+    message = str(err.value)
+    assert re.match(BOX_MESSAGE.format(path=re.escape(str(path)), what="a resume state", version=r"0\.2\.0",
+                                       format=2, model="the run's world model"), message), message
+    assert message.endswith("Finish the run with dreamer-core 0.2.x, or start a new run with this version (it "
+                            "trains the world model again).")
+    # the actor always sampled in [-1, 1] and was scaled to the bounds for the env: unchanged
+    checkpoint.save(path, checkpoint.BehaviorArtifact(**spaces, stage_config={}, weights=weights, update=2))
+    as_format_2(path)
+    assert checkpoint.load(path, checkpoint.BehaviorArtifact).update == 2
+    # a format-2 resume state of a discrete space resumes
+    checkpoint.save(path, checkpoint.TrainState(**checkpoint.spaces_json(wm.observation_space, ACTION_SPACES["discrete"]),
+                                                stage_config={}, stage="train-world-model", counters={"update": 4}))
+    as_format_2(path)
+    assert checkpoint.load(path, checkpoint.TrainState).counters == {"update": 4}
+
+
+def test_a_format_1_world_model_with_a_pendulum_box_is_refused(tmp_path):
+    wm = tiny_world_model("vector", PENDULUM)
+    path = tmp_path / "world_model.pt"
+    torch.save(format_1(config_lib.to_dict(TrainWorldModelConfig(model=wm.cfg)), wm.observation_space,
+                        wm.action_space, model=wm.state_dict(), update=3, calibration=None), path)
+    with pytest.raises(DreamerError) as err:
+        checkpoint.load(path, checkpoint.WorldModelArtifact)
+    assert re.match(BOX_MESSAGE.format(path=re.escape(str(path)), what="a world model", version=r"0\.1\.0",
+                                       format=1, model="this world model"), str(err.value)), str(err.value)
+    assert str(err.value).endswith("or load this one with dreamer-core 0.1.x.")
+
+
+@pytest.mark.parametrize("space, changed", [
+    (gym.spaces.Discrete(3), False),
+    (gym.spaces.MultiBinary(2), False),
+    (gym.spaces.Box(-1.0, 1.0, (2, 2), np.float32), False),
+    (gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), False),
+    (gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, np.inf], np.float32)), False),
+    (gym.spaces.Box(np.array([-1.0, 3.0], np.float32), np.array([1.0, 3.0], np.float32)), False),
+    (gym.spaces.Box(-2.0, 2.0, (1,), np.float32), True),
+    (gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 5.0], np.float32)), True),
+    (gym.spaces.Box(0.0, 1.0, (1,), np.float32), True),
+])
+def test_box_encoding_changed_only_where_a_normalised_dimension_is_not_minus_one_to_one(space, changed):
+    assert checkpoint.box_encoding_changed(space) is changed
 
 
 # --- spaces ------------------------------------------------------------------------------------------

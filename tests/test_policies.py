@@ -1,7 +1,8 @@
 """Policies (policies.py): RandomPolicy's seeded draws and dtypes per action space; AgentPolicy
 acting through the world-model and actor-critic interfaces only, resetting its latent state
-where an episode starts, greedy actions, actions inside the env's space; play_episode's rows in
-the dataset layout."""
+where an episode starts, greedy actions, actions inside the env's space, Box actions fed to the
+model in [-1, 1] and scaled to the bounds only for the env; play_episode's rows in the dataset
+layout."""
 
 from __future__ import annotations
 
@@ -192,6 +193,25 @@ def test_agent_actions_are_in_the_env_space(space, dtype):
             action = policy.act(obs, first)
             assert action.dtype == dtype and action.shape == (3, *space.shape)
             assert all(space.contains(a) for a in action), action
+
+
+@pytest.mark.parametrize("mode", ["sample", "mode"])
+def test_box_actions_reach_the_model_in_minus_one_to_one_and_the_env_scaled_to_the_bounds(mode):
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32))
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    wm, agent = agent_for(space)
+    policy = AgentPolicy(wm, agent, 3, mode=mode, seed=0)
+    for obs, first in zip(observations(3, 4), FIRSTS):
+        action = policy.act(obs, first)
+        actor = policy.last_action  # the actor's sample (or mode): what the model is fed next
+        if mode == "mode":
+            with torch.no_grad():
+                torch.testing.assert_close(actor, agent.policy(wm.features(policy.state)).mode)
+        assert actor.abs().max() <= 1.0
+        want = low + (actor.double().numpy() + 1) / 2 * (high - low)
+        np.testing.assert_allclose(action, want, rtol=0, atol=1e-5)
+        # replayed from a dataset, the stored env action reaches the model as the actor's value
+        torch.testing.assert_close(wm.actions.encode(torch.as_tensor(action)), actor, rtol=0, atol=1e-6)
 
 
 def test_agent_policy_refusals():

@@ -1,7 +1,8 @@
 """Tests of nets/actions.py: the one place that encodes actions. Per space kind: the stored ->
-model encoding (exact values), the actor <-> model maps (inverses), the env actions (dtype,
-shape, inside the space), the policy and inverse-head distributions against torch references,
-the refusals and their messages, and the inverse-dynamics targets and metrics (exact values)."""
+model encoding (exact values; Box normalised to [-1, 1] by its bounds), the actor -> model map
+(the identity), the env actions (dtype, shape, inside the space, scaled to the bounds), the
+policy and inverse-head distributions against torch references, the refusals and their
+messages, and the inverse-dynamics targets (normalised for Box) and metrics (exact values)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import distributions as td
 from dreamer_core.errors import DreamerError
 from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.distributions import BoundedNormal, MultiBernoulliDist, OneHotDist
+from dreamer_core.nets.rssm import RSSM, RSSMConfig
 from tests.nets import single_thread  # noqa: F401  (autouse fixture)
 
 DISCRETE = gym.spaces.Discrete(4, start=2)  # stored actions 2..5
@@ -22,6 +24,8 @@ MULTIBINARY_2D = gym.spaces.MultiBinary([2, 3])
 MULTIDISCRETE = gym.spaces.MultiDiscrete([3, 2])
 BOX = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
 BOX_2D = gym.spaces.Box(-3.0, 5.0, (2, 2), np.float32)
+ASYMMETRIC = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32))
+PENDULUM = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 
 
 # --- kinds and sizes ------------------------------------------------------------------------------
@@ -63,42 +67,79 @@ def test_encode_multidiscrete_concatenates_one_hots_per_dimension():
     assert torch.equal(got, torch.tensor([[1.0, 0, 0, 0, 1], [0, 0, 1, 1, 0]]))
 
 
-def test_encode_multibinary_and_box_are_the_float_values_flattened():
+def test_encode_multibinary_is_the_bits_as_floats_flattened():
     bits = torch.tensor([[[1, 0, 1], [0, 0, 1]]], dtype=torch.int8)  # [B=1, 2, 3]
     got = ActionSpace(MULTIBINARY_2D).encode(bits)
     assert got.dtype == torch.float32 and torch.equal(got, torch.tensor([[1.0, 0, 1, 0, 0, 1]]))
     flat = ActionSpace(MULTIBINARY).encode(torch.tensor([[0, 1, 1, 0, 1]], dtype=torch.int8))
     assert torch.equal(flat, torch.tensor([[0.0, 1, 1, 0, 1]]))
-    values = torch.tensor([[[[-3.0, 0.5], [1.0, 5.0]]]])  # [B=1, T=1, 2, 2]
-    assert torch.equal(ActionSpace(BOX_2D).encode(values), torch.tensor([[[-3.0, 0.5, 1.0, 5.0]]]))
-    raw = torch.tensor([[-2.0, 7.5]])
-    assert torch.equal(ActionSpace(BOX).encode(raw), raw)  # raw Box values, not rescaled
 
 
-# --- actor <-> model <-> env ----------------------------------------------------------------------
+def test_encode_box_normalises_by_the_bounds_per_dimension():
+    values = torch.tensor([[[[-3.0, 1.0], [5.0, 3.0]]]])  # [B=1, T=1, 2, 2], bounds [-3, 5]
+    got = ActionSpace(BOX_2D).encode(values)
+    assert got.dtype == torch.float32 and torch.equal(got, torch.tensor([[[-1.0, 0.0, 1.0, 0.5]]]))
+    # asymmetric bounds low=[-2, 0], high=[2, 5]: -1 at low, 1 at high, per dimension
+    stored = torch.tensor([[-2.0, 0.0], [2.0, 5.0], [0.0, 2.5], [1.0, 1.0], [-1.0, 4.0]])
+    want = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.5, -0.6], [-0.5, 0.6]])
+    got = ActionSpace(ASYMMETRIC).encode(stored)
+    torch.testing.assert_close(got, want)
+    assert got.min() == -1.0 and got.max() == 1.0  # exactly, at the bounds
 
 
-def test_box_to_model_rescales_to_the_bounds_and_from_model_inverts_it():
-    actions = ActionSpace(BOX)
-    edges = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.5, -0.5]])
-    want = torch.tensor([[-2.0, 0.0], [2.0, 10.0], [0.0, 5.0], [1.0, 2.5]])
-    torch.testing.assert_close(actions.to_model(edges), want)
-    torch.testing.assert_close(actions.from_model(want), edges)
-    x = torch.rand(64, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    torch.testing.assert_close(actions.from_model(actions.to_model(x)), x)
-    y = actions.low + torch.rand(64, 2, generator=torch.Generator().manual_seed(1)) * (actions.high - actions.low)
-    torch.testing.assert_close(actions.to_model(actions.from_model(y)), y)
-    # differentiable: d model / d actor = (high - low) / 2 per dimension
+def test_box_actions_in_the_bounds_reach_the_model_in_minus_one_to_one_and_round_trip():
+    actions = ActionSpace(ASYMMETRIC)
+    gen = torch.Generator().manual_seed(0)
+    stored = actions.low + torch.rand(256, 2, generator=gen) * (actions.high - actions.low)  # env units
+    stored[:2] = torch.stack([actions.low, actions.high])
+    model = actions.encode(stored)
+    assert model.min() == -1.0 and model.max() == 1.0 and model.abs().max() <= 1.0
+    actor = model  # the actor works in the model's units
+    assert actions.to_model(actor) is actor
+    env = actions.to_env(actor)  # stored -> model -> env
+    assert env.dtype == np.float32 and all(ASYMMETRIC.contains(a) for a in env)
+    np.testing.assert_allclose(env, stored.numpy(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(actions.denormalise(actions.normalise(stored)), stored)
+    # differentiable: d env / d model = (high - low) / 2 per dimension
     a = torch.zeros(1, 2, requires_grad=True)
-    (grad,) = torch.autograd.grad(actions.to_model(a).sum(), a)
-    torch.testing.assert_close(grad, torch.tensor([[2.0, 5.0]]))
+    (grad,) = torch.autograd.grad(actions.denormalise(a).sum(), a)
+    torch.testing.assert_close(grad, torch.tensor([[2.0, 2.5]]))
 
 
-@pytest.mark.parametrize("space", [DISCRETE, MULTIBINARY, MULTIDISCRETE])
-def test_to_model_and_from_model_are_the_identity_outside_box(space):
+def test_pendulum_torques_above_one_stay_distinct_in_the_model():
+    actions = ActionSpace(PENDULUM)  # bounds +-2: 1.0 and 2.0 are different torques
+    model = actions.encode(torch.tensor([[1.0], [2.0], [-2.0], [-1.0]]))
+    torch.testing.assert_close(model, torch.tensor([[0.5], [1.0], [-1.0], [-0.5]]))
+    # and the RSSM (its input guard divides by max(1, |a|)) steps differently under them
+    torch.manual_seed(0)
+    rssm = RSSM(RSSMConfig(deter=16, hidden=16, stoch=4, classes=4), 6, actions.dim)
+    start = rssm.initial(2)
+    with torch.no_grad():
+        deter = rssm.img_step(start, model[:2], sample=False).deter  # torques 1.0 and 2.0
+    assert not torch.allclose(deter[0], deter[1])
+
+
+def test_unbounded_and_degenerate_box_dimensions_pass_unchanged():
+    space = gym.spaces.Box(np.array([-np.inf, 0.0, -2.0, 3.0], np.float32),
+                           np.array([np.inf, np.inf, 2.0, 3.0], np.float32))  # free, half-open, scaled, fixed
     actions = ActionSpace(space)
-    x = torch.rand(3, actions.dim)
-    assert actions.to_model(x) is x and actions.from_model(x) is x
+    assert actions.scaled.tolist() == [False, False, True, False]
+    stored = torch.tensor([[-7.5, 12.0, 1.0, 3.0]])
+    model = actions.encode(stored)
+    assert torch.equal(model, torch.tensor([[-7.5, 12.0, 0.5, 3.0]]))
+    assert model.isfinite().all()
+    assert torch.equal(actions.denormalise(model), stored)
+    (grad,) = torch.autograd.grad(actions.normalise(stored.requires_grad_(True)).sum(), stored)
+    assert torch.equal(grad, torch.tensor([[1.0, 1.0, 0.5, 1.0]]))  # finite gradients everywhere
+    # the env gets raw values where unbounded, the fixed value where low == high
+    assert actions.to_env(torch.tensor([[-7.5, 12.0, 0.5, 0.9]])).tolist() == [[-7.5, 12.0, 1.0, 3.0]]
+
+
+@pytest.mark.parametrize("space", [DISCRETE, MULTIBINARY, MULTIDISCRETE, BOX, BOX_2D])
+def test_to_model_is_the_identity(space):
+    actions = ActionSpace(space)
+    x = torch.rand(3, actions.dim) * 2 - 1
+    assert actions.to_model(x) is x
 
 
 def test_to_env_discrete_adds_the_start():
@@ -117,7 +158,7 @@ def test_to_env_multibinary_gives_int8_bits_in_the_space_shape():
     assert ActionSpace(MULTIBINARY_2D).to_env(straight_through).dtype == np.int8
 
 
-def test_to_env_box_gives_float32_values_in_the_bounds():
+def test_to_env_box_scales_the_actor_sample_to_the_bounds():
     actor = torch.tensor([[-1.0, -1.0, 1.0, 1.0], [0.0, 0.5, -0.5, 1.0]])
     env = ActionSpace(BOX_2D).to_env(actor)
     assert env.dtype == np.float32 and env.shape == (2, 2, 2)
@@ -126,6 +167,13 @@ def test_to_env_box_gives_float32_values_in_the_bounds():
     assert all(BOX_2D.contains(a) for a in env)
     env = ActionSpace(BOX).to_env(torch.tensor([[0.0, 0.0]]))
     assert env.dtype == np.float32 and env.shape == (1, 2) and env[0].tolist() == [0.0, 5.0]
+    env = ActionSpace(ASYMMETRIC).to_env(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.5, -0.6]]))
+    np.testing.assert_allclose(env, [[-2.0, 0.0], [2.0, 5.0], [1.0, 1.0]], rtol=0, atol=1e-6)
+    assert ActionSpace(PENDULUM).to_env(torch.tensor([[0.5], [1.0]])).tolist() == [[1.0], [2.0]]
+    # rounding never leaves the space: samples clipped to [-1, 1] land exactly on the bounds
+    odd = gym.spaces.Box(np.float32(-0.1), np.float32(0.3), (1,), np.float32)
+    env = ActionSpace(odd).to_env(torch.tensor([[-1.0], [1.0], [1.5], [-3.0]]))
+    assert env[:, 0].tolist() == [odd.low[0], odd.high[0], odd.high[0], odd.low[0]]
 
 
 # --- policy distributions -------------------------------------------------------------------------
@@ -223,12 +271,14 @@ def test_inverse_multibinary_target_and_per_button_accuracy():
     torch.testing.assert_close(actions.inverse_metric(dist, stored), torch.tensor([[5 / 6, 2 / 6]]))
 
 
-def test_inverse_box_target_and_squared_error():
-    actions = ActionSpace(BOX)
-    stored = torch.tensor([[[1.0, 4.0], [-2.0, 10.0]]])  # [1, 2, 2], raw Box units
-    assert torch.equal(actions.inverse_target(stored), stored)
-    out = torch.tensor([[[0.0, 4.0, 0.0, 0.0], [-1.0, 7.0, 1.0, 1.0]]])  # means (0, 4) and (-1, 7)
+def test_inverse_box_target_is_normalised_and_scored_in_those_units():
+    actions = ActionSpace(BOX)  # bounds [-2, 2] x [0, 10]
+    stored = torch.tensor([[[1.0, 4.0], [-2.0, 10.0]]])  # [1, 2, 2], env units
+    target = actions.inverse_target(stored)
+    torch.testing.assert_close(target, torch.tensor([[[0.5, -0.2], [-1.0, 1.0]]]))
+    torch.testing.assert_close(target, actions.encode(stored))  # the model's units
+    out = torch.tensor([[[0.0, -0.2, 0.0, 0.0], [-1.0, 0.0, 1.0, 1.0]]])  # means (0, -0.2) and (-1, 0)
     dist = actions.inverse_dist(out)
     ref = td.Normal(out[..., :2], torch.nn.functional.softplus(out[..., 2:]) + 0.01)
-    torch.testing.assert_close(dist.log_prob(stored), ref.log_prob(stored).sum(-1))
-    torch.testing.assert_close(actions.inverse_metric(dist, stored), torch.tensor([[(1 + 0) / 2, (1 + 9) / 2]]))
+    torch.testing.assert_close(dist.log_prob(target), ref.log_prob(target).sum(-1))
+    torch.testing.assert_close(actions.inverse_metric(dist, stored), torch.tensor([[(0.25 + 0) / 2, (0 + 1) / 2]]))
