@@ -5,7 +5,8 @@ One update (``ActorCritic.loss``), given a frozen world model and the posterior 
 replayed ``[B, T]`` window:
 
 1. Every posterior state is a start state (``N = B*T``, detached: behavior learning must not
-   change the world model). The prior rolls forward ``H`` steps under the actor.
+   change the world model). The prior rolls forward ``H`` steps under the actor, which reads
+   each state's features with their gradient stopped (as in the official code).
 2. Rewards and continue flags of the imagined states come from the world model's heads; the
    critic values them; lambda-returns (losses.lambda_return) are the targets.
 3. Returns are normalised by the EMA of their 5th-95th percentile range, floored at 1, so the
@@ -45,7 +46,7 @@ from dreamer_core.errors import DreamerError
 from dreamer_core.interfaces import LatentState, WorldModelInterface
 from dreamer_core.nets import distributions as dists
 from dreamer_core.nets.actions import ActionSpace
-from dreamer_core.nets.layers import MLP, zero_init
+from dreamer_core.nets.layers import MLP
 from dreamer_core.optim import OptimConfig
 from dreamer_core.types import Batch
 
@@ -143,11 +144,12 @@ class ActorCritic(nn.Module):
             raise DreamerError(f"Unknown actor gradient {cfg.actor.grad!r}; use auto, reinforce or dynamics.")
         self.actor = MLP(feat_dim, self.actions.policy_out_dim, cfg.actor.units, cfg.actor.layers, norm=cfg.norm, act=cfg.act,
                          onehot=feat_onehot)
-        critic_out = cfg.critic.bins if cfg.critic.head == "twohot" else 1
+        twohot = cfg.critic.head == "twohot"
+        critic_out = cfg.critic.bins if twohot else 1
+        # V3: the two-hot critic's output starts at 0 (outscale 0), so values start at exactly 0.
         self.critic = MLP(feat_dim, critic_out, cfg.critic.units, cfg.critic.layers, norm=cfg.norm, act=cfg.act,
-                          onehot=feat_onehot)
-        if cfg.critic.head == "twohot":
-            zero_init(self.critic.net[-1])  # V3: values start at exactly 0
+                          onehot=feat_onehot, outscale=0.0 if twohot else 1.0)
+        if twohot:
             self.register_buffer("bins", dists.symexp_bins(cfg.critic.bins), persistent=False)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         # Return normaliser state (EMA of the percentiles); `retnorm_count` 0 = not yet seen.
@@ -228,9 +230,13 @@ class ActorCritic(nn.Module):
                 ) -> tuple[LatentState, Tensor, Tensor, Tensor]:
         """Roll out the actor in the world model from ``start`` ``[N]``.
 
-        The actor's graph is always recorded (its log-probabilities and entropies are computed
-        in the loop, not by a second pass). The world model's graph is recorded only for
-        ``dynamics`` backprop; for REINFORCE its inputs carry no gradient, so it records nothing.
+        The actor reads each state's features with their gradient stopped, as in every
+        official DreamerV3 (``actor(sg(feat))``): its own graph starts at its input. The actor's
+        graph is always recorded (its log-probabilities and entropies are computed in the loop,
+        not by a second pass). For ``dynamics`` backprop the sampled (reparameterised) action is
+        the only path from the actor into the world model's dynamics, and the return gradient
+        comes back to the actor only through the actions. For REINFORCE the actions are detached
+        too, so the world model records nothing.
 
         Returns:
             states ``[N, H+1]``; actor-space actions ``[N, H+1, A]`` (the last one is never
@@ -239,7 +245,7 @@ class ActorCritic(nn.Module):
         actions, logps, entropies = [], [], []
 
         def act(state: LatentState) -> Tensor:
-            policy = self.policy(world_model.features(state))
+            policy = self.policy(world_model.features(state).detach())  # DreamerV3: actor(sg(feat))
             if dynamics:
                 action = policy.rsample() if self.actions.kind == "box" else policy.sample()
             else:

@@ -384,19 +384,21 @@ class Undetached(RSSMState):
 
 @pytest.mark.parametrize("grad", ["reinforce", "dynamics"])
 def test_the_start_state_check_fails_when_the_starts_keep_their_graph(grad):
+    """Dynamics backprop: the returns reach the start states through the dynamics, so leaky
+    starts train the encoder and posterior. REINFORCE: the actor reads detached features and
+    feeds detached actions, a second barrier that holds even with leaky starts."""
     wm, agent, batch, post = trainable_setup("vector", "discrete", grad)
     leaky = Undetached(**{f.name: getattr(post, f.name) for f in dataclasses.fields(post)})
     actor_loss, critic_loss, _ = agent.loss(wm, leaky, batch)
-    assert of(reached(actor_loss, wm), STARTS) == of({n for n, _ in wm.named_parameters()}, STARTS)
+    starts = of({n for n, _ in wm.named_parameters()}, STARTS)
+    assert of(reached(actor_loss, wm), STARTS) == (starts if grad == "dynamics" else set())
     assert reached(critic_loss, wm) == set()  # the critic reads detached features either way
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "behavior.py ActorCritic.imagine feeds the actor the imagined states' features without "
-    "detaching them, so with a trainable world model the REINFORCE actor loss (log-probabilities "
-    "and entropies) reaches the RSSM dynamics. Every caller freezes the world model first "
-    "(ActorCritic.loss requires it), so no result changes; the guarantee lives in the callers."))
 def test_reinforce_actor_loss_reaches_no_world_model_parameter_even_when_trainable():
+    """The actor reads detached features (DreamerV3's ``actor(sg(feat))``), so its
+    log-probabilities and entropies do not reach the dynamics even if the caller forgot to
+    freeze the world model."""
     wm, agent, batch, post = trainable_setup("vector", "discrete", "reinforce")
     actor_loss, _, _ = agent.loss(wm, post, batch)
     assert of(reached(actor_loss, wm), DYNAMICS) == set()
@@ -420,15 +422,19 @@ class RecordingWorldModel:
             self.fed.append(action)
             return action
 
-        return self.world_model.imagine(start, recorded, horizon)
+        self.states, actions = self.world_model.imagine(start, recorded, horizon)
+        return self.states, actions
 
 
 def nonzero_heads(wm, agent):
     """Zero-initialised two-hot heads predict exactly 0, where symexp's gradient is 0; move their
-    last layers off zero so the returns depend on the features."""
+    last layers off zero so the returns depend on the features. And make the untrained continue
+    head predict "continue" everywhere, so every imagined step has weight."""
     with torch.no_grad():
         for net in (wm.reward_head.net[-1], agent.critic.net[-1]):
             net.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        wm.cont_head.net[-1].weight.zero_()
+        wm.cont_head.net[-1].bias.fill_(5.0)
 
 
 def test_dynamics_backprop_sends_the_return_gradient_through_the_world_model_into_the_actor():
@@ -455,6 +461,37 @@ def test_dynamics_backprop_sends_the_return_gradient_through_the_world_model_int
     recording = RecordingWorldModel(wm)
     reinforce.loss(recording, post, batch)
     assert not any(a.requires_grad for a in recording.fed)
+
+
+def test_dynamics_backprop_reaches_the_actor_only_through_its_actions():
+    """DreamerV3 feeds the actor ``sg(feat)``: the actor's input carries no gradient, while the
+    imagined states downstream of its sampled actions do (through the dynamics). So the actor's
+    whole gradient is the return gradient at the actions it fed the dynamics, chained through
+    the actions alone (no second path through later actor inputs)."""
+    wm = tiny_world_model("vector", "box").requires_grad_(False)  # frozen, as behavior_update's callers do
+    cfg = tiny_behavior_config("dynamics")
+    agent = ActorCritic.for_world_model(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, entropy=0.0)), wm)
+    nonzero_heads(wm, agent)
+    batch = episode_batch("vector", "box")
+    with torch.no_grad():
+        post = wm.observe(batch)
+    inputs: list[torch.Tensor] = []
+    hook = agent.actor.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    recording = RecordingWorldModel(wm)
+    actor_loss, _, _ = agent.loss(recording, post, batch)
+    hook.remove()
+    H = cfg.horizon
+    assert len(inputs) == H + 1 and not any(x.requires_grad for x in inputs)  # the actor reads sg(feat)
+    assert wm.features(recording.states).requires_grad  # the actions reach the states (img_step)
+    params = list(agent.actor.parameters())
+    grads = torch.autograd.grad(actor_loss, params + recording.fed, retain_graph=True, allow_unused=True)
+    direct, at_actions = grads[:len(params)], grads[len(params):]
+    assert all(at_actions[h] is not None and at_actions[h].abs().sum() > 0 for h in range(H))
+    executed = recording.fed[:H]  # the last action is never executed
+    chained = torch.autograd.grad(executed, params, at_actions[:H], allow_unused=True)
+    for got, want in zip(direct, chained):
+        torch.testing.assert_close(got, want if want is not None else torch.zeros_like(got))
+    assert any(g.abs().sum() > 0 for g in direct)
 
 
 @pytest.mark.parametrize("grad", ["reinforce", "dynamics"])

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dreamer_core.nets.distributions import MSEDist, SymlogMSEDist, symlog
-from dreamer_core.nets.layers import MLP, ChannelNorm, make_act
+from dreamer_core.nets.layers import MLP, ChannelNorm, init_weights, make_act
 
 __all__ = [
     "ConvDecoder",
@@ -136,6 +136,7 @@ class ConvEncoder(nn.Module):
         scale = 2 ** len(channels)
         self.out_shape = (channels[-1], size[0] // scale, size[1] // scale)
         self.out_dim = math.prod(self.out_shape)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # [N, C, Hi, Wi], NHWC in memory
@@ -179,6 +180,7 @@ class ConvDecoder(nn.Module):
             ]
         layers.append(nn.ConvTranspose2d(channels[-1], out_channels, kernel, 2, pad, out_pad))
         self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        init_weights(self)  # the last ConvTranspose2d is the output (outscale 1)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         x = self.linear(feat).unflatten(-1, self.in_shape)  # [N, C0, h0, w0]
@@ -314,6 +316,8 @@ class MultiDecoder(nn.Module):
                     for k in self.vector_keys
                 }
             )
+            for out in self.vector_out.values():
+                init_weights(out)  # outputs, outscale 1 (the trunk and CNN initialise themselves)
 
     def forward(self, feat: torch.Tensor) -> dict[str, MSEDist | SymlogMSEDist]:
         assert feat.shape[-1] == self.feat_dim, (feat.shape, self.feat_dim)

@@ -2,11 +2,11 @@
 
 Owns: norm and activation factories (``make_norm``, ``make_act``, ``ChannelNorm`` for NCHW
 feature maps), the ``MLP`` (Linear -> Norm -> Act blocks, DreamerV3 style), DreamerV3's weight
-initialisation (``init_weights``: truncated normal with fan-average scaling; ``zero_init`` for
-the reward and critic outputs), ``BlockLinear`` (block-diagonal linear map) and the two GRU
-cells of the RSSM: ``NormGRUCell`` (DreamerV3 2023: one Linear over ``[x, deter]`` with
-LayerNorm on the gates, update bias -1) and ``BlockGRUCell`` (DreamerV3 2025: block-diagonal
-recurrent weights).
+initialisation of every network (``init_weights``: truncated normal with fan-average scaling,
+zero biases, an output scale: 0 for the reward and critic outputs), ``BlockLinear``
+(block-diagonal linear map) and the two GRU cells of the RSSM: ``NormGRUCell`` (DreamerV3
+2023: one Linear over ``[x, deter]`` with LayerNorm on the gates, update bias -1) and
+``BlockGRUCell`` (DreamerV3 2025: block-diagonal recurrent weights).
 
 Imports: torch only. Must not import anything from dreamer_core.
 """
@@ -26,7 +26,9 @@ __all__ = [
     "ChannelNorm",
     "NormGRUCell",
     "OneHotAwareLinear",
+    "fans",
     "gru_update",
+    "init_std",
     "init_weights",
     "make_act",
     "make_norm",
@@ -167,6 +169,8 @@ class MLP(nn.Module):
         act: activation name (see ``make_act``).
         onehot: ``(start, groups, classes)`` when the input holds one-hot groups there (see
             :class:`OneHotAwareLinear`; a faster first layer for RSSM features).
+        outscale: variance scale of the output Linear's init (:func:`init_weights`; 0: the
+            MLP outputs exactly 0 at first). Needs an output Linear unless 1.
 
     Shapes:
         x: ``[..., in_dim]``      returns: ``[..., out_dim or units]``
@@ -181,8 +185,11 @@ class MLP(nn.Module):
         norm: str = "layer",
         act: str = "silu",
         onehot: tuple[int, int, int] | None = None,
+        outscale: float = 1.0,
     ):
         super().__init__()
+        if out_dim is None and outscale != 1.0:
+            raise ValueError("outscale needs an output layer (out_dim)")
         blocks: list[nn.Module] = []
         dim = in_dim
         for i in range(layers):
@@ -199,6 +206,7 @@ class MLP(nn.Module):
             dim = out_dim
         self.net = nn.Sequential(*blocks)
         self.in_dim, self.out_dim = in_dim, dim
+        init_weights(self, outscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[-1] == self.in_dim, (x.shape, self.in_dim)
@@ -223,7 +231,7 @@ class BlockLinear(nn.Module):
             torch.empty(blocks, in_features // blocks, out_features // blocks)
         )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        trunc_normal_fan_avg_(self.weight, in_features // blocks, out_features // blocks)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -261,6 +269,7 @@ class NormGRUCell(nn.Module):
         self.linear = nn.Linear(in_dim + deter, 3 * deter, bias=norm == "none")
         self.norm = make_norm(norm, 3 * deter)
         self.deter, self.update_bias = deter, update_bias
+        init_weights(self)
 
     def forward(self, x: torch.Tensor, deter: torch.Tensor) -> torch.Tensor:
         gates = self.norm(self.linear(torch.cat([x, deter], -1)))  # [..., 3D]
@@ -309,6 +318,7 @@ class BlockGRUCell(nn.Module):
         self.hidden = nn.Sequential(*hidden)
         self.gates = BlockLinear(deter, 3 * deter, blocks)
         self.deter, self.blocks, self.update_bias = deter, blocks, update_bias
+        init_weights(self.x_in)  # the BlockLinears initialise themselves
 
     def forward(self, x: torch.Tensor, deter: torch.Tensor) -> torch.Tensor:
         h = self.hidden(self.deter_in(deter) + self.x_in(x))  # [..., D]
@@ -320,43 +330,86 @@ class BlockGRUCell(nn.Module):
 
 # --- initialisation ----------------------------------------------------------------------------
 
+INIT_STD_TRUNC = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+
+
+def fans(layer: nn.Module) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a Linear, Conv2d, ConvTranspose2d or BlockLinear weight.
+
+    Convolutions count their receptive field (``in * k * k``, ``out * k * k``); a BlockLinear
+    counts one block (``in / G``, ``out / G``: each output sees only its block's inputs).
+    """
+    weight = layer.weight
+    if isinstance(layer, BlockLinear):
+        return weight.shape[1], weight.shape[2]
+    receptive = math.prod(weight.shape[2:])
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    if isinstance(layer, nn.ConvTranspose2d):  # weight [in, out, k, k]
+        fan_in, fan_out = fan_out, fan_in
+    return fan_in, fan_out
+
+
+def init_std(fan_in: int, fan_out: int, scale: float = 1.0) -> float:
+    """Std of the normal that :func:`init_weights` truncates at 2 std (before truncation).
+
+    ``sqrt(scale / fan_avg) / 0.8796``: truncation shrinks the std by 0.8796, so the weights
+    end up with the variance ``scale / fan_avg`` of a fan-average (Glorot) normal.
+    """
+    return math.sqrt(scale / ((fan_in + fan_out) / 2)) / INIT_STD_TRUNC
+
 
 def trunc_normal_fan_avg_(
     weight: torch.Tensor, fan_in: int, fan_out: int, scale: float = 1.0
 ) -> None:
-    """DreamerV3 init: normal truncated at 2 std, ``std = sqrt(scale / fan_avg) / 0.8796``.
-
-    0.8796 is the std of a standard normal truncated to [-2, 2], so the result has the
-    variance of a fan-average (Glorot-like) normal.
-    """
-    std = math.sqrt(scale / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+    """Fill ``weight`` from a normal with :func:`init_std` truncated at 2 std (zeros if scale 0)."""
+    std = init_std(fan_in, fan_out, scale)
     with torch.no_grad():
-        nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
-
-
-def init_weights(module: nn.Module) -> None:
-    """Apply DreamerV3 initialisation to every Linear / Conv / BlockLinear inside ``module``.
-
-    Weights get :func:`trunc_normal_fan_avg_` with each layer's own fans (receptive field
-    included for convolutions), biases zeros; norm layers keep their ones/zeros.
-    """
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
-            receptive = math.prod(layer.weight.shape[2:])
-            fan_a, fan_b = layer.weight.shape[0] * receptive, layer.weight.shape[1] * receptive
-            trunc_normal_fan_avg_(layer.weight, fan_b, fan_a)
-        elif isinstance(layer, BlockLinear):
-            trunc_normal_fan_avg_(layer.weight, layer.weight.shape[1], layer.weight.shape[2])
+        if scale == 0:
+            weight.zero_()
         else:
-            continue
+            nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
+
+
+def _layers(module: nn.Module) -> list[nn.Module]:
+    kinds = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, BlockLinear)
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+def init_weights(module: nn.Module, outscale: float = 1.0) -> nn.Module:
+    """The one initialisation of every network (the official DreamerV3 2023 scheme).
+
+    Every Linear / Conv2d / ConvTranspose2d / BlockLinear weight inside ``module``: normal with
+    fan-average variance scaling truncated at 2 std (:func:`trunc_normal_fan_avg_`, scale 1);
+    every bias 0; every LayerNorm / RMSNorm weight 1 and bias 0. The output layer, the LAST
+    such layer registered in ``module`` (an MLP's output Linear, a decoder's last conv), gets
+    the variance scale ``outscale`` instead of 1: DreamerV3 uses 0 for the reward head and the
+    critic (they predict exactly 0 at first), 1 for every other output (the actor too, in the
+    2023 code; the 2025 code uses 0.01 for the actor and fan-in scaling, not used here).
+
+    The same scheme serves the V1 / V2 presets: their Keras layers used Glorot-uniform
+    weights (the same variance) and zero biases, not PyTorch's default init. Every network
+    builder calls it at the end of its ``__init__`` on the layers it creates itself (MLP,
+    ConvEncoder, ConvDecoder, the GRU cells, the RSSM's posterior input, the decoder's vector
+    outputs), so a composite never re-draws (or un-zeroes) the networks it holds.
+
+    Returns ``module``.
+    """
+    layers = _layers(module)
+    for i, layer in enumerate(layers):
+        scale = outscale if i == len(layers) - 1 else 1.0
+        trunc_normal_fan_avg_(layer.weight, *fans(layer), scale)
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
+    for norm in module.modules():
+        if isinstance(norm, nn.LayerNorm | nn.RMSNorm):
+            if norm.weight is not None:
+                nn.init.ones_(norm.weight)
+            if getattr(norm, "bias", None) is not None:
+                nn.init.zeros_(norm.bias)
+    return module
 
 
-def zero_init(linear: nn.Linear | BlockLinear) -> nn.Module:
-    """Zero the weights and bias (DreamerV3 reward and critic outputs start at exactly 0)."""
-    with torch.no_grad():
-        linear.weight.zero_()
-        if linear.bias is not None:
-            linear.bias.zero_()
-    return linear
+def zero_init(layer: nn.Linear | BlockLinear) -> nn.Module:
+    """``init_weights(layer, outscale=0)``: weights and bias 0 (DreamerV3's reward and critic
+    outputs start at exactly 0)."""
+    return init_weights(layer, outscale=0.0)

@@ -43,6 +43,7 @@ from dreamer_core.nets.layers import (
     init_weights,
     make_act,
     make_norm,
+    trunc_normal_fan_avg_,
 )
 
 __all__ = ["RSSM", "RSSMConfig", "RSSMState"]
@@ -250,7 +251,11 @@ class RSSM(nn.Module):
         self.post_norm = nn.Sequential(make_norm(cfg.norm, hidden), make_act(cfg.act))
         self.post_net = MLP(hidden, stats, hidden, cfg.obs_layers - 1, cfg.norm, cfg.act)
         self.init_deter = nn.Parameter(torch.zeros(D)) if cfg.learned_init else None
-        init_weights(self)
+        # MLPs and GRU cells initialise themselves. The split layer is initialised as the one
+        # Linear over [deter, embed] it stands for (fan in D + E).
+        for layer in (self.post_deter, self.post_embed):
+            init_weights(layer)
+            trunc_normal_fan_avg_(layer.weight, D + embed_dim, hidden)
 
     @property
     def feat_dim(self) -> int:

@@ -17,6 +17,7 @@ from dreamer_core.nets.layers import (
     BlockGRUCell,
     BlockLinear,
     NormGRUCell,
+    fans,
     init_weights,
     zero_init,
 )
@@ -84,6 +85,27 @@ def test_init_weights_is_truncated_fan_avg_and_zero_init_zeroes():
     assert layer.weight.abs().max().item() <= 2 * std and torch.equal(layer.bias, torch.zeros(400))
     out = zero_init(nn.Linear(4, 3))
     assert torch.equal(out(torch.randn(2, 4)), torch.zeros(2, 3))
+
+
+def test_init_weights_fans_outscale_and_norms():
+    # convolutions count the receptive field; a transposed conv's weight is [in, out, k, k]
+    assert fans(nn.Conv2d(3, 8, 4)) == (3 * 16, 8 * 16)
+    assert fans(nn.ConvTranspose2d(8, 3, 4)) == (8 * 16, 3 * 16)
+    assert fans(BlockLinear(32, 64, blocks=4)) == (8, 16)
+    # the output layer (the last one) takes the outscale; the others and all biases do not
+    mlp = MLP(5, 3, units=8, layers=2, norm="none", outscale=0.0)
+    assert torch.equal(mlp(torch.randn(4, 5)), torch.zeros(4, 3))
+    assert all(m.weight.abs().sum() > 0 for m in list(mlp.modules())[1:] if isinstance(m, nn.Linear)
+               and m is not mlp.net[-1])
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in mlp.modules() if isinstance(m, nn.Linear))
+    with pytest.raises(ValueError, match="output layer"):
+        MLP(5, None, 8, 1, outscale=0.0)
+    # norm layers are reset to weight 1, bias 0
+    norm = nn.LayerNorm(4)
+    with torch.no_grad():
+        norm.weight.fill_(3.0), norm.bias.fill_(2.0)
+    init_weights(norm)
+    assert torch.equal(norm.weight, torch.ones(4)) and torch.equal(norm.bias, torch.zeros(4))
 
 
 def test_block_linear_equals_a_block_diagonal_dense_linear():
