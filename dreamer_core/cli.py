@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from dreamer_core import __version__
+from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
 
 app = typer.Typer(
@@ -58,6 +59,21 @@ OUTPUTS = {"collect": ("out", "--out"), "train_world_model": ("out", "--out"), "
            "dream": ("out", "--out"), "data_import_minari": ("dataset", "DATASET"),
            "data_export_minari": ("dst", "DST")}
 TRAINING_COMMANDS = ("train", "train_world_model", "train_behavior")
+# Each command's config class (stage module, class name), so that a refused preset names the
+# commands it is for (config.commands_for); imported only then.
+COMMAND_CONFIGS = {
+    "collect": ("collect", "CollectConfig"), "train-world-model": ("train_world_model", "TrainWorldModelConfig"),
+    "train-behavior": ("train_behavior", "TrainBehaviorConfig"), "evaluate": ("evaluate", "EvaluateConfig"),
+    "train": ("online", "TrainConfig"), "dream": ("dream", "DreamConfig"),
+}
+
+
+def _config_class(module: str, name: str) -> type:
+    return getattr(importlib.import_module(f"dreamer_core.stages.{module}"), name)
+
+
+config_lib.register_commands({command: functools.partial(_config_class, *where)
+                              for command, where in COMMAND_CONFIGS.items()})
 
 
 def disk_error(exc: BaseException) -> tuple[int, str | None] | None:
@@ -187,6 +203,29 @@ def _same_as_stored(stored: dict[str, Any], key: str, value: Any) -> bool:
     return node == value or (isinstance(value, tuple) and list(value) == node)
 
 
+def _show_config(command: str, cfg: Any, saved: Path, quiet: bool, resume: bool = False,
+                 new: dict[str, Any] | None = None) -> None:
+    """Print, unless ``quiet``, what the run's resolved config changes from the built-in defaults
+    (the DreamerV3 settings of the config dataclass): presets, flags and --set at a glance, in a
+    few lines; all of it is saved in ``saved``. On ``resume`` the config is the stored one, with
+    the ``new`` values a resume may change (e.g. steps). On stderr, beside the progress bar."""
+    if quiet:
+        return
+    if resume:
+        stored = _stored_config(saved)
+        if not stored:
+            return
+        try:
+            cfg = config_lib.apply_overrides(config_lib.from_dict(type(cfg), stored),
+                                             {k: v for k, v in (new or {}).items() if v is not None})
+        except (TypeError, ValueError, DreamerError):
+            return  # an unreadable config: the stage refuses the resume with its own message
+    title = "resuming with the stored config" if resume else "config"
+    typer.echo(f"{title} of `dreamer {command}`, what differs from the defaults (all of it: {saved}):", err=True)
+    for line in config_lib.describe_changes(cfg, type(cfg)()) or ["(nothing)"]:
+        typer.echo(f"  {line}", err=True)
+
+
 def _refuse_resume_of_nothing(run: Path, resume: bool) -> None:
     if resume and not run.is_dir():
         raise DreamerError(
@@ -291,6 +330,7 @@ def train_world_model(
     if resume:
         _refuse_changes_on_resume(out, flags, ("updates",), preset, set_, "--updates, the new total, and the datasets")
     cfg = stage.make_config([str(d) for d in datasets or []], str(out), preset, set_, flags)
+    _show_config("train-world-model", cfg, out / runs.WORLD_MODEL_CONFIG, quiet, resume, {"updates": updates})
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
@@ -327,6 +367,7 @@ def train_behavior(
     if resume:
         _refuse_changes_on_resume(run, flags, ("updates",), preset, set_, "--updates, the new total, and --dataset")
     cfg = stage.make_config(str(run), [str(d) for d in dataset], preset, set_, flags)
+    _show_config("train-behavior", cfg, run / runs.BEHAVIOR_CONFIG, quiet, resume, {"updates": updates})
     result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
@@ -342,7 +383,7 @@ def evaluate(
     episodes: Annotated[int | None, typer.Option(help="Episodes to play (default 10).")] = None,
     video: Annotated[bool, typer.Option("--video", help="Write real | reconstruction | dream videos.")] = False,
     video_format: Annotated[str | None, typer.Option("--video-format", help="gif (default) | mp4.")] = None,
-    mode: Annotated[str | None, typer.Option(help="mode (greedy, default) | sample.")] = None,
+    mode: Annotated[str | None, typer.Option(help="greedy (default; alias: mode) | sample: the policy's most likely or sampled actions (as train --eval-mode).")] = None,
     seed: Annotated[int | None, typer.Option(help="Episode i uses seed + i (default 0).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -374,7 +415,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="B (default 16).")] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="T (default 32).")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Env steps between evaluations (default 2000; 0 = never).")] = None,
-    eval_episodes: Annotated[int | None, typer.Option("--eval-episodes", help="Greedy episodes per evaluation (default 10).")] = None,
+    eval_episodes: Annotated[int | None, typer.Option("--eval-episodes", help="Episodes per evaluation (default 10).")] = None,
+    eval_mode: Annotated[str | None, typer.Option("--eval-mode", help="greedy (default; alias: mode) | sample: the evaluation episodes' actions (as evaluate --mode); training episodes always sample.")] = None,
     checkpoint_seconds: Annotated[float | None, typer.Option("--checkpoint-seconds", help="Seconds between checkpoints (default 300).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
@@ -387,6 +429,7 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating)."""
+    from dreamer_core import runs
     from dreamer_core.stages import online as stage
 
     _import_env_modules(env_module)
@@ -396,8 +439,8 @@ def train(
         "env.id": env, "env.obs": "pixels" if pixels else None, "env.action_repeat": action_repeat,
         "env.env_module": env_module[0] if env_module else None, "steps": steps, "num_envs": num_envs,
         "train_ratio": train_ratio, "prefill": prefill, "batch_size": batch_size, "seq_len": seq_len,
-        "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_seconds": checkpoint_seconds,
-        "seed": seed, "threads": threads, "device": device,
+        "eval_every": eval_every, "eval_episodes": eval_episodes, "eval_mode": eval_mode,
+        "checkpoint_seconds": checkpoint_seconds, "seed": seed, "threads": threads, "device": device,
     }
     _refuse_resume_of_nothing(out, resume)
     if resume:
@@ -407,6 +450,7 @@ def train(
         cfg = stage.TrainConfig(out=str(out))
     else:
         cfg = stage.make_config(str(out), preset, set_, flags)
+    _show_config("train", cfg, out / runs.ONLINE_CONFIG, quiet, resume, {"steps": steps, "threads": threads})
     result = stage.run(cfg, resume=resume, progress=not quiet, steps=steps if resume else None,
                        threads=threads if resume else None)
     typer.echo(stage.summary_line(result))

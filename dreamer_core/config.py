@@ -1,148 +1,283 @@
 """Stage configs: frozen dataclasses, named presets, and ``--set a.b=c`` overrides.
 
 Each stage owns a frozen dataclass composed of module-owned configs (e.g. ``EnvConfig`` from
-``envs``). A config is resolved in one order: dataclass defaults, then the CLI flags the user
-gave, then presets in the order given, then ``--set`` overrides. An unknown key is an error
-naming the valid ones, and so is a preset of another stage. The resolved config is JSON-able
+``envs``). A config is resolved in one order: the stage's defaults, then presets in the order
+given, then the CLI flags the user gave (an explicit flag wins over a preset), then ``--set``
+overrides. An unknown key is an error naming the valid ones. The resolved config is JSON-able
 (:func:`to_dict`) and is stored with every artifact. Each stage's ``validate`` checks the values
 with :class:`Problems`, which names every bad value (and its flag) in one error.
 
-Imports: dataclasses and the config dataclasses of lower layers only.
+**Presets** (``PRESETS``: name -> dotted overrides) are not tied to a command: a command takes
+the part of a preset its config has. A key's *part* is its first name: ``env``, ``model``,
+``optim``, ``behavior`` (nested configs) or a plain field such as ``batch_size`` or
+``replay_context``. So ``atari`` (``env.*``) applies to ``collect`` and ``train``;
+``dreamerv3-2025`` sets ``model.*`` and ``optim.*`` on ``train-world-model``, ``behavior.*`` on
+``train-behavior``, and all of it plus ``replay_context`` on ``train`` (stages 02 and 03 have no
+replay context: the world model trains from stored windows that begin at the initial state). A
+preset none of whose parts a command has is refused, naming the commands it is for; a key in a
+part the command has but that does not exist is an error (a typo), never skipped.
+
+Variants (each sets every algorithm key of the 2023 recipe, so the last one named wins whole;
+sizes and learning rates are separate):
+
+=================  ========================================================================
+dreamerv3          the defaults (2023 code: LayerNorm GRU, Adam, dyn 0.5 / rep 0.1)
+dreamerv3-2025     2025 code: RMSNorm everywhere, block GRU (8 blocks), 2 prior layers,
+                   dyn 1.0 / rep 0.1, LaProp lr 4e-5 eps 1e-20 with AGC 0.3 (world model:
+                   1000 warm-up updates) for world model, actor and critic, REINFORCE for
+                   every action kind, replay value loss 0.3, replay context (train)
+dreamerv2          KL balancing 0.8, MSE heads, ELU, no norm, deter 600; Adam 3e-4
+dreamerv1          Gaussian latents, KL free nats 3, MSE heads, dynamics backprop
+laprop             only the 2025 world-model optimizer (and dyn 1.0)
+paper-lr           the DreamerV3 paper's learning rates (``dreamer train`` raises them 10x)
+=================  ========================================================================
+
+Sizes. 2023 (the DreamerV3 paper's table; CNN channel multipliers 1, 2, 4, 8):
+
+=====  =====  =====  ======  =====
+size   deter  units  layers  depth
+=====  =====  =====  ======  =====
+XS     256    256    1       24
+S      512    512    2       32
+M      1024   640    3       48
+L      2048   768    4       64
+XL     4096   1024   5       96
+=====  =====  =====  ======  =====
+
+2025 (official ``configs.yaml`` ``size1m`` ... ``size400m``; ``hidden`` = ``units``, 32 latents;
+what every size shares there: CNN multipliers 2, 3, 4, 4, encoder/decoder MLPs of 3 layers,
+reward and continue heads of 1, actor and critic of 3; the official default is 200m):
+
+=====  =====  ======  =======  =====  =====
+size   deter  hidden  classes  depth  units
+=====  =====  ======  =======  =====  =====
+1m     512    64      4        4      64
+12m    2048   256     16       16     256
+25m    3072   384     24       24     384
+50m    4096   512     32       32     512
+100m   6144   768     48       48     768
+200m   8192   1024    64       64     1024
+400m   12288  1536    96       96     1536
+=====  =====  ======  =======  =====  =====
+
+Environments (``collect`` and ``train``): ``atari`` (action repeat 4, sticky actions 0.25, 30
+no-op starts), ``atari100k`` (the same without sticky actions), ``dmc_vision`` (action repeat 2,
+64x64 pixels), ``dmc_proprio`` (action repeat 2, the state vector). ``tiny`` is a small model for
+tests and CPU smoke runs.
+
+Imports: dataclasses, the errors module; nothing of the package above it (the commands' config
+classes reach it through :func:`register_commands`, which the CLI calls).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from dreamer_core.errors import DreamerError
 
 C = TypeVar("C")
 
-def _size(deter: int, units: int, layers: int, depth: int, stoch: int = 32, classes: int = 32) -> dict[str, Any]:
-    """Overrides for one model size (GRU size, MLP width and depth, CNN base depth)."""
+
+def _size_2023(deter: int, units: int, layers: int, depth: int, stoch: int = 32, classes: int = 32) -> dict[str, Any]:
+    """One 2023 model size: GRU size, MLP width and depth, CNN base depth (world model and actor-critic)."""
     return {
         "model.rssm.deter": deter, "model.rssm.hidden": units, "model.rssm.stoch": stoch,
-        "model.rssm.classes": classes, "model.encoder.cnn_depth": depth, "model.encoder.mlp_units": units,
-        "model.encoder.mlp_layers": layers, "model.heads.units": units, "model.heads.layers": layers,
+        "model.rssm.classes": classes, "model.encoder.cnn_depth": depth, "model.encoder.cnn_mults": (1, 2, 4, 8),
+        "model.encoder.mlp_units": units, "model.encoder.mlp_layers": layers, "model.heads.units": units,
+        "model.heads.layers": layers, "model.inverse.units": units,
+        "behavior.actor.units": units, "behavior.actor.layers": layers,
+        "behavior.critic.units": units, "behavior.critic.layers": layers,
+    }
+
+
+def _size_2025(deter: int, hidden: int, classes: int, depth: int, units: int) -> dict[str, Any]:
+    """One 2025 model size (``configs.yaml`` ``sizeNm``) with the layer counts every size shares there."""
+    return {
+        "model.rssm.deter": deter, "model.rssm.hidden": hidden, "model.rssm.stoch": 32, "model.rssm.classes": classes,
+        "model.encoder.cnn_depth": depth, "model.encoder.cnn_mults": (2, 3, 4, 4), "model.encoder.mlp_units": units,
+        "model.encoder.mlp_layers": 3, "model.heads.units": units, "model.heads.layers": 1,
         "model.inverse.units": units,
+        "behavior.actor.units": units, "behavior.actor.layers": 3,
+        "behavior.critic.units": units, "behavior.critic.layers": 3,
     }
 
 
-def _behavior_size(units: int, layers: int) -> dict[str, Any]:
-    """Actor and critic MLP width and depth of one model size."""
-    return {"behavior.actor.units": units, "behavior.actor.layers": layers,
-            "behavior.critic.units": units, "behavior.critic.layers": layers}
-
-
-# Named presets: stage name -> preset name -> dotted overrides. A command takes only its own
-# stage's presets: a preset of another stage (or one no stage knows) is an error, never a no-op.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "collect": {
-        # DreamerV3's Atari setting: action repeat 4, sticky actions, 30 no-op starts.
-        "atari": {"env.action_repeat": 4, "env.sticky_actions": 0.25, "env.noop_max": 30},
-        # Atari 100k benchmark protocol: no sticky actions.
-        "atari100k": {"env.action_repeat": 4, "env.sticky_actions": 0.0, "env.noop_max": 30},
-        # DMC: action repeat 2, 64x64 pixels.
-        "dmc_vision": {"env.action_repeat": 2, "env.obs": "pixels"},
-        "dmc_proprio": {"env.action_repeat": 2, "env.obs": "default"},
-    },
-    "train-world-model": {
-        # Variants (HYPERPARAMS.md). dreamerv3 is the default config; naming it is a no-op.
-        "dreamerv3": {},
-        "dreamerv2": {
-            "model.kl.mode": "v2", "model.kl.balance": 0.8, "model.kl.free_nats": 1.0,
-            "model.scales.kl": 1.0, "model.heads.reward": "mse", "model.encoder.symlog_inputs": False,
-            "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
-            "model.rssm.deter": 600, "model.rssm.hidden": 600,
-            "optim.lr": 3e-4, "optim.eps": 1e-5, "optim.clip": 100.0,
-        },
-        "dreamerv1": {
-            "model.rssm.latent": "gaussian", "model.rssm.stoch": 30, "model.rssm.deter": 200,
-            "model.rssm.hidden": 200, "model.kl.mode": "v1", "model.kl.free_nats": 3.0, "model.scales.kl": 1.0,
-            "model.heads.reward": "mse", "model.heads.units": 400, "model.encoder.symlog_inputs": False,
-            "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
-            "optim.lr": 6e-4, "optim.eps": 1e-7, "optim.clip": 100.0,
-        },
-        # 2025 code: one LaProp optimizer with adaptive gradient clipping, dyn scale 1.0.
-        "laprop": {"optim.name": "laprop", "optim.lr": 4e-5, "optim.eps": 1e-20, "optim.agc": 0.3,
-                   "optim.warmup": 1000, "model.scales.dyn": 1.0},
-        # Sizes of the DreamerV3 paper's table (2023 code), plus `tiny` for tests and smoke runs.
-        "tiny": _size(deter=64, units=64, layers=1, depth=8, stoch=8, classes=8) | {"batch_size": 4, "seq_len": 16},
-        "XS": _size(deter=256, units=256, layers=1, depth=24),
-        "S": _size(deter=512, units=512, layers=2, depth=32),
-        "M": _size(deter=1024, units=640, layers=3, depth=48),
-        "L": _size(deter=2048, units=768, layers=4, depth=64),
-        "XL": _size(deter=4096, units=1024, layers=5, depth=96),
-    },
-    "train-behavior": {
-        "dreamerv3": {},
-        # DreamerV2 (Atari settings of its configs): MSE critic copied to the target every 100
-        # updates and bootstrapping the returns; no return normalisation; no replay value loss.
-        "dreamerv2": {
-            "behavior.gamma": 0.999, "behavior.actor.entropy": 1e-3, "behavior.actor.unimix": 0.0,
-            "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0, "behavior.critic.slow_every": 100,
-            "behavior.critic.slow_reg": 0.0, "behavior.critic.slow_target": True, "behavior.critic.replay_scale": 0.0,
-            "behavior.retnorm.mode": "none", "behavior.norm": "none", "behavior.act": "elu",
-            "behavior.actor_optim.lr": 4e-5, "behavior.critic_optim.lr": 1e-4,
-        },
-        # DreamerV1: dynamics backprop for every action kind, MSE value, no entropy bonus.
-        "dreamerv1": {
-            "behavior.gamma": 0.99, "behavior.actor.entropy": 0.0, "behavior.actor.unimix": 0.0,
-            "behavior.actor.grad": "dynamics", "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0,
-            "behavior.critic.slow_reg": 0.0, "behavior.critic.replay_scale": 0.0, "behavior.retnorm.mode": "none",
-            "behavior.norm": "none", "behavior.act": "elu", "behavior.actor_optim.lr": 8e-5,
-            "behavior.critic_optim.lr": 8e-5,
-        },
-        "tiny": _behavior_size(64, 1) | {"batch_size": 4, "seq_len": 16},
-        "XS": _behavior_size(256, 1),
-        "S": _behavior_size(512, 2),
-        "M": _behavior_size(640, 3),
-        "L": _behavior_size(768, 4),
-        "XL": _behavior_size(1024, 5),
-    },
+# The 2023 recipe: every algorithm setting a variant may change, at its default value (sizes and
+# learning rates excluded). Each variant starts from it, so `--preset A --preset B` is B whole.
+_RECIPE_2023: dict[str, Any] = {
+    "model.kl.mode": "v3", "model.kl.free_nats": 1.0, "model.kl.balance": 0.8, "model.scales.kl": 1.0,
+    "model.scales.dyn": 0.5, "model.scales.rep": 0.1, "model.heads.reward": "twohot",
+    "model.encoder.symlog_inputs": True, "model.norm": "layer", "model.act": "silu", "model.rssm.norm": "layer",
+    "model.rssm.act": "silu", "model.rssm.latent": "categorical", "model.rssm.gru_blocks": 1,
+    "model.rssm.img_layers": 1, "model.rssm.obs_layers": 1,
+    "optim.name": "adam", "optim.eps": 1e-8, "optim.clip": 1000.0, "optim.warmup": 0,
+    "behavior.gamma": 1 - 1 / 333, "behavior.actor.entropy": 3e-4, "behavior.actor.unimix": 0.01,
+    "behavior.actor.grad": "auto", "behavior.critic.head": "twohot", "behavior.critic.slow_rate": 0.02,
+    "behavior.critic.slow_every": 1, "behavior.critic.slow_reg": 1.0, "behavior.critic.slow_target": False,
+    "behavior.critic.replay_scale": 0.3, "behavior.retnorm.mode": "percentile", "behavior.norm": "layer",
+    "behavior.act": "silu",
+    **{f"behavior.{opt}.{k}": v for opt in ("actor_optim", "critic_optim")
+       for k, v in (("name", "adam"), ("eps", 1e-5), ("clip", 100.0))},
+    "replay_context": False,
 }
 
-# `dreamer train` (online) composes both: the world model's size and variant settings plus the
-# actor-critic's (its config has `model`, `optim` and `behavior` like stages 02 and 03).
-PRESETS["train"] = {
-    name: PRESETS["train-world-model"].get(name, {}) | {
-        k: v for k, v in PRESETS["train-behavior"].get(name, {}).items() if k not in ("batch_size", "seq_len")
-    }
-    for name in set(PRESETS["train-world-model"]) | set(PRESETS["train-behavior"])
+# The 2025 code's world-model optimizer: LaProp after adaptive gradient clipping, with warm-up.
+_LAPROP = {"optim.name": "laprop", "optim.lr": 4e-5, "optim.eps": 1e-20, "optim.agc": 0.3, "optim.warmup": 1000}
+
+# Named presets: name -> dotted overrides; a command takes the part its config has (module docstring).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Environments. DreamerV3's Atari setting: action repeat 4, sticky actions, 30 no-op starts.
+    "atari": {"env.action_repeat": 4, "env.sticky_actions": 0.25, "env.noop_max": 30},
+    # Atari 100k benchmark protocol: no sticky actions.
+    "atari100k": {"env.action_repeat": 4, "env.sticky_actions": 0.0, "env.noop_max": 30},
+    # DMC: action repeat 2, 64x64 pixels or the state vector.
+    "dmc_vision": {"env.action_repeat": 2, "env.obs": "pixels"},
+    "dmc_proprio": {"env.action_repeat": 2, "env.obs": "default"},
+    # Variants (HYPERPARAMS.md). dreamerv3 is the default config: naming it changes nothing.
+    "dreamerv3": dict(_RECIPE_2023),
+    "dreamerv3-2025": _RECIPE_2023 | _LAPROP | {
+        "model.scales.dyn": 1.0, "model.scales.rep": 0.1, "model.norm": "rms", "model.rssm.norm": "rms",
+        "model.rssm.gru_blocks": 8, "model.rssm.img_layers": 2, "model.rssm.obs_layers": 1,
+        # One optimizer for everything in the official code; the behavior's has no warm-up here
+        # (stages/updates.py applies warm-up to the world model only).
+        **{f"behavior.{opt}.{k}": v for opt in ("actor_optim", "critic_optim")
+           for k, v in (("name", "laprop"), ("lr", 4e-5), ("eps", 1e-20), ("agc", 0.3))},
+        "behavior.norm": "rms", "behavior.actor.grad": "reinforce", "behavior.critic.replay_scale": 0.3,
+        "replay_context": True,
+    },
+    "dreamerv2": _RECIPE_2023 | {
+        "model.kl.mode": "v2", "model.kl.balance": 0.8, "model.kl.free_nats": 1.0,
+        "model.scales.kl": 1.0, "model.heads.reward": "mse", "model.encoder.symlog_inputs": False,
+        "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
+        "model.rssm.deter": 600, "model.rssm.hidden": 600,
+        "optim.lr": 3e-4, "optim.eps": 1e-5, "optim.clip": 100.0,
+        # Atari settings of its configs: MSE critic copied to the target every 100 updates and
+        # bootstrapping the returns; no return normalisation; no replay value loss.
+        "behavior.gamma": 0.999, "behavior.actor.entropy": 1e-3, "behavior.actor.unimix": 0.0,
+        "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0, "behavior.critic.slow_every": 100,
+        "behavior.critic.slow_reg": 0.0, "behavior.critic.slow_target": True, "behavior.critic.replay_scale": 0.0,
+        "behavior.retnorm.mode": "none", "behavior.norm": "none", "behavior.act": "elu",
+        "behavior.actor_optim.lr": 4e-5, "behavior.critic_optim.lr": 1e-4,
+    },
+    "dreamerv1": _RECIPE_2023 | {
+        "model.rssm.latent": "gaussian", "model.rssm.stoch": 30, "model.rssm.deter": 200,
+        "model.rssm.hidden": 200, "model.kl.mode": "v1", "model.kl.free_nats": 3.0, "model.scales.kl": 1.0,
+        "model.heads.reward": "mse", "model.heads.units": 400, "model.encoder.symlog_inputs": False,
+        "model.norm": "none", "model.act": "elu", "model.rssm.norm": "none", "model.rssm.act": "elu",
+        "optim.lr": 6e-4, "optim.eps": 1e-7, "optim.clip": 100.0,
+        # Dynamics backprop for every action kind, MSE value, no entropy bonus.
+        "behavior.gamma": 0.99, "behavior.actor.entropy": 0.0, "behavior.actor.unimix": 0.0,
+        "behavior.actor.grad": "dynamics", "behavior.critic.head": "mse", "behavior.critic.slow_rate": 1.0,
+        "behavior.critic.slow_reg": 0.0, "behavior.critic.replay_scale": 0.0, "behavior.retnorm.mode": "none",
+        "behavior.norm": "none", "behavior.act": "elu", "behavior.actor_optim.lr": 8e-5,
+        "behavior.critic_optim.lr": 8e-5,
+    },
+    "laprop": _LAPROP | {"model.scales.dyn": 1.0},
+    # The DreamerV3 paper's learning rates (`dreamer train` raises them 10x by default; see stages/online.py).
+    "paper-lr": {"optim.lr": 1e-4, "behavior.actor_optim.lr": 3e-5, "behavior.critic_optim.lr": 3e-5},
+    # Sizes (tables in the module docstring), plus `tiny` for tests and smoke runs.
+    "tiny": _size_2023(deter=64, units=64, layers=1, depth=8, stoch=8, classes=8) | {"batch_size": 4, "seq_len": 16},
+    "XS": _size_2023(deter=256, units=256, layers=1, depth=24),
+    "S": _size_2023(deter=512, units=512, layers=2, depth=32),
+    "M": _size_2023(deter=1024, units=640, layers=3, depth=48),
+    "L": _size_2023(deter=2048, units=768, layers=4, depth=64),
+    "XL": _size_2023(deter=4096, units=1024, layers=5, depth=96),
+    "1m": _size_2025(deter=512, hidden=64, classes=4, depth=4, units=64),
+    "12m": _size_2025(deter=2048, hidden=256, classes=16, depth=16, units=256),
+    "25m": _size_2025(deter=3072, hidden=384, classes=24, depth=24, units=384),
+    "50m": _size_2025(deter=4096, hidden=512, classes=32, depth=32, units=512),
+    "100m": _size_2025(deter=6144, hidden=768, classes=48, depth=48, units=768),
+    "200m": _size_2025(deter=8192, hidden=1024, classes=64, depth=64, units=1024),
+    "400m": _size_2025(deter=12288, hidden=1536, classes=96, depth=96, units=1536),
 }
-# The DreamerV3 paper's learning rates (`dreamer train` raises them 10x by default; see stages/online.py).
-PRESETS["train"]["paper-lr"] = {"optim.lr": 1e-4, "behavior.actor_optim.lr": 3e-5, "behavior.critic_optim.lr": 3e-5}
+
+# Each command's config class, by command name, only to name in a refusal the commands a preset
+# is for. Filled by the CLI (register_commands): config.py sits below the stages.
+COMMANDS: dict[str, Callable[[], type]] = {}
+
+
+def register_commands(loaders: Mapping[str, Callable[[], type]]) -> None:
+    """Make the commands' config classes known (``loaders``: command name -> a function
+    returning its config class; called only when a refusal names the commands)."""
+    COMMANDS.update(loaders)
 
 
 def known_presets() -> list[str]:
-    return sorted({name for stage in PRESETS.values() for name in stage})
+    return sorted(PRESETS)
 
 
-def apply_presets(cfg: C, stage: str, names: Iterable[str]) -> C:
-    """Apply named presets in order (each one's overrides for ``stage``); a preset ``stage``
-    does not know is an error naming the ones it does."""
-    own = PRESETS.get(stage, {})
+def _parts(config: Any) -> dict[str, bool]:
+    """The top-level fields of a config class or instance, each with whether it is a nested config."""
+    return _class_parts(config if isinstance(config, type) else type(config))
+
+
+@functools.cache
+def _class_parts(cls: type) -> dict[str, bool]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: dataclasses.is_dataclass(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def has_part(config: Any, key: str) -> bool:
+    """Whether a config (class or instance) has the part a dotted ``key`` belongs to: the plain
+    field ``key``, or for ``a.b...`` a nested config ``a`` (its sub-keys are checked when applied)."""
+    head, dot, _ = key.partition(".")
+    parts = _parts(config)
+    return head in parts and (not dot or parts[head])
+
+
+def preset_overrides(config: Any, name: str) -> dict[str, Any]:
+    """The overrides of preset ``name`` that a config (class or instance) has a part for; empty:
+    the preset is not for it."""
+    return {k: v for k, v in PRESETS[name].items() if has_part(config, k)}
+
+
+def presets_for(config: Any) -> list[str]:
+    """The presets that change something in a config (class or instance)."""
+    return [name for name in PRESETS if preset_overrides(config, name)]
+
+
+def commands_for(name: str) -> list[str]:
+    """The registered commands (``register_commands``) preset ``name`` applies to."""
+    return [command for command, load in COMMANDS.items() if preset_overrides(load(), name)]
+
+
+def apply_presets(cfg: C, command: str, names: Iterable[str]) -> C:
+    """Apply named presets in order (the part of each that ``cfg`` has); a preset that has
+    nothing for ``cfg`` (the config of `dreamer {command}`), or that does not exist, is an error
+    naming the presets the command takes."""
+    takes_list = presets_for(cfg)
+    takes = (f"`dreamer {command}` takes --preset {', '.join(takes_list)}" if takes_list
+             else f"`dreamer {command}` takes no preset; drop --preset")
     for name in names:
-        if name not in own:
-            takes = (f"`dreamer {stage}` takes --preset {', '.join(sorted(own))}" if own
-                     else f"`dreamer {stage}` takes no preset; drop --preset")
-            if name in known_presets():
-                users = sorted(s for s, presets in PRESETS.items() if name in presets)
-                raise DreamerError(
-                    f"The preset {name!r} is for `dreamer {'`, `dreamer '.join(users)}` and would change nothing "
-                    f"here: {takes} (or set single keys with --set KEY=VALUE)."
-                )
+        if name not in PRESETS:
+            close = difflib.get_close_matches(name, list(PRESETS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise DreamerError(
-                f"Unknown preset {name!r}: {takes}. Presets compose in the order given, "
-                "e.g. --preset dreamerv2 --preset S."
+                f"Unknown preset {name!r}.{hint} {takes}. Presets compose in the order given, "
+                "e.g. --preset dreamerv3-2025 --preset 12m."
             )
-        cfg = apply_overrides(cfg, own[name])
+        own = preset_overrides(cfg, name)
+        if not own:
+            parts = sorted({k.partition(".")[0] + (".*" if "." in k else "") for k in PRESETS[name]})
+            users = [f"`dreamer {c}`" for c in commands_for(name)]
+            target = f"is for {', '.join(users)} and " if users else ""
+            raise DreamerError(
+                f"The preset {name!r} {target}would change nothing here: it sets {', '.join(parts)}, which "
+                f"`dreamer {command}` does not have. {takes} (or set single keys with --set KEY=VALUE)."
+            )
+        cfg = apply_overrides(cfg, own)
     return cfg
 
+
+# The action modes `dreamer train --eval-mode` and `dreamer evaluate --mode` take, and the
+# policies.AgentPolicy mode each one means: greedy (alias mode, the DreamerV3 code's name) or sample.
+ACTION_MODES = {"greedy": "mode", "mode": "mode", "sample": "sample"}
 
 # What the model configs accept, checked by the training stages' ``validate`` (a bad value would
 # otherwise surface as a traceback mid-build or be silently read as another option). A tuple
@@ -302,12 +437,20 @@ def _set(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
     name = path[0]
     if name not in fields:
         parent = full_key[: len(full_key) - len(".".join(path))]
-        valid = ", ".join(_dotted_keys(cfg, parent))
-        raise DreamerError(f"Unknown config key {full_key!r}. Valid keys: {valid}.")
+        close = difflib.get_close_matches(full_key, _dotted_keys(cfg, parent), n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        # Under a group: its keys. At the top: the plain keys and the groups (``model.*``).
+        valid = [parent + f.name + (".*" if dataclasses.is_dataclass(getattr(cfg, f.name)) else "")
+                 for f in dataclasses.fields(cfg)]
+        raise DreamerError(f"Unknown config key {full_key!r}: this command's config has no such setting, so it "
+                           f"would change nothing.{hint} Valid keys{' under ' + parent[:-1] if parent else ''}: "
+                           f"{', '.join(valid)}.")
     current = getattr(cfg, name)
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
-            raise DreamerError(f"Config key {'.'.join(path[:1])!r} in {full_key!r} has no sub-keys.")
+            key = full_key[: len(full_key) - len(".".join(path[1:])) - 1]
+            raise DreamerError(f"Config key {key!r} is a single setting with no sub-keys, so {full_key!r} means "
+                               f"nothing here: set it as --set {key}=VALUE.")
         return dataclasses.replace(cfg, **{name: _set(current, path[1:], value, full_key)})
     hint = typing.get_type_hints(type(cfg))[name]
     return dataclasses.replace(cfg, **{name: _convert(value, hint, full_key)})
@@ -393,3 +536,32 @@ def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain JSON-able data."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def changes(cfg: Any, base: Any) -> dict[str, Any]:
+    """The dotted keys whose values differ between ``cfg`` and ``base`` (configs of one class),
+    in field order, with ``cfg``'s values."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value, other = getattr(cfg, f.name), getattr(base, f.name)
+        if dataclasses.is_dataclass(value) and type(value) is type(other):
+            out.update({f"{f.name}.{k}": v for k, v in changes(value, other).items()})
+        elif value != other:
+            out[f.name] = value
+    return out
+
+
+def describe_changes(cfg: Any, base: Any) -> list[str]:
+    """What differs from ``base``, compactly: the plain keys on one line, then one line per
+    nested config (``model.rssm: deter=64 stoch=8``)."""
+    groups: dict[str, list[str]] = {}
+    for key, value in changes(cfg, base).items():
+        group, _, name = key.rpartition(".")
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+        shown = value if isinstance(value, str) and " " not in value and value else shown
+        groups.setdefault(group, []).append(f"{name}={shown}")
+    # Plain keys first, then each top-level group (in field order) before its sub-groups.
+    tops = list(dict.fromkeys(group.partition(".")[0] for group in groups))
+    ordered = sorted(groups.items(), key=lambda item: (item[0] != "", tops.index(item[0].partition(".")[0]),
+                                                       item[0].count(".")))
+    return [(f"{group}: " if group else "") + " ".join(items) for group, items in ordered]

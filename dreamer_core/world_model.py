@@ -39,7 +39,7 @@ from dreamer_core.errors import DreamerError
 from dreamer_core.nets import distributions as dists
 from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
-from dreamer_core.nets.layers import MLP, zero_init
+from dreamer_core.nets.layers import MLP
 from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
 from dreamer_core.types import Batch
 
@@ -129,9 +129,11 @@ class WorldModel(nn.Module):
         heads = cfg.heads
         reward_out = heads.bins if heads.reward == "twohot" else 1
         onehot = self.rssm.feat_onehot  # heads read RSSM features: gather-sum first layers
-        self.reward_head = MLP(feat, reward_out, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot)
+        # Every network initialises itself (nets.layers.init_weights); V3's two-hot reward output
+        # starts at 0 (outscale 0): predictions start at 0, no early reward hallucination.
+        self.reward_head = MLP(feat, reward_out, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot,
+                               outscale=0.0 if heads.reward == "twohot" else 1.0)
         if heads.reward == "twohot":
-            zero_init(self.reward_head.net[-1])  # V3: predictions start at 0, no early reward hallucination
             self.register_buffer("bins", dists.symexp_bins(heads.bins), persistent=False)
         self.cont_head = MLP(feat, 1, heads.units, heads.layers, norm=cfg.norm, act=cfg.act, onehot=onehot)
         self.inverse_head = None
@@ -433,10 +435,11 @@ class ReplayContext:
             new[: len(old)] = old
             setattr(self, name, new)
 
-    def initial_state(self, starts: np.ndarray, is_first: torch.Tensor) -> RSSMState | None:
-        """The state before each window (``starts`` [B], ``is_first`` [B, T]); None when no
-        window has a stored context (the model then starts every window from its initial state)."""
-        prev = np.asarray(starts) - 1
+    def initial_state(self, previous: np.ndarray, is_first: torch.Tensor) -> RSSMState | None:
+        """The state before each window: ``previous`` [B] is the replay row before each window
+        (``SequenceSampler.previous_rows``; -1: none), ``is_first`` [B, T]. None when no window
+        has a stored context (the model then starts every window from its initial state)."""
+        prev = np.asarray(previous, dtype=np.int64)
         self._ensure(int(prev.max()) + 2)
         use = (prev >= 0) & self.valid[np.maximum(prev, 0)] & ~is_first[:, 0].cpu().numpy()
         if not use.any():
@@ -447,7 +450,7 @@ class ReplayContext:
         stoch = torch.from_numpy(self.stoch[rows]).to(device)
         if self.categorical:
             stoch = torch.nn.functional.one_hot(stoch.long(), self.classes).float()
-        init = self.world_model.initial_state(len(starts))
+        init = self.world_model.initial_state(len(prev))
         mask = torch.from_numpy(use).to(device)[:, None]
         stoch_mask = mask[:, :, None] if self.categorical else mask
         # Only deter and stoch of the state before a window feed the next step; the other fields
@@ -455,10 +458,9 @@ class ReplayContext:
         return dataclasses.replace(init, deter=torch.where(mask, deter, init.deter),
                                    stoch=torch.where(stoch_mask, stoch, init.stoch))
 
-    def store(self, starts: np.ndarray, post: RSSMState) -> None:
-        """Remember the posterior ``[B, T]`` of the windows at ``starts``."""
-        T = post.deter.shape[1]
-        rows = (np.asarray(starts)[:, None] + np.arange(T)).reshape(-1)
+    def store(self, rows: np.ndarray, post: RSSMState) -> None:
+        """Remember the posterior ``[B, T]`` of the windows of replay ``rows`` ``[B, T]``."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._ensure(int(rows.max()) + 1)
         self.deter[rows] = post.deter.reshape(len(rows), -1).float().cpu().numpy()
         stoch = post.stoch.flatten(0, 1)

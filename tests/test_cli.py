@@ -334,6 +334,8 @@ def test_stage_03_refuses_invalid_values(small_run, args, needle):
     ("train", ["--env", "CartPole-v1", "--threads", -3], "--threads (threads) must be at least 0"),
     ("train", ["--env", "CartPole-v1", "--set", "precision=fp8"], "precision must be one of float32, bf16"),
     ("train", ["--env", "CartPole-v1", "--eval-episodes", -1], "--eval-episodes (eval_episodes) must be at least 0"),
+    ("train", ["--env", "CartPole-v1", "--eval-mode", "argmax"], "--eval-mode (eval_mode) must be one of greedy, mode, sample"),
+    ("evaluate", ["--mode", "argmax"], "--mode (mode) must be one of greedy, mode, sample"),
     ("collect", ["--env", "CartPole-v1", "--steps", -5], "cannot be negative"),
     ("collect", ["--env", "CartPole-v1", "--steps", 5, "--device", "tpu"], "--device (device) must be one of"),
     ("evaluate", ["--episodes", 0], "--episodes (episodes) must be at least 1"),
@@ -348,11 +350,64 @@ def test_every_command_refuses_invalid_values(tmp_path, command, args, needle):
 
 def test_presets_and_keys_a_command_does_not_use_are_refused(tmp_path):
     result = dreamer("collect", "--env", "CartPole-v1", "--out", tmp_path / "ds", "--steps", 5, "--preset", "tiny")
-    assert_user_error(result, "The preset 'tiny' is for", "would change nothing here", "--preset atari")
-    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--preset", "atari")
-    assert_user_error(result, "The preset 'atari' is for `dreamer collect`", "paper-lr")
+    assert_user_error(result, "The preset 'tiny' is for `dreamer train-world-model`, `dreamer train-behavior`, "
+                      "`dreamer train` and would change nothing here", "--preset atari")
+    result = dreamer("collect", "--env", "CartPole-v1", "--out", tmp_path / "ds", "--preset", "dreamerv3-2025")
+    assert_user_error(result, "The preset 'dreamerv3-2025' is for `dreamer train-world-model`", "behavior.*")
+    result = dreamer("train-world-model", tmp_path / "ds", "--out", tmp_path / "run", "--preset", "atari100k")
+    assert_user_error(result, "The preset 'atari100k' is for `dreamer collect`, `dreamer train` and would change "
+                      "nothing here: it sets env.*", "takes --preset dreamerv3, dreamerv3-2025")
     assert_user_error(dreamer("evaluate", "--run", tmp_path / "run", "--preset", "tiny"), "takes no preset")
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--set", "replay_contxt=true")
+    assert_user_error(result, "Unknown config key 'replay_contxt'", "Did you mean 'replay_context'", "model.*")
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--set", "model.rssm.detr=8")
+    assert_user_error(result, "Unknown config key 'model.rssm.detr'", "Did you mean 'model.rssm.deter'")
+    result = dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "run", "--preset", "dreamerv3_2025")
+    assert_user_error(result, "Unknown preset 'dreamerv3_2025'. Did you mean 'dreamerv3-2025'?")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_world_model_preset_is_refused_by_stage_03(small_run):
+    _, run = small_run
+    result = dreamer("train-behavior", "--run", run, "--preset", "laprop", "-q")
+    assert_user_error(result, "The preset 'laprop' is for `dreamer train-world-model`, `dreamer train` and would "
+                      "change nothing here: it sets model.*, optim.*")
+
+
+def test_train_applies_env_presets_and_prints_its_config(tmp_path):
+    """`dreamer train` takes the env presets: atari100k's sticky actions 0, dmc_vision's pixels
+    (an image world model); it prints what its config changes (not with -q), also on --resume."""
+    import yaml
+
+    from dreamer_core.runs import load_agent
+    from dreamer_core.stages import plot
+
+    small = ["--env", "dreamer/DummyDiscrete-v0", "--preset", "tiny", "--steps", 40, "--prefill", 32,
+             "--eval-every", 0, "--eval-episodes", 1, "--threads", 1]
+    run = tmp_path / "atari"
+    result = dreamer("train", "--out", run, *small, "--preset", "atari100k", "--eval-mode", "sample")
+    assert result.exit_code == 0, result.output
+    assert "config of `dreamer train`, what differs from the defaults" in result.output
+    assert "  env: id=dreamer/DummyDiscrete-v0 action_repeat=4 sticky_actions=0.0\n" in result.output
+    assert "eval_mode=sample" in result.output and "model.rssm: deter=64 hidden=64 stoch=8 classes=8" in result.output
+    stored = yaml.safe_load((run / "train_config.yaml").read_text())["config"]
+    assert stored["env"]["sticky_actions"] == 0.0 and stored["env"]["action_repeat"] == 4
+    assert stored["eval_mode"] == "sample" and plot.eval_mode(run) == "sample"
+    assert any("eval/return" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    result = dreamer("train", "--out", run, "--resume", "--steps", 48, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "resuming with the stored config of `dreamer train`" in result.output and "steps=48" in result.output
+    assert dreamer("plot", run).exit_code == 0
+
+    run = tmp_path / "dmc"
+    result = dreamer("train", "--out", run, *small, "--preset", "dmc_vision", "-q")
+    assert result.exit_code == 0, result.output
+    assert "config of" not in result.output
+    world_model, _, artifact = load_agent(run)
+    image = world_model.observation_space["image"]
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and list(world_model.observation_space) == ["image"]
+    assert artifact.env_config["obs"] == "pixels" and artifact.env_config["action_repeat"] == 2
+    assert plot.eval_mode(run) == "greedy"
 
 
 def test_resume_refuses_changes_and_a_missing_run(small_run, tmp_path):

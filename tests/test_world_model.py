@@ -351,13 +351,13 @@ def test_replay_context_round_trip(latent):
     episode = make_episode(OBS_SPACES["vector"], ACTION_SPACES["discrete"], 15, terminated=True)  # rows 0..15
     context = ReplayContext(wm)
     first = windows(episode, [0, 4], 4)
-    assert context.initial_state(np.array([0, 4]), first.is_first) is None  # nothing stored yet
+    assert context.initial_state(np.array([0, 4]) - 1, first.is_first) is None  # nothing stored yet
     with torch.no_grad():
         long = wm.observe(windows(episode, [0], 8))  # rows 0..7 in one pass
-    context.store(np.array([0]), long[:, :4])  # rows 0..3 as a first window saw them
+    context.store(np.arange(4)[None], long[:, :4])  # rows 0..3 as a first window saw them
     # the window at row 4 continues from row 3; the one at row 0 starts the episode
     batch = windows(episode, [4, 0], 4)
-    state = context.initial_state(np.array([4, 0]), batch.is_first)
+    state = context.initial_state(np.array([4, 0]) - 1, batch.is_first)
     init = wm.initial_state(2)
     assert torch.equal(state.deter[0], long.deter[0, 3]) and torch.equal(state.stoch[0], long.stoch[0, 3])
     assert torch.equal(state.deter[1], init.deter[1]) and torch.equal(state.stoch[1], init.stoch[1])
@@ -369,12 +369,12 @@ def test_replay_context_round_trip(latent):
     torch.testing.assert_close(post.deter[0, 0], long.deter[0, 4], rtol=1e-6, atol=1e-6)
     assert (cold.deter[0, 0] - long.deter[0, 4]).abs().max() > 1e-3
     # rows never replayed give the initial state; when no window has a context, None
-    assert context.initial_state(np.array([9, 12]), windows(episode, [9, 12], 4).is_first) is None
-    state = context.initial_state(np.array([9, 4]), windows(episode, [9, 4], 4).is_first)
+    assert context.initial_state(np.array([9, 12]) - 1, windows(episode, [9, 12], 4).is_first) is None
+    state = context.initial_state(np.array([9, 4]) - 1, windows(episode, [9, 4], 4).is_first)
     assert torch.equal(state.deter[0], init.deter[0]) and torch.equal(state.deter[1], long.deter[0, 3])
     # later stores overwrite: the context holds the posterior as the model last saw it
-    context.store(np.array([2]), long[:, 4:6])  # pretend rows 2..3 were replayed again
-    state = context.initial_state(np.array([4]), windows(episode, [4], 4).is_first)
+    context.store(np.array([[2, 3]]), long[:, 4:6])  # pretend rows 2..3 were replayed again
+    state = context.initial_state(np.array([3]), windows(episode, [4], 4).is_first)
     assert torch.equal(state.deter[0], long.deter[0, 5])
     if latent == "categorical":
         assert context.stoch.dtype == np.int16  # class indices, one-hot again on the way out

@@ -13,6 +13,13 @@ uniform over ``[0, num_rows - T]``::
 Windows may cross episode boundaries (the RSSM resets wherever ``is_first`` is set, as
 DreamerV3 does) but never wrap from the last row back to the first.
 
+The online replay inserts every env step as it happens (:meth:`SequenceSampler.add_rows`), so
+windows include the episodes still being played. With K envs stepped together their rows
+interleave in the store; each env is then a **stream** (its rows in order, episode after
+episode), and a window is ``T`` consecutive rows of one stream, uniform over all windows of all
+streams (DreamerV3's replay samples each worker's stream the same way). Episodes added whole
+(:meth:`SequenceSampler.add_episode`, e.g. reloaded from shards) form one more stream.
+
 Randomness comes only from an explicit ``numpy.random.Generator``; each DDP rank derives an
 independent stream from the shared seed, and the generator state is part of
 :meth:`SequenceSampler.state_dict` so a resumed run samples the same windows.
@@ -25,6 +32,7 @@ nets/, envs/, stages/ or above.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +69,11 @@ class SequenceSampler:
         rank, world_size: the DDP rank of this process and the number of ranks. Each rank
             gets an independent stream spawned from ``seed`` (rank 0 of a run equals a
             single-process sampler with the same seed).
+        online_queue: with rows added by :meth:`add_rows`, queue every ``T``-th window of each
+            stream (the newest ``T`` rows, so the queued windows tile the stream) and fill batch
+            slots from that queue before drawing uniformly: each new step is replayed once soon
+            after it arrives (DreamerV3 2025's ``replay.online``). The queue is not part of
+            :meth:`state_dict`.
 
     Raises:
         DatasetError: no datasets, fewer rows than ``seq_len`` in the datasets, invalid
@@ -89,6 +102,7 @@ class SequenceSampler:
         memory_budget: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        online_queue: bool = False,
     ):
         store = datasets if isinstance(datasets, ColumnStore) else None
         if store is not None and memory_budget is not None:
@@ -109,6 +123,12 @@ class SequenceSampler:
             budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
             store = ColumnStore.from_datasets(to_load, memory_budget=budget)
         self.store: ColumnStore = store
+        # Streams (None until add_rows is first called): stream id -> its global rows in order,
+        # and each row's predecessor in its stream (-1: first row of its stream).
+        self._streams: dict[Any, _Rows] | None = None
+        self._prev: _Rows | None = None
+        self.online_queue = bool(online_queue)
+        self._queue: deque[np.ndarray] = deque()  # windows [T] waiting to be replayed once
 
     # --- the rows (see ColumnStore) -------------------------------------------------------
 
@@ -131,8 +151,11 @@ class SequenceSampler:
 
     @property
     def num_windows(self) -> int:
-        """Distinct window starts ``s`` in ``[0, num_rows - T]`` (0 when too few rows)."""
-        return max(self.num_rows - self.seq_len + 1, 0)
+        """Distinct windows: starts ``s`` in ``[0, num_rows - T]``, or with streams the sum over
+        streams of their rows ``- T + 1`` (0 when too few rows)."""
+        if self._streams is None:
+            return max(self.num_rows - self.seq_len + 1, 0)
+        return int(self._window_counts().sum())
 
     @property
     def episode_starts(self) -> np.ndarray:
@@ -172,7 +195,45 @@ class SequenceSampler:
         Raises:
             DatasetError: the episode does not fit the sampler's spaces or row contract.
         """
+        start = self.store.num_rows
         self.store.add_episode(episode)
+        if self._streams is not None:
+            self._extend(_EPISODES, np.arange(start, self.store.num_rows, dtype=np.int64))
+
+    def add_rows(self, streams: np.ndarray | Sequence[int], obs: dict[str, np.ndarray],
+                 columns: dict[str, np.ndarray]) -> None:
+        """Append single rows as they happen, row ``i`` to stream ``streams[i]`` (e.g. the env
+        that produced it); rows of earlier calls, episodes in progress included, are sampled
+        like any other. See :meth:`ColumnStore.add_rows` for ``obs`` and ``columns``.
+
+        The first call turns streams on: the rows stored before it form the episodes' stream.
+
+        Raises:
+            DatasetError: rows with NaN or inf, or keys that do not match the replay.
+        """
+        streams = np.asarray(streams).reshape(-1)
+        if self._streams is None:
+            self._streams, self._prev = {}, _Rows()
+            if self.num_rows:
+                self._extend(_EPISODES, np.arange(self.num_rows, dtype=np.int64))
+        start = self.store.add_rows(obs, columns)
+        for i, stream in enumerate(streams.tolist()):
+            self._extend(stream, np.array([start + i], np.int64))
+
+    def _extend(self, stream: Any, rows: np.ndarray) -> None:
+        """Append global ``rows`` (new, in order) to ``stream`` and record their predecessors."""
+        own = self._streams.setdefault(stream, _Rows())
+        prev = np.empty(len(rows), np.int64)
+        if len(rows):
+            prev[0] = own.values[-1] if len(own) else -1
+            prev[1:] = rows[:-1]
+        own.extend(rows)
+        self._prev.extend(prev)  # rows arrive in global order, so _prev stays indexed by row
+        if self.online_queue and stream != _EPISODES and len(own) >= self.seq_len and len(own) % self.seq_len == 0:
+            self._queue.append(own.values[-self.seq_len:].copy())
+
+    def _window_counts(self) -> np.ndarray:
+        return np.array([max(len(rows) - self.seq_len + 1, 0) for rows in self._streams.values()], np.int64)
 
     # --- windows --------------------------------------------------------------------------
 
@@ -186,13 +247,54 @@ class SequenceSampler:
         Shapes:
             every column: [B, T, ...] (see the class docstring for dtypes).
         """
-        return self.gather(self.draw_starts())
+        return self.gather_windows(self.draw_windows())
+
+    def draw_windows(self) -> np.ndarray:
+        """The global rows ``[B, T]`` of the ``B`` windows :meth:`sample` would gather next.
+
+        Without streams these are ``draw_starts()[:, None] + arange(T)``; with streams, ``T``
+        consecutive rows of one stream, uniform over all windows of all streams. For callers
+        that keep per-row state beside the replay (the online loop's replay context):
+        ``gather_windows(draw_windows())`` is exactly ``sample()``."""
+        if self._streams is None:
+            return self.draw_starts()[:, None] + np.arange(self.seq_len, dtype=np.int64)
+        counts = self._window_counts()
+        total = int(counts.sum())
+        if total == 0:
+            raise DatasetError(
+                f"The replay holds no stream of at least seq_len={self.seq_len} rows yet. Add more "
+                "steps before sampling (e.g. prefill the online replay with random-policy steps)."
+            )
+        queued = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        picks = self._generator.integers(0, total, size=self.batch_size - len(queued))
+        self._batches_sampled += 1
+        ends = np.cumsum(counts)
+        which = np.searchsorted(ends, picks, side="right")
+        offsets = picks - (ends[which] - counts[which])
+        streams = list(self._streams.values())
+        span = np.arange(self.seq_len, dtype=np.int64)
+        return np.stack(queued + [streams[w].values[o + span] for w, o in zip(which.tolist(), offsets.tolist())])
+
+    def gather_windows(self, rows: np.ndarray) -> Batch:
+        """The windows of global ``rows`` ``[B, T]`` (from :meth:`draw_windows`) as a batch."""
+        return _batch(self.observation_space, self.store.gather_rows(rows))
+
+    def previous_rows(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The global row before each of ``rows`` in its stream (without streams: ``row - 1``);
+        -1 where there is none."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._streams is None:
+            return rows - 1
+        return self._prev.values[rows]
 
     def draw_starts(self) -> np.ndarray:
         """The ``B`` window starts :meth:`sample` would gather next (uniform over valid rows).
 
         For callers that keep per-row state beside the replay (the online loop's replay
-        context): ``gather(draw_starts())`` is exactly ``sample()``."""
+        context): ``gather(draw_starts())`` is exactly ``sample()`` (without streams; with them,
+        see :meth:`draw_windows`)."""
+        if self._streams is not None:
+            raise ValueError("the replay has streams: draw its windows with draw_windows()")
         rows = self.num_rows
         if rows < self.seq_len:
             raise DatasetError(
@@ -218,15 +320,9 @@ class SequenceSampler:
         Shapes:
             starts: [B]  ->  Batch columns [B, T, ...]
         """
-        rows = self.store.gather(starts, self.seq_len)
-        return Batch(
-            obs={k: torch.from_numpy(rows[f"obs/{k}"]) for k in self.observation_space.spaces},
-            action=torch.from_numpy(rows[schema.ACTION]),
-            reward=torch.from_numpy(rows[schema.REWARD]),
-            is_first=torch.from_numpy(rows[schema.IS_FIRST]),
-            is_last=torch.from_numpy(rows[schema.IS_LAST]),
-            is_terminal=torch.from_numpy(rows[schema.IS_TERMINAL]),
-        )
+        if self._streams is not None:
+            raise ValueError("the replay has streams: its windows are draw_windows() rows, not starts")
+        return _batch(self.observation_space, self.store.gather(starts, self.seq_len))
 
     # --- stream state ---------------------------------------------------------------------
 
@@ -281,6 +377,45 @@ class SequenceSampler:
             f"SequenceSampler(rows={self.num_rows}, episodes={self.num_episodes}, "
             f"batch_size={self.batch_size}, seq_len={self.seq_len}{disk})"
         )
+
+
+_EPISODES = "episodes"  # the stream of episodes added whole
+
+
+class _Rows:
+    """A growing int64 array (amortised appends)."""
+
+    def __init__(self) -> None:
+        self._data = np.empty(1024, np.int64)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self._size + len(values)
+        if need > len(self._data):
+            grown = np.empty(max(need, 2 * len(self._data)), np.int64)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : need] = values
+        self._size = need
+
+
+def _batch(observation_space: gym.spaces.Dict, rows: dict[str, np.ndarray]) -> Batch:
+    """Gathered columns (``ColumnStore.gather``) as a Batch of tensors."""
+    return Batch(
+        obs={k: torch.from_numpy(rows[f"obs/{k}"]) for k in observation_space.spaces},
+        action=torch.from_numpy(rows[schema.ACTION]),
+        reward=torch.from_numpy(rows[schema.REWARD]),
+        is_first=torch.from_numpy(rows[schema.IS_FIRST]),
+        is_last=torch.from_numpy(rows[schema.IS_LAST]),
+        is_terminal=torch.from_numpy(rows[schema.IS_TERMINAL]),
+    )
 
 
 def batch_from_episode(episode: schema.Episode, start: int = 0, stop: int | None = None) -> Batch:

@@ -207,12 +207,39 @@ class ColumnStore:
                 f"window starts must lie in [0, {self._rows - T}] for {self._rows} rows and "
                 f"seq_len={T}; got min {starts.min()}, max {starts.max()}"
             )
-        index = starts[:, None] + np.arange(T, dtype=np.int64)  # [B, T] global rows
+        return self._gather(starts[:, None] + np.arange(T, dtype=np.int64), starts)
+
+    def gather_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The given global rows of every column: ``rows`` ``[B, T]`` -> every column
+        ``[B, T, ...]`` (fresh arrays, keyed like :attr:`placement`).
+
+        A window need not be consecutive rows (the online replay's windows follow one env's
+        stream through rows interleaved with other envs'), except for keys read from disk.
+
+        Raises:
+            IndexError: a row outside ``[0, num_rows)``.
+            ValueError: a window of non-consecutive rows while some keys are read from disk.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 2:
+            raise ValueError(f"rows must be [B, T], got shape {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self._rows):
+            raise IndexError(f"rows must lie in [0, {self._rows - 1}]; got min {rows.min()}, max {rows.max()}")
+        starts = rows[:, 0] if rows.shape[1] else np.zeros(len(rows), np.int64)
+        if self.disk_keys and not np.array_equal(rows, starts[:, None] + np.arange(rows.shape[1])):
+            raise ValueError(
+                f"windows of non-consecutive rows cannot be read from disk (keys {list(self.disk_keys)}); "
+                "load the store in memory"
+            )
+        return self._gather(rows, starts)
+
+    def _gather(self, index: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+        """Every column at ``index`` [B, T]; on-disk keys read as the windows at ``starts``."""
         arrays = self._memory.arrays
         out = {}
         for key in self._obs_specs:
             if key in self.disk_keys:
-                out[_obs(key)] = self._read_disk_windows(key, starts, T)
+                out[_obs(key)] = self._read_disk_windows(key, starts, index.shape[1])
             else:
                 out[_obs(key)] = arrays[_obs(key)][index]
         for name in schema.COLUMNS:
@@ -248,6 +275,36 @@ class ColumnStore:
         columns = {name: getattr(episode, name) for name in schema.COLUMNS}
         start = self._append_rows(episode.obs, columns)
         self._episode_starts.append(start)
+
+    def add_rows(self, obs: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray]) -> int:
+        """Append single rows, e.g. one env step of each of K envs, of episodes that may still
+        be in progress (the online replay inserts every step as it happens). Returns the global
+        index of the first new row; a row with ``is_first`` set starts an episode.
+
+        ``obs`` maps every observation key to ``[n, ...]`` and ``columns`` every name of
+        ``schema.COLUMNS`` to ``[n, ...]`` arrays, in the store's dtypes (what
+        ``EpisodeRecorder`` builds). Rows are held in memory, like appended episodes.
+
+        Raises:
+            DatasetError: a column with NaN or inf, or the wrong keys.
+        """
+        if set(obs) != set(self._obs_specs) or set(columns) != set(schema.COLUMNS):
+            raise DatasetError(
+                f"Cannot add rows to the replay: they have observation keys {sorted(obs)} and columns "
+                f"{sorted(columns)}; the replay holds {sorted(self._obs_specs)} and {sorted(schema.COLUMNS)}."
+            )
+        named = {**{_obs(k): v for k, v in obs.items()}, schema.REWARD: columns[schema.REWARD],
+                 schema.ACTION: columns[schema.ACTION]}
+        for name, values in named.items():
+            if schema.nonfinite_rows(np.asarray(values)).any():
+                raise DatasetError(
+                    f"Cannot add rows to the replay: their {name} holds NaN or inf. A world model trained "
+                    "on NaN or inf learns nothing useful; fix the env or the data that produced it."
+                )
+        start = self._append_rows(obs, columns)
+        firsts = np.flatnonzero(np.asarray(columns[schema.IS_FIRST], bool)) + start
+        self._episode_starts.extend(int(row) for row in firsts)
+        return start
 
     def close(self) -> None:
         """Close the shard files opened for disk reads (they reopen on the next read)."""

@@ -137,12 +137,17 @@ class EpisodeRecorder:
     whose current observation starts an episode (a stateful policy resets its latent there).
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.Space, obs: dict[str, np.ndarray]):
-        """``obs``: the pool's batched ``[K, ...]`` observations after its reset."""
+    def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.Space, obs: dict[str, np.ndarray],
+                 keep_rows: bool = False):
+        """``obs``: the pool's batched ``[K, ...]`` observations after its reset. ``keep_rows``:
+        also keep every new row (of episodes in progress too) for :meth:`take_rows`."""
         K = len(next(iter(obs.values())))
         self.builders = [EpisodeBuilder(observation_space, action_space) for _ in range(K)]
+        self._keep_rows = keep_rows
+        self._kept_rows: list[dict[str, Any]] = []  # copies of the rows not yet taken, in order
         for i, builder in enumerate(self.builders):
             builder.start_from_batch(obs, i)
+            self._kept(i, last=False, terminal=False)
         self.is_first = np.ones(K, dtype=bool)
         self._resetting = np.zeros(K, dtype=bool)  # env i ended last step: this step returns its reset obs
 
@@ -156,15 +161,50 @@ class EpisodeRecorder:
             if self._resetting[i]:
                 builder.start_from_batch(obs, i)
                 self._resetting[i] = False
+                self._kept(i, last=False, terminal=False)
                 continue
             if limit is not None and steps >= limit:
                 continue
             builder.add_from_batch(actions[i], reward[i], obs, i)
             steps += 1
-            if terminated[i] or truncated[i]:
+            ended = bool(terminated[i] or truncated[i])
+            self._kept(i, last=ended, terminal=bool(terminated[i]))
+            if ended:
                 self._resetting[i] = True
                 finished.append(builder.finish(bool(terminated[i])))
         return steps, finished
+
+    def _kept(self, env: int, last: bool, terminal: bool) -> None:
+        """Note env ``env``'s newest row for :meth:`take_rows` (when keeping rows)."""
+        if self._keep_rows:
+            builder = self.builders[env]
+            t = builder.rows - 1
+            self._kept_rows.append({
+                "env": env, "obs": {k: v[t].copy() for k, v in builder.obs.items()},
+                schema.ACTION: builder.action[t].copy(),
+                schema.REWARD: builder.reward[t], schema.IS_FIRST: t == 0, schema.IS_LAST: last,
+                schema.IS_TERMINAL: terminal,
+            })
+
+    def take_rows(self) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The rows recorded since the last call, in the order they happened, and forget them:
+        (env index ``[n]``, obs ``{key: [n, ...]}``, columns ``{name: [n, ...]}`` of
+        ``schema.COLUMNS``), what ``SequenceSampler.add_rows`` takes. Needs ``keep_rows``."""
+        if not self._keep_rows:
+            raise ValueError("EpisodeRecorder(keep_rows=True) keeps rows for take_rows()")
+        rows, self._kept_rows = self._kept_rows, []
+        builder = self.builders[0]
+        envs = np.array([r["env"] for r in rows], np.int64)
+        obs = {k: np.stack([r["obs"][k] for r in rows]) if rows else np.zeros((0, *v.shape[1:]), v.dtype)
+               for k, v in builder.obs.items()}
+        action = builder.action
+        columns = {
+            schema.ACTION: (np.stack([r[schema.ACTION] for r in rows]) if rows
+                            else np.zeros((0, *action.shape[1:]), action.dtype)),
+            schema.REWARD: np.array([r[schema.REWARD] for r in rows], np.float32),
+            **{flag: np.array([r[flag] for r in rows], bool) for flag in schema.FLAGS},
+        }
+        return envs, obs, columns
 
     def in_progress(self) -> list[schema.Episode]:
         """The episodes under way with at least one step, cut here (truncated: real data, ended by

@@ -45,7 +45,7 @@ class EvaluateConfig:
     env: str = ""  # env id; empty: the env the run's data came from (with the same options)
     episodes: int = 10
     seed: int = 0
-    mode: str = "mode"  # mode (greedy) | sample
+    mode: str = "mode"  # mode (= greedy) | greedy | sample: config.ACTION_MODES, the words of train --eval-mode
     device: str = "auto"
     threads: int = 0
     max_steps: int = 0  # cap per episode (0: the env's own limit)
@@ -69,7 +69,7 @@ def validate(cfg: EvaluateConfig) -> None:
     """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
     p = config_lib.Problems("evaluate", FLAGS)
     p.at_least("episodes", cfg.episodes, 1)
-    p.one_of("mode", cfg.mode, ("mode", "sample"))
+    p.one_of("mode", cfg.mode, config_lib.ACTION_MODES)
     p.device("device", cfg.device)
     p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
     p.at_least("max_steps", cfg.max_steps, 0, " (0 = the env's own limit)")
@@ -120,7 +120,8 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     try:
         artifact.check_spaces(env.observation_space, env.action_space, f"The environment {env_cfg.id}",
                               run_dir / BEHAVIOR)
-        policy = AgentPolicy(world_model, agent, 1, mode=cfg.mode, seed=cfg.seed, device=device)
+        policy = AgentPolicy(world_model, agent, 1, mode=config_lib.ACTION_MODES[cfg.mode], seed=cfg.seed,
+                             device=device)
         folder = _new_folder(run_dir / "eval")
         returns, lengths, videos = [], [], []
         start = time.perf_counter()

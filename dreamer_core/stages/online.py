@@ -8,10 +8,13 @@ step the loop runs as many updates as the train ratio owes. The train ratio is D
 replayed steps (``batch_size * seq_len`` per update) per env step. Each behavior update starts
 its imagination from the posterior states of the world-model update on the same batch.
 
-Finished episodes go to the in-memory replay (uniform windows, as in DreamerV3) and to the
-dataset ``RUN/replay`` as crash-safe shards, so stages 02-04, the dream views and the
-notebooks can use everything an online run produced. Greedy evaluation episodes run every
-``eval_every`` env steps in a separate env. Checkpoints are written every
+Every env step enters the in-memory replay as it happens (uniform windows over each env's
+stream of rows, the episode in progress included, as in DreamerV3); finished episodes go to
+the dataset ``RUN/replay`` as crash-safe shards, so stages 02-04, the dream views and the
+notebooks can use everything an online run produced. Evaluation episodes (greedy, or sampled
+with ``eval_mode``) run every ``eval_every`` env steps in a separate env. With
+``online_queue`` (off by default) each new window of ``seq_len`` steps is also replayed once
+soon after it arrives (DreamerV3 2025's online queue). Checkpoints are written every
 ``checkpoint_seconds`` and at the end: ``RUN/checkpoints/online_latest.pt`` (everything needed
 to resume) plus ``world_model.pt`` and ``behavior.pt`` in the formats stages 03/04 load.
 
@@ -103,10 +106,12 @@ class TrainConfig:
     backend: str = "auto"
     eval_every: int = 2000
     eval_episodes: int = 10
+    eval_mode: str = "greedy"  # greedy (alias mode) | sample: the actions of the evaluation episodes
     log_every: int = 500
     checkpoint_seconds: float = 300.0
     shard_seconds: float = 60.0
     replay_context: bool = False  # start mid-episode windows from the latent stored when last replayed
+    online_queue: bool = False  # replay each new window of T steps once soon after it arrives (2025 code)
 
 
 # What `dreamer train` changes from the DreamerV3 paper's settings, so that a 2-core CPU learns a
@@ -116,7 +121,7 @@ class TrainConfig:
 # stayed at the random policy's return after 2000 updates). `--preset paper-lr` restores them;
 # `--preset XS` (S, M...) picks a bigger model.
 ONLINE_DEFAULTS: dict[str, Any] = {
-    **{k: v for k, v in config_lib.PRESETS["train"]["tiny"].items() if k not in ("batch_size", "seq_len")},
+    **{k: v for k, v in config_lib.PRESETS["tiny"].items() if k not in ("batch_size", "seq_len")},
     "batch_size": 16, "seq_len": 32,
     "optim.lr": 1e-3, "behavior.actor_optim.lr": 3e-4, "behavior.critic_optim.lr": 3e-4,
 }
@@ -133,8 +138,8 @@ def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, 
 
 FLAGS = {"steps": "--steps", "num_envs": "--num-envs", "train_ratio": "--train-ratio", "prefill": "--prefill",
          "batch_size": "--batch-size", "seq_len": "--seq-len", "eval_every": "--eval-every",
-         "eval_episodes": "--eval-episodes", "checkpoint_seconds": "--checkpoint-seconds", "threads": "--threads",
-         "device": "--device", "env.action_repeat": "--action-repeat"}
+         "eval_episodes": "--eval-episodes", "eval_mode": "--eval-mode", "checkpoint_seconds": "--checkpoint-seconds",
+         "threads": "--threads", "device": "--device", "env.action_repeat": "--action-repeat"}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -149,6 +154,7 @@ def validate(cfg: TrainConfig) -> None:
               f"--prefill ({cfg.prefill}) must hold at least one window of seq_len={cfg.seq_len} steps")
     p.at_least("eval_every", cfg.eval_every, 0, " (0 = never)")
     p.at_least("eval_episodes", cfg.eval_episodes, 0)
+    p.one_of("eval_mode", cfg.eval_mode, config_lib.ACTION_MODES)
     p.at_least("log_every", cfg.log_every, 0)
     p.at_least("checkpoint_seconds", cfg.checkpoint_seconds, 0, " (0 = only at the end)")
     p.positive("shard_seconds", cfg.shard_seconds)
@@ -227,7 +233,8 @@ class OnlineTrainer:
         groups = self.agent.parameter_groups()
         self.actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
         self.critic_optim = make_optimizer(groups["critic"], cfg.behavior.critic_optim)
-        self.replay = SequenceSampler(ColumnStore(obs_space, act_space), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+        self.replay = SequenceSampler(ColumnStore(obs_space, act_space), cfg.batch_size, cfg.seq_len, seed=cfg.seed,
+                                      online_queue=cfg.online_queue)
         self.context = ReplayContext(self.world_model) if cfg.replay_context else None
         self.random_policy = RandomPolicy(act_space, cfg.num_envs, seed=self.env_seed)
         self.policy = AgentPolicy(self.world_model, self.agent, cfg.num_envs, mode="sample", seed=self.env_seed,
@@ -269,7 +276,7 @@ class OnlineTrainer:
         self.run_id = self.run_id or run_id(self.run_dir, create=True)
         write_config(self.run_dir / CONFIG, "train", cfg)
         self.obs = self.pool.reset(seed=self.env_seed)
-        self.recorder = EpisodeRecorder(self.observation_space, self.action_space, self.obs)
+        self.recorder = EpisodeRecorder(self.observation_space, self.action_space, self.obs, keep_rows=True)
         self.policy.reset()
         self.recent: deque[float] = deque(maxlen=20)
         self.start_updates = self.updates
@@ -301,7 +308,8 @@ class OnlineTrainer:
         }
 
     def act(self) -> None:
-        """One step of the K envs; finished episodes go to the dataset and the replay."""
+        """One step of the K envs: every new row enters the replay at once (env i's rows form
+        its stream), finished episodes go to the dataset."""
         cfg = self.cfg
         self.clock.switch("collect")
         acting = self.random_policy if self.env_steps < cfg.prefill else self.policy
@@ -310,9 +318,9 @@ class OnlineTrainer:
         added, finished = self.recorder.record(actions, self.obs, reward, terminated, truncated)
         self.env_steps += added
         self.clock.switch("data")
+        self.replay.add_rows(*self.recorder.take_rows())
         for episode in finished:
             self.writer.add_episode(episode)
-            self.replay.add_episode(episode)
             self.episodes += 1
             self.recent.append(float(episode.reward.sum()))
             self.loop.log(self.env_steps, {"train/return": self.recent[-1], "train/length": float(episode.steps)})
@@ -320,7 +328,7 @@ class OnlineTrainer:
 
     def learn(self, guard: NonFiniteGuard) -> None:
         """The updates the train ratio owes after this env step."""
-        while self.updates < self.updates_owed() and self.replay.num_rows >= self.cfg.seq_len:
+        while self.updates < self.updates_owed() and self.replay.num_windows > 0:
             metrics = self.train_step()
             self.loop.mean.add(metrics)
             guard.check("wm/nonfinite" not in metrics)  # raises after MAX_NONFINITE in a row
@@ -328,10 +336,10 @@ class OnlineTrainer:
 
     def _finish(self, interrupted: bool) -> None:
         """Keep the episodes in progress (real data, cut by the loop: a truncation) so the dataset
-        holds every env step counted; log, evaluate and checkpoint a last time."""
+        holds every env step counted (the replay has their rows already); log, evaluate and
+        checkpoint a last time."""
         for episode in self.recorder.in_progress():
             self.writer.add_episode(episode)
-            self.replay.add_episode(episode)
             self.episodes += 1  # the counter is what the dataset holds
         if self.loop.mean.count:
             self._log()
@@ -357,9 +365,10 @@ class OnlineTrainer:
         """One world-model update, then one behavior update from its posterior states."""
         cfg = self.cfg
         self.clock.switch("data")
-        starts = self.replay.draw_starts()
-        batch = self.replay.gather(starts).to(self.device)
-        state = None if self.context is None else self.context.initial_state(starts, batch.is_first)
+        rows = self.replay.draw_windows()
+        batch = self.replay.gather_windows(rows).to(self.device)
+        state = None if self.context is None else \
+            self.context.initial_state(self.replay.previous_rows(rows[:, 0]), batch.is_first)
         self.clock.switch("world_model")
         ok, metrics, post = world_model_update(self.world_model, self.wm_optim, cfg.optim, self.updates, batch,
                                                cfg.precision, state)
@@ -368,7 +377,7 @@ class OnlineTrainer:
         if not ok:
             return {"wm/nonfinite": 1.0}
         if self.context is not None:
-            self.context.store(starts, post)
+            self.context.store(rows, post)
         self.clock.switch("behavior")
         self.world_model.requires_grad_(False)  # behavior learning never changes the world model
         try:
@@ -380,11 +389,13 @@ class OnlineTrainer:
         return out
 
     def evaluate(self) -> float:
-        """Greedy episodes in a separate env; logs eval/* at the current env step."""
+        """Episodes in a separate env with greedy or sampled actions (``eval_mode``); logs eval/* at
+        the current env step, under the same keys for both modes (the run's config says which)."""
         cfg = self.cfg
         self.clock.switch("eval")
         if self.eval_env is None:
             self.eval_env = make_env(cfg.env, seed=None)
+        self.eval_policy.mode = config_lib.ACTION_MODES[cfg.eval_mode]  # AgentPolicy's name: mode | sample
         returns, lengths = [], []
         for i in range(cfg.eval_episodes):
             played = play_episode(self.eval_env, self.eval_policy,

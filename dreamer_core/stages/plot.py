@@ -6,12 +6,15 @@
 Reads ``metrics.jsonl`` (online runs: step = env steps; stage 02: step = updates) and
 ``behavior_metrics.jsonl`` (stage 03), picks the panels whose metrics exist and draws one line
 per run, so several seeds overlay in one figure. ``--key`` plots chosen metrics instead.
+An online run's evaluation return (greedy or sampled actions, ``--eval-mode``, as its
+``train_config.yaml`` says) and its training-episode return (sampled actions: what the DreamerV3
+paper plots) are drawn side by side.
 
 This module reads the metrics and turns them into lines (``series``, ``smooth``); drawing
 the figure is ``viz.plot_curves``.
 
-Imports: logging (read_metrics), errors, viz, the stage kit (stages.outputs: the --out check).
-No other stage.
+Imports: logging (read_metrics), errors, runs (file names), viz, the stage kit (stages.outputs:
+the --out check). No other stage.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from dreamer_core import viz
 from dreamer_core.errors import DreamerError
 from dreamer_core.logging import read_metrics
+from dreamer_core.runs import ONLINE_CONFIG
 from dreamer_core.stages.outputs import check_output_file
 
 # (title, x label, metrics file, keys); a panel is drawn when one of its keys was logged.
 PANELS = [
-    ("Evaluation return (greedy)", "env steps", "metrics.jsonl", ["eval/return"]),
-    ("Training episode return", "env steps", "metrics.jsonl", ["train/return"]),
+    ("Evaluation return", "env steps", "metrics.jsonl", ["eval/return"]),  # + the runs' eval modes
+    ("Training episode return (sampled actions)", "env steps", "metrics.jsonl", ["train/return"]),
     ("World-model loss", "steps", "metrics.jsonl", ["wm/loss", "val/wm/loss"]),
     ("Open-loop MSE@15 / repeat-last", "updates", "metrics.jsonl", ["val/wm/openloop_ratio_last"]),
     ("Imagined return", "steps", "metrics.jsonl", ["imag/return"]),
@@ -89,8 +94,22 @@ def plot_runs(runs: list[Path | str], out: Path | str | None = None, keys: list[
             f"None of the metrics {', '.join(k for p in panels for k in p[3])} was logged in {', '.join(map(str, runs))}. "
             f"Logged keys include: {', '.join(logged[:12])}. Choose some with --key."
         )
+    modes = sorted({mode for mode in map(eval_mode, runs) if mode})
+    if modes and not keys:
+        drawn = [(f"{p[0]} ({' / '.join(modes)} actions)", *p[1:]) if p[3] == ["eval/return"] else p for p in drawn]
     out = check_output_file(out if out is not None else runs[0] / "curve.png", (".png", ".pdf", ".svg"))
     return viz.plot_curves([_curves(panel, runs, data) for panel in drawn], out, title)
+
+
+def eval_mode(run: Path) -> str | None:
+    """How a `dreamer train` run's evaluation episodes chose actions: greedy or sample (greedy in
+    runs from before ``eval_mode`` existed); None for other runs or an unreadable config."""
+    try:
+        stored = yaml.safe_load((run / ONLINE_CONFIG).read_text())["config"]
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return None
+    mode = stored.get("eval_mode", "greedy") if isinstance(stored, dict) else None
+    return "greedy" if mode == "mode" else mode
 
 
 def _curves(panel: tuple, runs: list[Path], data: dict[Path, dict[str, list[dict]]]) -> viz.CurvePanel:

@@ -477,3 +477,142 @@ def test_windows_always_valid_and_every_start_reachable(
         assert_windows_match(batch, reference, starts, T)
         sampler.close()
     assert seen.all(), f"starts never drawn: {np.flatnonzero(~seen)}"
+
+
+# --- streams: every step enters the replay as it happens (the online loop) -------------------
+
+STREAM_OBS = gym.spaces.Dict({"pos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)})
+
+
+def _record_steps(recorder, sampler, steps, episode_len, K):
+    """Step K fake envs whose observation is [env, step count]; env k's episodes last
+    episode_len + k steps. Every recorded row goes into the sampler at once."""
+    from dreamer_core.data.writer import EpisodeRecorder  # noqa: F401 (the recorder's contract)
+
+    counts = np.zeros(K, np.int64)
+    finished_all = []
+    for t in range(1, steps + 1):
+        counts += 1
+        done = counts >= episode_len + np.arange(K)
+        obs = {"pos": np.stack([np.arange(K), np.full(K, t)], axis=1).astype(np.float32)}
+        _, finished = recorder.record(np.zeros(K, np.int64), obs, np.ones(K, np.float32), done, np.zeros(K, bool))
+        counts[done] = -1  # the reset row comes next, then counting restarts
+        finished_all += finished
+        sampler.add_rows(*recorder.take_rows())
+    return finished_all
+
+
+def test_windows_follow_each_env_stream_and_include_the_episode_in_progress():
+    from dreamer_core.data.writer import EpisodeRecorder
+
+    K, T = 2, 4
+    sampler = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), 256, T, seed=0)
+    start = {"pos": np.array([[0, 0], [1, 0]], np.float32)}
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2), start, keep_rows=True)
+    finished = _record_steps(recorder, sampler, 30, episode_len=100, K=K)
+    assert finished == []  # no episode has ended, yet the replay has every row
+    assert sampler.num_rows == K * 31 and sampler.num_windows == K * (31 - T + 1)
+    rows = sampler.draw_windows()
+    batch = sampler.gather_windows(rows)
+    pos = batch.obs["pos"].numpy()  # [B, T, 2]: (env, step)
+    assert (pos[:, :, 0] == pos[:, :1, 0]).all()  # a window never mixes envs
+    assert (np.diff(pos[:, :, 1], axis=1) == 1).all()  # consecutive steps of that env
+    assert pos[:, -1, 1].max() == 30  # the newest step is sampled too
+    assert batch.is_first[:, 0].any() and not batch.is_last.any()  # nothing has ended
+    # the row before a window is the previous step of the same env
+    prev = sampler.previous_rows(rows[:, 0])
+    first_rows = rows[:, 0]
+    for r, p in zip(first_rows.tolist(), prev.tolist()):
+        if p < 0:
+            assert sampler.store.gather_rows(np.array([[r]]))["obs/pos"][0, 0, 1] == 0
+        else:
+            a, b = sampler.store.gather_rows(np.array([[p, r]]))["obs/pos"][0]
+            assert a[0] == b[0] and a[1] + 1 == b[1]
+
+
+def test_stream_windows_are_uniform_over_all_windows():
+    from dreamer_core.data.writer import EpisodeRecorder
+
+    K, T = 3, 5
+    sampler = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), 4000, T, seed=1)
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2),
+                               {"pos": np.zeros((K, 2), np.float32)}, keep_rows=True)
+    _record_steps(recorder, sampler, 12, episode_len=6, K=K)
+    counts = {}
+    for _ in range(5):
+        for window in sampler.draw_windows():
+            counts[int(window[0])] = counts.get(int(window[0]), 0) + 1
+    assert len(counts) == sampler.num_windows  # every window can be drawn
+    expected = 5 * 4000 / sampler.num_windows
+    assert max(abs(c - expected) / expected for c in counts.values()) < 0.25
+
+
+def test_one_stream_draws_the_same_windows_as_the_plain_replay():
+    from dreamer_core.data.writer import EpisodeRecorder
+
+    T = 6
+    streamed = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), 8, T, seed=3)
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2), {"pos": np.zeros((1, 2), np.float32)},
+                               keep_rows=True)
+    finished = _record_steps(recorder, streamed, 40, episode_len=9, K=1)
+    plain = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), 8, T, seed=3)
+    for episode in finished:
+        plain.add_episode(episode)
+    rows = plain.num_rows  # the finished episodes are the first rows of the stream, in order
+    assert rows < streamed.num_rows
+    whole = streamed.store.gather_rows(np.arange(rows)[None])
+    again = plain.store.gather_rows(np.arange(rows)[None])
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], again[key])  # the same rows, flags included
+    assert np.array_equal(streamed.previous_rows(np.array([0, 5])), [-1, 4])
+
+
+def test_episodes_added_whole_form_their_own_stream_and_bad_rows_are_refused():
+    from dreamer_core.data.writer import EpisodeRecorder
+
+    T = 3
+    sampler = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), 64, T, seed=0)
+    old = Episode.from_transitions({"pos": np.full((5, 2), -1, np.float32)}, np.zeros(4, np.int64),
+                                   np.zeros(4, np.float32), terminated=True)
+    sampler.add_episode(old)  # a reloaded episode before any step
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2), {"pos": np.zeros((1, 2), np.float32)},
+                               keep_rows=True)
+    _record_steps(recorder, sampler, 4, episode_len=50, K=1)
+    sampler.add_episode(old)  # after the steps: appended to the episodes' stream
+    windows = sampler.gather_windows(sampler.draw_windows()).obs["pos"].numpy()
+    reloaded = windows[:, :, 0] == -1
+    assert reloaded.any() and (~reloaded).any()
+    assert (reloaded.all(axis=1) | (~reloaded).all(axis=1)).all()  # no window mixes the streams
+    assert sampler.num_windows == (10 - T + 1) + (5 - T + 1)
+    with pytest.raises(ValueError, match="draw_windows"):
+        sampler.draw_starts()
+    envs, obs, columns = recorder.take_rows()
+    assert len(envs) == 0  # taken already
+    obs = {"pos": np.array([[0.0, np.nan]], np.float32)}
+    columns = {"action": np.zeros(1, np.int64), "reward": np.zeros(1, np.float32),
+               "is_first": np.zeros(1, bool), "is_last": np.zeros(1, bool), "is_terminal": np.zeros(1, bool)}
+    rows = sampler.num_rows
+    with pytest.raises(DatasetError, match="obs/pos holds NaN"):
+        sampler.add_rows([0], obs, columns)
+    assert sampler.num_rows == rows  # nothing half-stored
+
+
+def test_online_queue_replays_each_new_step_once_soon():
+    from dreamer_core.data.writer import EpisodeRecorder
+
+    T, B = 4, 3
+    sampler = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), B, T, seed=0, online_queue=True)
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2), {"pos": np.zeros((2, 2), np.float32)},
+                               keep_rows=True)
+    _record_steps(recorder, sampler, 11, episode_len=100, K=2)  # 12 rows per env: 3 tiles of 4 each
+    queued = np.concatenate([sampler.draw_windows() for _ in range(2)])  # 6 windows = 2 x 3 tiles
+    tiles = {tuple(w) for w in queued.tolist()}
+    assert len(tiles) == 6  # each tile once
+    covered = np.sort(queued.ravel())
+    assert np.array_equal(covered, np.arange(sampler.num_rows))  # every row replayed exactly once
+    plain = SequenceSampler(ColumnStore(STREAM_OBS, gym.spaces.Discrete(2)), B, T, seed=0)
+    recorder = EpisodeRecorder(STREAM_OBS, gym.spaces.Discrete(2), {"pos": np.zeros((2, 2), np.float32)},
+                               keep_rows=True)
+    _record_steps(recorder, plain, 11, episode_len=100, K=2)
+    # once the queue is empty the draws are the uniform ones (the same stream of randomness)
+    assert np.array_equal(sampler.draw_windows(), plain.draw_windows())

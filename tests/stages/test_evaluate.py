@@ -88,6 +88,14 @@ def test_every_evaluation_gets_its_own_folder_and_max_steps_caps_episodes(agent_
     assert result.report["lengths"] == [4, 4] and result.report["mode"] == "sample"  # TOY's episodes are >= 10
 
 
+def test_greedy_is_another_name_for_mode(agent_run):
+    """`--mode greedy` (the word `dreamer train --eval-mode` uses) plays the policy's mode."""
+    greedy = evaluate_run(agent_run, episodes=2, seed=3, mode="greedy").report
+    mode = evaluate_run(agent_run, episodes=2, seed=3, mode="mode").report
+    assert greedy["returns"] == mode["returns"] and greedy["lengths"] == mode["lengths"]
+    assert greedy["mode"] == "greedy" and mode["mode"] == "mode"
+
+
 def test_an_env_with_other_spaces_is_refused_before_anything_is_written(agent_run):
     before = eval_folders(agent_run)
     with pytest.raises(DreamerError, match="does not fit") as info:
@@ -97,6 +105,7 @@ def test_an_env_with_other_spaces_is_refused_before_anything_is_written(agent_ru
 
 
 @pytest.mark.parametrize("flags,needle", [({"episodes": 0}, "--episodes"),
+                                          ({"mode": "argmax"}, "--mode \\(mode\\) must be one of greedy, mode, sample"),
                                           ({"video": True, "video_format": "avi"}, "gif or mp4")])
 def test_bad_settings_are_refused(agent_run, flags, needle):
     before = eval_folders(agent_run)

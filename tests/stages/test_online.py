@@ -199,18 +199,18 @@ def test_replay_context_starts_windows_from_the_stored_latent():
     world_model = tiny_world_model()  # deter 16, 4 categoricals of 4 classes
     context = ReplayContext(world_model)
     is_first = torch.zeros(3, 4, dtype=torch.bool)
-    assert context.initial_state(np.array([1, 5, 9]), is_first) is None  # nothing stored yet
+    assert context.initial_state(np.array([1, 5, 9]) - 1, is_first) is None  # nothing stored yet
     deter = torch.randn(2, 4, 16)
     stoch = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 4, 4)), 4).float()
-    context.store(np.array([0, 10]), RSSMState(deter, stoch))  # rows 0-3 and 10-13
+    context.store(np.array([[0, 1, 2, 3], [10, 11, 12, 13]]), RSSMState(deter, stoch))
     is_first[1, 0] = True
-    state = context.initial_state(np.array([4, 11, 12]), is_first)
+    state = context.initial_state(np.array([4, 11, 12]) - 1, is_first)
     init = world_model.initial_state(3)
     torch.testing.assert_close(state.deter[0], deter[0, 3])  # window at row 4 continues from row 3
     torch.testing.assert_close(state.stoch[0], stoch[0, 3])
     torch.testing.assert_close(state.deter[1], init.deter[1])  # row 11 starts an episode: initial state
     torch.testing.assert_close(state.deter[2], deter[1, 1])  # row 12 continues from row 11
-    unseen = context.initial_state(np.array([0, 7, 20]), torch.zeros(3, 4, dtype=torch.bool))
+    unseen = context.initial_state(np.array([0, 7, 20]) - 1, torch.zeros(3, 4, dtype=torch.bool))
     assert unseen is None  # row 0 has no predecessor; rows 6 and 19 were never replayed
 
 
@@ -222,6 +222,10 @@ def test_online_run_with_replay_context(tmp_path):
         trainer.close()
     assert result["updates"] == 51
     assert trainer.context.valid[: trainer.replay.num_rows].mean() > 0.5  # most rows were replayed
+    # every step entered the replay as it happened, once: it holds exactly the dataset's rows
+    dataset = Dataset(tmp_path / "run" / "replay")
+    assert trainer.replay.num_rows == dataset.num_steps + dataset.num_episodes
+    assert trainer.replay.num_episodes == dataset.num_episodes
 
 
 def test_sigterm_stops_cleanly_and_resume_refuses_config_changes(tmp_path):
