@@ -11,7 +11,7 @@ Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,17 @@ class Dataset:
             "partial_shards": [p.name for p in self.partial],
             "skipped_corrupt": [str(p) for p, _ in self.skipped],
         }
+
+
+def skipped_shards(datasets: Iterable[Dataset]) -> list[dict[str, str]]:
+    """The shards ``skip_corrupt`` left out of ``datasets`` (views made from them included, e.g.
+    a train and a held-out split), each once, in the order found: ``{"path", "reason"}`` with
+    the reason on one line (for a message and a run's config)."""
+    found: dict[str, str] = {}
+    for dataset in datasets:
+        for path, reason in dataset.skipped:
+            found.setdefault(str(path), " ".join(reason.split()))
+    return [{"path": path, "reason": reason} for path, reason in found.items()]
 
 
 def read_rows(f: h5py.File, lo: int, hi: int, shard: Path | None = None) -> schema.Episode:

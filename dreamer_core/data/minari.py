@@ -280,7 +280,7 @@ def _resolve_source(src: Path | str) -> Path:
     except ImportError:
         raise MissingDependencyError(
             "minari",
-            "dev",
+            "minari",
             f"Resolving the Minari dataset id {text!r} (pass the dataset directory instead to "
             "import without minari)",
         ) from None

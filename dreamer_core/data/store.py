@@ -7,7 +7,9 @@ crash between renaming a shard and updating the manifest loses nothing. Each ent
 SHA-256 ``digest`` of its own fields; an entry whose digest does not match (the file was
 edited by hand or by another tool) or that has none is not trusted either: the shard is
 scanned again. That costs one hash of a few kilobytes of JSON per shard on open, instead of
-opening every shard to cross-check its episode index.
+opening every shard to cross-check its episode index. After such a rescan the manifest is
+rewritten where the directory is writable, so an old manifest (entries without digests) gets
+its digests on the first open and later opens read no shard.
 
 Also here: :func:`disk_errno`, the one test for "the disk refused the write" (full, quota,
 read-only, permission) that the writer and the Minari export share.
@@ -235,6 +237,7 @@ def scan(root: Path, skip_corrupt: bool = False) -> tuple[list[ShardInfo], list[
     cached = read_manifest(root).get("shards", {})
     shards: list[ShardInfo] = []
     skipped: list[tuple[Path, str]] = []
+    rescanned = False
     for path in shard_paths(root):
         info = _cached_info(cached.get(path.name), path, path.stat())
         if info is not None:
@@ -242,11 +245,27 @@ def scan(root: Path, skip_corrupt: bool = False) -> tuple[list[ShardInfo], list[
             continue
         try:
             shards.append(read_shard_info(path))
+            rescanned = True
         except DatasetError as exc:
             if not skip_corrupt or "schema version" in str(exc):
                 raise
             skipped.append((path, str(exc)))
+    if rescanned:
+        _refresh_manifest(Path(root), shards)
     return shards, skipped
+
+
+def _refresh_manifest(root: Path, shards: list[ShardInfo]) -> None:
+    """Rewrite the manifest (atomically) after shards had to be read because their entries were
+    missing, stale or without a digest (as older versions wrote them), so the next open reads
+    none of them. Left as it is where the directory cannot be written: a read-only dataset
+    opens all the same, rescanning as before (the manifest is derived data)."""
+    if not os.access(root, os.W_OK):
+        return
+    try:
+        write_manifest(root, shards)
+    except OSError:
+        pass
 
 
 def dir_size(root: Path) -> int:
@@ -258,6 +277,18 @@ def dir_size(root: Path) -> int:
 # What the disk answers when a write cannot happen: full, over quota, read-only, not allowed.
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
+
+
+class WriteRefusedError(DatasetError):
+    """The disk refused to store a shard or the manifest (full, quota, read-only, permission).
+
+    ``state`` is the message up to its advice (what happened, what is kept) and ``code`` the
+    errno, so that a command that is continued differently (``dreamer train --resume``) can give
+    its own advice."""
+
+    def __init__(self, state: str, code: int, advice: str):
+        super().__init__(f"{state} {advice}")
+        self.state, self.code = state, code
 
 
 def disk_errno(exc: BaseException) -> int | None:
@@ -306,12 +337,20 @@ def discard_h5_file(f: h5py.File, path: Path | None, handles: dict[str, Any] | N
     fails too, and HDF5 keeps a half-closed file that crashes the interpreter at exit. So the
     file's descriptor is first pointed at an anonymous in-memory file (Linux), where the last
     writes land and vanish; elsewhere the file is truncated, which gives its space back for
-    them. ``handles`` (open datasets of the file, held by the caller) are dropped after that,
-    then the file is closed. The caller removes ``path``.
+    them. Then the file is flushed once: a write that failed inside a flush (``Dataset.flush``
+    in particular) leaves HDF5's metadata cache mid-flush, and closing it from that state
+    crashes (SIGSEGV or SIGBUS); a flush that can write completes it. ``handles`` (open
+    datasets of the file, held by the caller) are dropped after that, then the file is closed.
+    The caller removes ``path``.
     """
     try:
         if f.id.valid and not _redirect_to_memory(f) and path is not None:
             os.truncate(path, 0)
+    except Exception:
+        pass
+    try:
+        if f.id.valid:
+            f.flush()  # may report the interrupted flush; what matters is the state it leaves
     except Exception:
         pass
     if handles is not None:

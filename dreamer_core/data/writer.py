@@ -18,7 +18,8 @@ Bad input is refused with a :class:`DatasetError` and never half-stored: an epis
 NaN or inf (in an observation, the reward or a float action) is refused after the episodes
 finished before it are closed into a shard; a disk that is full, read-only or not writable
 discards only the shard being written (its ``.partial`` file is removed, closed shards stay as
-they are) and says how much space is left.
+they are; a dataset directory the writer created is removed again while it holds no shard) and
+says how much space is left.
 
 Imports: h5py, numpy, gymnasium, data.schema, data.store, errors.
 """
@@ -309,7 +310,9 @@ class DatasetWriter:
         self.path = Path(path)
         self.observation_space = observation_space
         self.action_space = action_space
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.shards = prepare_output_dir(self.path, observation_space, action_space)
+        self._created = missing  # folders this writer made (deepest first): removed again if left empty
         self._header = {
             "format": schema.FORMAT,
             "schema_version": schema.SCHEMA_VERSION,
@@ -403,12 +406,13 @@ class DatasetWriter:
             code = store.disk_errno(exc)
             if code is None:
                 raise
-            raise DatasetError(
+            raise store.WriteRefusedError(
                 f"{store.describe_disk_error(code, self.path)}. The shard {final.name} ({count} "
                 f"episode(s)) was closed and is complete, as are the {len(self.shards) - 1} shard(s) "
                 f"before it; only the manifest {schema.MANIFEST_NAME} could not be updated, and readers "
-                f"rescan the shards it does not list. {store.disk_error_fix(code)}, then run the "
-                "command again (writing into an existing dataset adds shards and never rewrites one)."
+                "rescan the shards it does not list.", code,
+                f"{store.disk_error_fix(code)}, then run the command again (writing into an existing "
+                "dataset adds shards and never rewrites one)."
             ) from None
 
     def close(self) -> None:
@@ -430,6 +434,20 @@ class DatasetWriter:
             self._tmp_path.unlink(missing_ok=True)
             self._tmp_path = None
         self._final_path = None
+        if not self.shards:
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        """Remove the folders this writer created while they are still empty (a new dataset
+        whose first shard failed leaves nothing behind); folders that existed before stay."""
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break  # not empty: nor are its parents
+        self._created = []
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -522,12 +540,14 @@ class DatasetWriter:
             kept = (
                 f"The {len(self.shards)} shard(s) already in the dataset are intact and readable"
                 if self.shards else "No shard had been closed in the dataset yet"
+                + ("" if self.path.exists() else " (its new directory was removed again)")
             )
-            raise DatasetError(
+            raise store.WriteRefusedError(
                 f"{problem}. {kept}; the shard being written ({lost} episode(s), about "
                 f"{store.format_bytes(size)} before compression) was discarded, so no half-written "
-                f"shard is left. {store.disk_error_fix(code)}, then run the command again "
-                "(writing into an existing dataset adds shards and never rewrites one)."
+                "shard is left.", code,
+                f"{store.disk_error_fix(code)}, then run the command again (writing into an existing "
+                "dataset adds shards and never rewrites one)."
             ) from None
 
     def _refuse_nonfinite(self, episode: schema.Episode, column: str, row: int, value: float) -> None:

@@ -53,6 +53,7 @@ import torch
 from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
+from dreamer_core.data import schema
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.data.storage import ColumnStore
@@ -60,6 +61,7 @@ from dreamer_core.data.store import is_dataset_dir
 from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
 from dreamer_core.envs.pool import BACKENDS
+from dreamer_core.errors import DatasetError
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, ONLINE_CONFIG, ONLINE_LATEST, REPLAY, WORLD_MODEL
@@ -265,8 +267,21 @@ class OnlineTrainer:
         if not is_dataset_dir(replay_dir):
             return 0, 0
         dataset = Dataset(replay_dir)
-        for episode in dataset.iter_episodes():
-            self.replay.add_episode(episode)
+        for ref, episode in zip(dataset.refs, dataset.iter_episodes(), strict=True):  # the same order
+            try:
+                self.replay.add_episode(episode)
+            except DatasetError as exc:  # NaN or inf, or rows that break the contract: name the shard
+                bad = schema.first_nonfinite(episode)
+                what = (f"its column steps/{bad[0]} holds {bad[2]} at row {ref.start + bad[1]} of the shard"
+                        if bad is not None else f"the episode at its rows {ref.start}:{ref.start + ref.rows} "
+                        f"does not fit the replay ({exc})")
+                raise DatasetError(
+                    f"The run's replay shard {ref.shard} cannot be loaded to resume the run: {what}. No "
+                    "writer of dreamer-core stores that, so the shard was changed after it was written. "
+                    f"Move the shard out of {replay_dir} (or restore it from a copy), then run `dreamer "
+                    f"train --resume --out {self.run_dir}` again: the run continues from the other shards "
+                    "and no longer counts the moved shard's env steps."
+                ) from None
         return dataset.num_steps, dataset.num_episodes
 
     # --- the loop ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ loading), runtime, and the stage kit (stages.common, stages.outputs, stages.upda
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
-from dreamer_core.data.dataset import Dataset
+from dreamer_core.data.dataset import Dataset, skipped_shards
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.errors import DreamerError
 from dreamer_core.optim import make_optimizer
@@ -169,6 +170,7 @@ class BehaviorTrainer:
         self.env_config = datasets[0].env_config
         self.sampler = SequenceSampler(datasets, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
                                        memory_budget=cfg.memory_budget)
+        self.skipped = skipped_shards(datasets)  # --skip-corrupt: complete once loaded
         self.agent = ActorCritic.for_world_model(cfg.behavior, self.world_model).to(self.device)
         groups = self.agent.parameter_groups()
         self.actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
@@ -193,7 +195,10 @@ class BehaviorTrainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_id = self.run_id or run_id(self.run_dir, create=True)
-        write_config(self.run_dir / BEHAVIOR_CONFIG, "train-behavior", cfg)
+        for shard in self.skipped:  # what --skip-corrupt left out, before any update
+            print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
+        write_config(self.run_dir / BEHAVIOR_CONFIG, "train-behavior", cfg,
+                     **({"skipped_shards": self.skipped} if self.skipped else {}))
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:

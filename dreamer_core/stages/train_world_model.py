@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 
 from dreamer_core import checkpoint, runtime
 from dreamer_core import config as config_lib
-from dreamer_core.data.dataset import Dataset
+from dreamer_core.data.dataset import Dataset, skipped_shards
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.runs import WORLD_MODEL, WORLD_MODEL_CONFIG, WORLD_MODEL_LATEST
@@ -217,12 +218,15 @@ class Trainer:
         if val and val_rows >= length:
             self.openloop_sampler = SequenceSampler(val, cfg.batch_size, length, seed=cfg.seed + 2,
                                                     memory_budget=cfg.memory_budget)
+        self.skipped = skipped_shards([*datasets, *train, *val])  # --skip-corrupt: complete once loaded
 
     # --- loop -------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_id = self.run_id or run_id(self.run_dir, create=True)
+        for shard in self.skipped:  # what --skip-corrupt left out, before any update
+            print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
         if self.update == 0 and cfg.balance == "calibrate" and self.calibration is None:
             self.calibrate()
         self._write_config()
@@ -366,7 +370,9 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        extra = {} if self.calibration is None else {"calibration": self.calibration}
+        extra: dict[str, Any] = {} if self.calibration is None else {"calibration": self.calibration}
+        if self.skipped:
+            extra["skipped_shards"] = self.skipped
         write_config(self.run_dir / WORLD_MODEL_CONFIG, "train-world-model", self.cfg, **extra)
 
     def save(self) -> None:

@@ -241,3 +241,60 @@ def test_real_full_disk(small_tmpfs, tmp_path, pixels):
     columns = ColumnStore.from_datasets(ds)  # every chunk passes its checksum
     assert columns.num_rows == ds.num_rows == sum(e.rows for e in ds.iter_episodes())
     assert np.all(columns.gather([0], ds.num_rows)[schema.IS_FIRST][0][ds.refs[0].rows])
+
+
+# --- a write failing at any point of a Minari export ------------------------------------------------
+
+FSIZE_SCRIPT = textwrap.dedent(
+    """
+    import os, resource, signal, sys
+    from pathlib import Path
+    from dreamer_core.data import minari as mi, store
+
+    src, out, lo, hi, step = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:])
+    discard = store.discard_h5_file
+
+    def discard_with_room(f, path, handles=None):  # the file's disk is full, memory is not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        discard(f, path, handles)
+
+    store.discard_h5_file = discard_with_room
+    crashed = []
+    for limit in range(lo, hi, step):
+        pid = os.fork()
+        if pid == 0:  # writes past `limit` bytes fail (EFBIG) as on a full disk; then a normal exit
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            try:
+                mi.export_minari(src, out / str(limit))
+            except Exception:
+                pass
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        if status:
+            crashed.append((limit, os.waitstatus_to_exitcode(status)))
+    print("crashed:", crashed)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and RLIMIT_FSIZE as on Linux")
+def test_minari_export_failing_at_any_write_exits_cleanly(tmp_path):
+    """The export's file refused at every 8 KiB step of its growth: each process ends normally.
+    A write failing inside ``Dataset.flush`` used to leave HDF5's metadata cache mid-flush, and
+    closing the file then crashed the interpreter (SIGSEGV, or SIGBUS at exit)."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[1] != resource.RLIM_INFINITY:
+        pytest.skip("the file size limit cannot be lifted again here")
+    obs_space, action_space = OBS_SPACES["vector"], ACTION_SPACES["discrete"]
+    with DatasetWriter(tmp_path / "src", "Test-v0", {}, obs_space, action_space) as w:
+        for i in range(40):
+            w.add_episode(make_episode(obs_space, action_space, 30, True, i))
+    (tmp_path / "out").mkdir()
+    result = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT, str(tmp_path / "src"), str(tmp_path / "out"),
+                             str(96 << 10), str(352 << 10), str(8 << 10)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "crashed: []" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert not list((tmp_path / "out").iterdir())  # every failed export removed its partial copy

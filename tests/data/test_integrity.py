@@ -6,6 +6,7 @@ manifest digest catches an edited dataset.json. Valid data loads exactly as befo
 """
 
 import copy
+import errno
 import json
 import os
 
@@ -264,3 +265,50 @@ def test_manifest_digest_lets_a_current_entry_be_used_without_opening_the_shard(
     (tmp_path / "ds" / schema.MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(AssertionError, match="was opened"):
         Dataset(tmp_path / "ds")
+
+
+def _old_manifest(path):
+    """Rewrite the manifest the way versions before per-entry digests wrote it."""
+    manifest = path / schema.MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    for entry in data["shards"].values():
+        del entry["digest"]
+    manifest.write_text(json.dumps(data, indent=1))
+    return manifest
+
+
+def _refuse_shard_reads(monkeypatch):
+    def opened(path):
+        raise AssertionError(f"{path} was opened although its manifest entry is current")
+
+    monkeypatch.setattr(store, "read_shard_info", opened)
+
+
+def test_old_manifest_gets_its_digests_on_the_first_open(tmp_path, monkeypatch):
+    write(tmp_path / "ds", OBS_SPACES["vector"], ACTION_SPACES["discrete"], count=4)
+    truth = Dataset(tmp_path / "ds").shards
+    manifest = _old_manifest(tmp_path / "ds")
+    assert Dataset(tmp_path / "ds").shards == truth  # read from the shards, then written back
+    data = json.loads(manifest.read_text())
+    assert all(entry["digest"] == store.entry_digest(entry) for entry in data["shards"].values())
+    assert not [p for p in (tmp_path / "ds").iterdir() if p.name.endswith(".tmp")]  # written atomically
+    _refuse_shard_reads(monkeypatch)
+    assert Dataset(tmp_path / "ds").num_episodes == 4  # later opens read no shard
+
+
+def test_old_manifest_of_a_read_only_dataset_still_opens(tmp_path, monkeypatch):
+    write(tmp_path / "ds", OBS_SPACES["vector"], ACTION_SPACES["discrete"], count=4)
+    manifest = _old_manifest(tmp_path / "ds")
+    before = manifest.read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode == os.W_OK else real_access(p, mode, **kw))
+    assert Dataset(tmp_path / "ds").num_episodes == 4
+    assert manifest.read_bytes() == before  # a directory that cannot be written is left alone
+    monkeypatch.undo()
+
+    def refused(*args, **kwargs):  # writable by its mode, refused by the file system (e.g. read-only)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(store, "atomic_write_bytes", refused)
+    assert Dataset(tmp_path / "ds").num_episodes == 4
+    assert manifest.read_bytes() == before

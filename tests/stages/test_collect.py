@@ -4,6 +4,7 @@ every suite) is in tests/test_cli.py and tests/test_kill.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -115,3 +116,23 @@ def test_a_stop_request_ends_collection_and_keeps_everything(tmp_path, monkeypat
     in_progress = [e for e in ds.iter_episodes() if cut_by_the_collector(e)]
     assert len(in_progress) >= 1 and ds.num_episodes == result.episodes + len(in_progress)
     assert result.summary_line().endswith("[interrupted]") and result.to_dict()["interrupted"]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_full_disk_leaves_no_empty_dataset_directory(tmp_path, monkeypatch, existed):
+    """The first shard of a new dataset hits a full disk: the directory the collector made
+    (and its missing parents) goes again; a directory that was there before stays."""
+    from dreamer_core.data.writer import DatasetWriter
+
+    def full(self, episodes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DatasetWriter, "_write_episodes", full)
+    out = tmp_path / "new" / "ds"
+    if existed:
+        out.mkdir(parents=True)
+    with pytest.raises(DreamerError, match="No space left on device") as info:
+        run_collect(out, episodes=5, shard_episodes=2)
+    assert out.exists() == existed and (tmp_path / "new").exists() == existed
+    assert not existed or not any(out.iterdir())
+    assert ("directory was removed" in str(info.value)) != existed
