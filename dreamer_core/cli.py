@@ -25,6 +25,7 @@ import errno
 import functools
 import importlib
 import json
+import os
 import re
 import sys
 import traceback
@@ -114,9 +115,26 @@ def disk_error_message(code: int, filename: str | None, output: Any = None, flag
             f"command again{again}.")
 
 
+def replay_write_message(exc: DreamerError, run: Any) -> str | None:
+    """For a replay shard (or its manifest) that the disk refused during `dreamer train`: the
+    writer's account of what is kept, with the way to go on (running the same command again
+    would be refused: the run exists). None for any other error."""
+    from dreamer_core.data.store import WriteRefusedError  # loaded already when it was raised
+
+    if not isinstance(exc, WriteRefusedError):
+        return None
+    if exc.code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "Free some disk space (or raise the quota)"
+    else:
+        fix = f"Make {run} writable again (or move the run to a disk you may write to)"
+    return (f"{exc.state} {fix}, then continue the run with `dreamer train --resume --out {run}`: it goes on "
+            "from its last checkpoint (if it wrote one) with every episode the replay's shards hold.")
+
+
 def user_errors(fn):
     """Print DreamerError, and disk errors (full, read-only, no permission), as one paragraph
     and exit non-zero (typer.Exit passes through); anything else is a bug and shows its traceback.
+    A replay shard the disk refused in `dreamer train` ends with how to continue the run.
 
     Errors that h5py reports while it frees objects after such a failure (printed through
     ``sys.unraisablehook`` and ``sys.excepthook`` while the command runs) are held back:
@@ -132,7 +150,10 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DreamerError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            message = str(exc)
+            if fn.__name__ == "train" and kwargs.get("out") is not None:
+                message = replay_write_message(exc, kwargs["out"]) or message
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=exc.exit_code) from None
         except (OSError, RuntimeError) as exc:
             found = disk_error(exc)
@@ -164,6 +185,9 @@ def _describe_unraisable(unraisable: Any) -> str:
 PresetOpt = Annotated[list[str], typer.Option("--preset", help="Named preset; repeat to compose, applied in order.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override any config key: --set a.b=value (repeatable).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+ProgressSecondsOpt = Annotated[float | None, typer.Option(
+    "--progress-seconds", help="When stderr is not a terminal (nohup, SLURM, CI): seconds between plain progress "
+    "lines, also printed at each evaluation (default 30).")]
 
 
 def _refuse_changes_on_resume(run: Path, flags: dict[str, Any], allowed: tuple[str, ...], preset: list[str],
@@ -234,15 +258,49 @@ def _refuse_resume_of_nothing(run: Path, resume: bool) -> None:
         )
 
 
-def _import_env_modules(modules: list[str]) -> None:
+def _import_env_modules(modules: list[str]) -> list[str]:
+    """Import each --env-module, a module name (``mypkg.envs``) or a path to a .py file
+    (``./my_envs.py``); returns them with file paths made absolute, as the run's config records
+    them (so a resume or a worker process finds the file from any folder)."""
+    from dreamer_core.envs.make import import_env_module
+
+    imported = []
     for name in modules:
+        if name.endswith(".py") or "/" in name or os.sep in name:
+            path = Path(name).expanduser().resolve()
+            if path.suffix != ".py":
+                raise DreamerError(
+                    f"--env-module {name!r} looks like a path but is not a .py file. Give a Python file "
+                    "that registers your environments (e.g. --env-module ./my_envs.py) or an importable "
+                    "module name (e.g. --env-module mypkg.envs)."
+                )
+            if not path.is_file():
+                raise DreamerError(
+                    f"--env-module {name!r}: there is no file {path}. Check the path (it is relative to the "
+                    "folder you run dreamer in), or give an importable module name instead."
+                )
+            import_env_module(str(path))
+            imported.append(str(path))
+            continue
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise DreamerError(
                 f"--env-module {name!r} could not be imported ({exc}). Make it importable (install "
-                "its package or add its folder to PYTHONPATH) so it can register your environments."
+                "its package or add its folder to PYTHONPATH), or give the path to its .py file "
+                "(e.g. --env-module ./my_envs.py), so it can register your environments."
             ) from None
+        imported.append(name)
+    return imported
+
+
+def _progress(quiet: bool, seconds: float | None) -> bool | float:
+    """A training stage's ``progress``: False for --quiet, else the seconds between plain
+    progress lines when stderr is not a terminal (True: the default, 30)."""
+    if seconds is not None and not seconds > 0:
+        raise DreamerError(f"--progress-seconds must be above 0, got {seconds:g}. Use --quiet for no progress "
+                           "output.")
+    return False if quiet else (seconds or True)
 
 
 @app.command()
@@ -277,7 +335,7 @@ def collect(
     """Stage 01: run a policy in K envs and write the rollouts to a dataset."""
     from dreamer_core.stages import collect as stage
 
-    _import_env_modules(env_module)
+    env_module = _import_env_modules(env_module)
     if pixels and obs not in (None, "pixels"):
         raise DreamerError(f"--pixels and --obs {obs} disagree; give one of them.")
     flags = {
@@ -312,7 +370,8 @@ def train_world_model(
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adam (2023) | laprop (2025, with AGC).")] = None,
     precision: Annotated[str | None, typer.Option(help="float32 (default) | bf16 autocast: for GPUs and AMX CPUs; 6-10x slower on AVX2-only CPUs.")] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
+    progress_seconds: ProgressSecondsOpt = None,
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = "auto",
@@ -321,6 +380,7 @@ def train_world_model(
     from dreamer_core import runs
     from dreamer_core.stages import train_world_model as stage
 
+    progress = _progress(quiet, progress_seconds)
     flags = {
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
         "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
@@ -331,7 +391,7 @@ def train_world_model(
         _refuse_changes_on_resume(out, flags, ("updates",), preset, set_, "--updates, the new total, and the datasets")
     cfg = stage.make_config([str(d) for d in datasets or []], str(out), preset, set_, flags)
     _show_config("train-world-model", cfg, out / runs.WORLD_MODEL_CONFIG, quiet, resume, {"updates": updates})
-    result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
+    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
@@ -351,7 +411,8 @@ def train_behavior(
     actor_grad: Annotated[str | None, typer.Option("--actor-grad", help="auto | reinforce | dynamics.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
+    progress_seconds: ProgressSecondsOpt = None,
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = "auto",
@@ -360,6 +421,7 @@ def train_behavior(
     from dreamer_core import runs
     from dreamer_core.stages import train_behavior as stage
 
+    progress = _progress(quiet, progress_seconds)
     flags = {
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "behavior.horizon": horizon,
         "behavior.actor.grad": actor_grad, "seed": seed, "device": device, "skip_corrupt": skip_corrupt or None,
@@ -368,7 +430,7 @@ def train_behavior(
         _refuse_changes_on_resume(run, flags, ("updates",), preset, set_, "--updates, the new total, and --dataset")
     cfg = stage.make_config(str(run), [str(d) for d in dataset], preset, set_, flags)
     _show_config("train-behavior", cfg, run / runs.BEHAVIOR_CONFIG, quiet, resume, {"updates": updates})
-    result = stage.run(cfg, resume=resume, progress=not quiet, resume_updates=updates)
+    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
     typer.echo(f"trained {result['updates']} behavior updates -> {run / runs.BEHAVIOR}"
@@ -423,7 +485,8 @@ def train(
     action_repeat: Annotated[int | None, typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (0 = default; 1 beside other busy processes).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
+    progress_seconds: ProgressSecondsOpt = None,
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = "auto",
@@ -432,7 +495,8 @@ def train(
     from dreamer_core import runs
     from dreamer_core.stages import online as stage
 
-    _import_env_modules(env_module)
+    progress = _progress(quiet, progress_seconds)
+    env_module = _import_env_modules(env_module)
     if env is None and not resume:
         raise DreamerError("Give the environment with --env ID (e.g. --env CartPole-v1), or --resume an existing run.")
     flags = {
@@ -451,7 +515,7 @@ def train(
     else:
         cfg = stage.make_config(str(out), preset, set_, flags)
     _show_config("train", cfg, out / runs.ONLINE_CONFIG, quiet, resume, {"steps": steps, "threads": threads})
-    result = stage.run(cfg, resume=resume, progress=not quiet, steps=steps if resume else None,
+    result = stage.run(cfg, resume=resume, progress=progress, steps=steps if resume else None,
                        threads=threads if resume else None)
     typer.echo(stage.summary_line(result))
     if result["interrupted"]:

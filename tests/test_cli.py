@@ -658,3 +658,168 @@ def test_a_run_in_use_is_refused_and_a_copied_checkpoint_too(tmp_path):
     assert_user_error(dreamer("train", "--resume", "--steps", 90, "--out", tmp_path / "a", "-q"),
                       "belongs to another run", "nothing was changed")
     assert digest(tmp_path / "a" / "checkpoints") == copied
+
+
+TINY_ENV_FILE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class TinyFileEnv(gym.Env):
+    """Five steps; the reward is the action."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, self.t / 10, np.float32), float(action), self.t >= 5, False, {}
+
+
+gym.register("TinyFileEnv-v0", entry_point=TinyFileEnv)
+'''
+
+
+def test_env_module_may_be_a_python_file(tmp_path, monkeypatch):
+    """--env-module ./my_envs.py imports the file (no PYTHONPATH needed); the dataset records its
+    absolute path, so the env can be made again from any folder. A missing file or a path that
+    is not a .py file is a one-paragraph error."""
+    (tmp_path / "my_file_envs.py").write_text(TINY_ENV_FILE)
+    monkeypatch.chdir(tmp_path)
+    result = dreamer("collect", "--env-module", "./my_file_envs.py", "--env", "TinyFileEnv-v0",
+                     "--out", tmp_path / "ds", "--steps", 20, "-q")
+    assert result.exit_code == 0, result.output
+    ds = Dataset(tmp_path / "ds")
+    assert ds.env_ids == ["TinyFileEnv-v0"] and ds.num_steps == 20
+    assert ds.env_config["env_module"] == str(tmp_path / "my_file_envs.py")
+    assert_user_error(dreamer("collect", "--env-module", "./no_such_envs.py", "--env", "TinyFileEnv-v0",
+                              "--out", tmp_path / "a", "--steps", 5), "--env-module './no_such_envs.py'",
+                      f"there is no file {tmp_path / 'no_such_envs.py'}")
+    (tmp_path / "envs_folder").mkdir()
+    assert_user_error(dreamer("collect", "--env-module", "./envs_folder", "--env", "TinyFileEnv-v0",
+                              "--out", tmp_path / "a", "--steps", 5), "not a .py file")
+    assert not (tmp_path / "a").exists()
+
+
+def test_train_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """nohup, SLURM, CI: stderr is a pipe, so instead of a live bar (which would print nothing
+    until the end) plain lines with the count: at the start, every --progress-seconds, after
+    each evaluation (here at env steps 32 and 48: prefill, then every 48) and at the end."""
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamer_core", "train", "--env", "dreamer/DummyDiscrete-v0", "--preset", "tiny",
+         "--steps", "96", "--prefill", "32", "--eval-every", "48", "--eval-episodes", "1", "--threads", "1",
+         "--out", str(tmp_path / "run"), "--progress-seconds", "0.5"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b[" not in done.stderr  # no terminal control codes
+    lines = [line for line in done.stderr.splitlines() if line.startswith("train dreamer/DummyDiscrete-v0 ")]
+    counts = [int(re.match(r"train \S+ (\d+)/96 \(\d+%\) \| ", line).group(1)) for line in lines]
+    assert counts[0] == 0 and counts[-1] == 96 and counts == sorted(counts), lines
+    assert all(re.search(r" \| \d+s \| ETA (-|\d+s)$", line) for line in lines), lines
+    assert any(32 <= c <= 33 for c in counts) and any(48 <= c <= 49 for c in counts), lines  # evaluations
+    assert len(lines) >= 5, lines  # start, 2 evaluations, the end, and lines by time between
+    assert re.search(r"steps/s \| \d+ updates .* \| eval \d", lines[-1]), lines[-1]  # the stage's status
+    assert "trained 96 env steps" in done.stdout
+
+
+def test_progress_seconds_must_be_positive(tmp_path):
+    assert_user_error(dreamer("train", "--env", "CartPole-v1", "--out", tmp_path / "r", "--progress-seconds", 0),
+                      "--progress-seconds must be above 0", "--quiet")
+    assert not (tmp_path / "r").exists()
+
+
+# --- issue 17: skipped shards named, a damaged replay on --resume, a full disk under `dreamer train` ---
+
+
+def test_skip_corrupt_names_each_skipped_shard_and_records_it(tmp_path):
+    """One shard with an unreadable header (skipped when the dataset opens), one holding NaN
+    (left out when the replay loads it): each gets a line on stderr as training starts and an
+    entry in the run's config, for stage 02 and stage 03."""
+    import yaml
+
+    from dreamer_core import runs
+
+    out = tmp_path / "ds"
+    result = dreamer("collect", "--env", "dreamer/DummyDiscrete-v0", "--out", out, "--episodes", 9,
+                     "--shard-episodes", 3, "-q")
+    assert result.exit_code == 0, result.output
+    _, truncated, with_nan = store.shard_paths(out)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with h5py.File(with_nan, "r+") as f:
+        f["steps/reward"][2] = np.nan
+    run = tmp_path / "run"
+    for command, config in ((["train-world-model", out, "--out", run], runs.WORLD_MODEL_CONFIG),
+                            (["train-behavior", "--run", run], runs.BEHAVIOR_CONFIG)):
+        result = dreamer(*command, "--skip-corrupt", "--preset", "tiny", "--updates", 2, "-q")
+        assert result.exit_code == 0, result.output
+        lines = [line for line in result.stderr.splitlines() if line.startswith("skipped corrupt shard")]
+        assert len(lines) == 2, result.stderr
+        assert lines[0].startswith(f"skipped corrupt shard {truncated}: ") and "corrupt or truncated" in lines[0]
+        assert lines[1].startswith(f"skipped corrupt shard {with_nan}: ") and "NaN or inf" in lines[1]
+        recorded = yaml.safe_load((run / config).read_text())["skipped_shards"]
+        assert [entry["path"] for entry in recorded] == [str(truncated), str(with_nan)]
+        assert all(entry["reason"] for entry in recorded)
+
+
+ONLINE_TINY = ["--prefill", 64, "--eval-every", 0, "--eval-episodes", 0, "--preset", "tiny", "--threads", 1, "-q"]
+
+
+def test_resume_names_a_replay_shard_holding_nan(tmp_path):
+    run = tmp_path / "run"
+    result = dreamer("train", "--env", "CartPole-v1", "--steps", 80, "--out", run, *ONLINE_TINY,
+                     "--set", "shard_seconds=0.001")
+    assert result.exit_code == 0, result.output
+    shards = store.shard_paths(run / "replay")
+    assert len(shards) >= 2
+    with h5py.File(shards[1], "r+") as f:
+        f["steps/reward"][1] = np.inf
+    result = dreamer("train", "--resume", "--steps", 100, "--out", run, "-q")
+    assert_user_error(result, f"replay shard {shards[1]}", "steps/reward holds inf at row 1 of the shard",
+                      f"Move the shard out of {run / 'replay'}", f"dreamer train --resume --out {run}")
+    shards[1].rename(tmp_path / shards[1].name)  # as the message says
+    result = dreamer("train", "--resume", "--steps", 100, "--out", run, "-q")
+    assert result.exit_code == 0, result.output
+    assert "trained 100 env steps" in result.output
+
+
+@pytest.fixture
+def pixel_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): room for an online run's config and a few replay shards."""
+    yield from mounted_tmpfs(tmp_path / "pixels", "1m")
+
+
+def test_train_on_a_really_full_disk_says_how_to_resume(pixel_disk):
+    """`dreamer train` fills its disk with replay shards: a clean exit with one paragraph, every
+    shard closed before intact, and once space is freed the run continues with --resume."""
+    run = pixel_disk / "run"
+    args = ["--pixels", "--prefill", 5000, "--eval-every", 0, "--eval-episodes", 0, "--preset", "tiny",
+            "--threads", 1, "--set", "shard_seconds=0.001", "-q"]
+    done = subprocess.run([sys.executable, "-m", "dreamer_core", "train", "--env", "CartPole-v1", "--steps", "5000",
+                           "--out", str(run), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]  # no signal, no traceback
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    paragraph = [line for line in done.stderr.splitlines()
+                 if line.startswith("error: ") and "XDG_RUNTIME_DIR" not in line]  # SDL's own notice
+    assert len(paragraph) == 1, done.stderr[-2000:]
+    assert "No space left on device" in paragraph[0] and "intact and readable" in paragraph[0]
+    assert f"continue the run with `dreamer train --resume --out {run}`" in paragraph[0]
+    assert "run the command again" not in paragraph[0]  # the same command is refused: the run exists
+    replay = run / "replay"
+    assert store.partial_paths(replay) == [] and store.shard_paths(replay)
+    held = Dataset(replay).num_steps
+    assert subprocess.run(["mount", "-o", "remount,size=64m", str(pixel_disk)], capture_output=True).returncode == 0
+    result = dreamer("train", "--resume", "--steps", held + 40, "--out", run, "-q")
+    assert result.exit_code == 0, result.output
+    assert f"trained {held + 40} env steps" in result.output
+    assert Dataset(replay).num_steps == held + 40

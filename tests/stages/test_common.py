@@ -1,11 +1,14 @@
 """The stage kit (stages/common.py): cadences, metric means, the non-finite guard, the training
-loop helper, stop requests, resume-or-refuse, metrics truncation and config files."""
+loop helper and its progress display, stop requests, resume-or-refuse, metrics truncation and
+config files."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import re
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from rich.console import Console
 
 from dreamer_core import checkpoint
 from dreamer_core import config as config_lib
@@ -27,8 +31,10 @@ from dreamer_core.stages.common import (
     EverySeconds,
     MetricMean,
     NonFiniteGuard,
+    ProgressDisplay,
     StopRequest,
     TrainLoop,
+    fit_bar_line,
     resume_or_refuse,
     truncate_metrics,
     write_config,
@@ -465,3 +471,111 @@ def test_write_config_round_trip(tmp_path):
     assert config_lib.from_dict(RunConfig, data["config"]) == cfg
     write_config(path, "train-test", RunConfig())  # rewriting replaces the file
     assert set(yaml.safe_load(path.read_text())) == {"stage", "config"}
+
+
+# --- ProgressDisplay ----------------------------------------------------------------------------
+
+
+def bar_line(width: int, total: int, count: int, description: str, status: str) -> str:
+    """The live bar's line as a terminal of ``width`` columns shows it."""
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    display = ProgressDisplay(total, description, console=console)
+    assert display.live
+    display.update(count, status, force=True)
+    console.print(display.bar.make_tasks_table(display.bar.tasks))
+    return console.file.getvalue().rstrip("\n")
+
+
+ONLINE_STATUS = " prefill | 36.0 steps/s | 120 updates (4.50/s) | return 20.1 | eval 55.3"
+
+
+@pytest.mark.parametrize("total,count,description,status", [
+    (20000, 2000, "train CartPole-v1", ONLINE_STATUS),
+    (10**7, 12345, "train dmc:walker-walk with a long label", "x" * 200),
+    (5000, 10, "world model", "loss 1.234 | 10 updates"),
+    (5000, 10, "d" * 200, ""),
+])
+@pytest.mark.parametrize("width", [80, 60])
+def test_the_bar_keeps_its_count_elapsed_time_and_eta_at_any_width(width, total, count, description, status):
+    line = bar_line(width, total, count, description, status)
+    assert "\n" not in line and len(line) <= width, line
+    assert re.search(rf" {count}/{total} (.* )?0:00:00 ETA -:--:--$", line), line
+
+
+def test_the_bar_at_80_columns_shortens_the_description_then_the_status():
+    line = bar_line(80, 20000, 2000, "train CartPole-v1", ONLINE_STATUS)
+    assert line.startswith("train CartP… ━") and len(line) <= 80
+    assert line.endswith(" 2000/20000 prefill | 36.0 steps/s… 0:00:00 ETA -:--:--"), line
+    wide = bar_line(160, 20000, 2000, "train CartPole-v1", ONLINE_STATUS)
+    assert wide.startswith("train CartPole-v1 ") and "| eval 55.3 0:00:00 ETA" in wide  # room: nothing cut
+
+
+def test_fit_bar_line_gives_way_in_order():
+    assert fit_bar_line(200, "world model", "loss 1", fixed=30) == ("world model", 40, "loss 1")
+    # 80 columns: the bar narrows to 10, the description to 12, then the status is cut
+    assert fit_bar_line(80, "train CartPole-v1", "s" * 100, fixed=30) == ("train CartP…", 10, "s" * 24 + "…")
+    assert fit_bar_line(60, "world model", "loss 1", fixed=30) == ("world model", 10, "loss 1")
+    # too narrow for anything but the fixed part and a short bar: parts of width 0 are left out
+    assert fit_bar_line(35, "d", "s", fixed=30) == ("", 4, "")
+
+
+def test_plain_lines_at_the_start_by_time_after_an_evaluation_and_at_the_end(clock):
+    out, calls = io.StringIO(), []
+
+    def status() -> str:
+        calls.append(1)
+        return " 12.0 steps/s |  eval 5.0 "
+
+    with ProgressDisplay(1000, "train X", start_count=100, seconds=30, console=Console(file=out)) as display:
+        assert not display.live  # not a terminal
+        for count in range(101, 301):
+            clock.now += 1.0
+            display.update(count, status)
+            if count == 150:
+                display.line_due()  # an evaluation
+    lines = out.getvalue().splitlines()
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == [100, 130, 151, 181, 211, 241, 271, 300]
+    assert lines[0] == "train X 100/1000 (10%) | 0s | ETA -"
+    assert lines[4] == "train X 211/1000 (21%) | 12.0 steps/s | eval 5.0 | 1m51s | ETA 13m09s"
+    assert len(calls) == 6  # the status is only built for a line
+
+
+def test_train_loop_prints_plain_lines_by_time_and_after_evaluations(tmp_path, clock, capsys, monkeypatch):
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    with TrainLoop(tmp_path, total=20, count=0, description="world model", progress=10.0) as loop:
+        for count in range(1, 21):
+            clock.now += 1.0
+            if count == 5:
+                loop.log(count, {"val/loss": 1.0})  # an evaluation: a line at the next show
+            if count == 7:
+                loop.log(count, {"train/return": 1.0})  # not one
+            loop.show(count, lambda count=count: f"loss {count}")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" | ")[0] for line in lines] == [
+        "world model 0/20 (0%)", "world model 5/20 (25%)", "world model 15/20 (75%)", "world model 20/20 (100%)"]
+    assert lines[1] == "world model 5/20 (25%) | loss 5 | 5s | ETA 15s"
+    with TrainLoop(tmp_path, total=5, count=0, description="quiet", progress=False) as loop:
+        loop.log(1, {"eval/return": 1.0})
+        loop.show(5, lambda: "x", force=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_duration():
+    assert [common._duration(s) for s in (0, 42.4, 250, 3720, 2 * 86400 + 3 * 3600 + 59)] == [
+        "0s", "42s", "4m10s", "1h02m", "2d03h"]
+
+
+def test_plain_lines_eta_is_from_the_recent_rate(clock):
+    """A fast random-policy prefill (500 counts in 1 s) does not make the ETA of the slow
+    training after it optimistic: the rate is over about the last ETA_SECONDS."""
+    out = io.StringIO()
+    with ProgressDisplay(1000, "train X", seconds=1000, console=Console(file=out)) as display:
+        clock.now += 1.0
+        display.update(500)
+        for count in range(501, 601):
+            clock.now += 1.0
+            display.update(count)
+        display.line_due()
+        display.update(600)
+    assert out.getvalue().splitlines()[1] == "train X 600/1000 (60%) | 1m41s | ETA 6m40s"
