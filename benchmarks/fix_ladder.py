@@ -25,7 +25,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import update_section  # noqa: E402
+from results import run_parallel, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -92,23 +91,13 @@ def command(rung: str, task: str, seed: int, steps: int) -> list[str]:
 
 def train(jobs: list[tuple[str, str, str, int]], steps_of: dict[str, int], parallel: int) -> list[str]:
     todo = [j for j in jobs if env_steps(run_dir(j[0], j[2], j[3])) < steps_of[j[2]]]
-    running, started = [], []
-    while todo or running:
-        while todo and len(running) < parallel:
-            rung, sha, task, seed = todo.pop(0)
-            cmd = command(rung, task, seed, steps_of[task])
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree(sha)))
-            line = f"PYTHONPATH=<{sha}> " + " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
-            print(line, flush=True)
-            started.append(line)
-            running.append((subprocess.Popen(cmd, env=env), f"{rung} {task} s{seed}"))
-        time.sleep(5)
-        for proc, name in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, name))
-                print(f"{name}: exit {proc.returncode}", flush=True)
-    return started
-
+    jobs = []
+    for rung, sha, task, seed in todo:
+        cmd = command(rung, task, seed, steps_of[task])
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree(sha)))
+        line = f"PYTHONPATH=<{sha}> " + " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
+        jobs.append((f"{rung} {task} s{seed}", cmd, env, line))
+    return run_parallel(jobs, parallel)
 
 def curve(out: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = [r for r in read_metrics(out) if "eval/return" in r] if out.exists() else []

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -34,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import update_section  # noqa: E402
+from results import run_parallel, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -76,24 +74,10 @@ def env_steps(task: str, seed: int) -> int:
 
 def train(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[str]:
     """Run the unfinished jobs, ``--parallel`` at a time; returns the commands started."""
-    todo = [job for job in jobs if env_steps(*job) < args.steps]
-    running: list[tuple[subprocess.Popen, str]] = []
-    started = []
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    while todo or running:
-        while todo and len(running) < args.parallel:
-            task, seed = todo.pop(0)
-            cmd = command(task, seed, args)
-            print(" ".join(cmd), flush=True)
-            started.append(" ".join(cmd))
-            running.append((subprocess.Popen(cmd, env=env), f"{task} seed {seed}"))
-        time.sleep(5)
-        for proc, name in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, name))
-                print(f"{name}: exit {proc.returncode}", flush=True)
-    return started
-
+    todo = [job for job in jobs if env_steps(*job) < args.steps]
+    return run_parallel([(f"{task} seed {seed}", command(task, seed, args), env, " ".join(command(task, seed, args)))
+                         for task, seed in todo], args.parallel)
 
 def reference() -> dict[str, dict[int, tuple[float, float, float]]]:
     """task -> env steps -> (mean, min, max) of the published runs."""
@@ -115,7 +99,8 @@ def binned_train_returns(run: Path, steps: int) -> dict[int, float]:
         if "train/return" in r and r["step"] <= steps:
             end = int(np.ceil(r["step"] / BIN) * BIN)
             bins.setdefault(end, []).append(r["train/return"])
-    return {k: float(np.mean(v)) for k, v in sorted(bins.items())}
+    reached = max((r["step"] for r in read_metrics(run)), default=0)
+    return {k: float(np.mean(v)) for k, v in sorted(bins.items()) if k <= reached}  # whole bins only
 
 
 def evals(run: Path, steps: int) -> dict[int, float]:

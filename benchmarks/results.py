@@ -1,7 +1,10 @@
-"""Write a named section of benchmarks/RESULTS.md, leaving the other sections alone."""
+"""Shared by the benchmark scripts: write a named section of benchmarks/RESULTS.md (leaving the
+other sections alone), and run training jobs a few at a time."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -20,3 +23,21 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def run_parallel(jobs: list[tuple[str, list[str], dict[str, str], str]], parallel: int) -> list[str]:
+    """Run ``(name, command, environment, line to print)`` jobs, ``parallel`` at a time, in order;
+    returns the printed lines of the jobs started. A failed job is reported, not retried."""
+    todo, running, started = list(jobs), [], []
+    while todo or running:
+        while todo and len(running) < parallel:
+            name, cmd, env, line = todo.pop(0)
+            print(line, flush=True)
+            started.append(line)
+            running.append((subprocess.Popen(cmd, env=env), name))
+        time.sleep(5)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                print(f"{name}: exit {proc.returncode}", flush=True)
+    return started
