@@ -144,10 +144,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dreamerv3-2025": _RECIPE_2023 | _LAPROP | {
         "model.scales.dyn": 1.0, "model.scales.rep": 0.1, "model.norm": "rms", "model.rssm.norm": "rms",
         "model.rssm.gru_blocks": 8, "model.rssm.img_layers": 2, "model.rssm.obs_layers": 1,
-        # One optimizer for everything in the official code; the behavior's has no warm-up here
-        # (stages/updates.py applies warm-up to the world model only).
+        # One optimizer for everything in the official code: the same settings for actor and critic.
         **{f"behavior.{opt}.{k}": v for opt in ("actor_optim", "critic_optim")
-           for k, v in (("name", "laprop"), ("lr", 4e-5), ("eps", 1e-20), ("agc", 0.3))},
+           for k, v in (("name", "laprop"), ("lr", 4e-5), ("eps", 1e-20), ("agc", 0.3), ("warmup", 1000))},
         "behavior.norm": "rms", "behavior.actor.grad": "reinforce", "behavior.critic.replay_scale": 0.3,
         "replay_context": True,
     },

@@ -566,3 +566,22 @@ def test_load_refuses_a_world_model_with_other_spaces(tmp_path):
     other = tiny_world_model("vector", "box")
     with pytest.raises(DreamerError, match=r"(?s)does not fit.*action space.*Box.*Discrete\(4\)"):
         ActorCritic.load(tmp_path / "behavior.pt", other)
+
+
+def test_behavior_update_warms_up_the_actor_and_critic_learning_rates():
+    from dreamer_core.optim import make_optimizer
+    from dreamer_core.stages.updates import behavior_update
+
+    wm = tiny_world_model("vector", "discrete").requires_grad_(False)
+    cfg = tiny_behavior_config()
+    cfg = dataclasses.replace(cfg, actor_optim=dataclasses.replace(cfg.actor_optim, warmup=10),
+                              critic_optim=dataclasses.replace(cfg.critic_optim, warmup=4))
+    agent = ActorCritic.for_world_model(cfg, wm)
+    groups = agent.parameter_groups()
+    actor_optim, critic_optim = make_optimizer(groups["actor"], cfg.actor_optim), \
+        make_optimizer(groups["critic"], cfg.critic_optim)
+    batch = episode_batch("vector", "discrete", B=2, T=6)
+    for update, actor_factor, critic_factor in ((0, 0.1, 0.25), (4, 0.5, 1.0), (20, 1.0, 1.0)):
+        behavior_update(wm, agent, actor_optim, critic_optim, cfg, batch, update=update)
+        assert actor_optim.param_groups[0]["lr"] == pytest.approx(cfg.actor_optim.lr * actor_factor)
+        assert critic_optim.param_groups[0]["lr"] == pytest.approx(cfg.critic_optim.lr * critic_factor)

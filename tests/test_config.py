@@ -211,7 +211,8 @@ def test_dreamerv3_2025_settings():
     assert (m.scales.dyn, m.scales.rep, m.kl.free_nats) == (1.0, 0.1, 1.0)
     for optim in (cfg.optim, b.actor_optim, b.critic_optim):
         assert (optim.name, optim.lr, optim.eps, optim.agc) == ("laprop", 4e-5, 1e-20, 0.3)
-    assert cfg.optim.warmup == 1000 and b.actor.grad == "reinforce" and b.critic.replay_scale == 0.3
+    assert cfg.optim.warmup == b.actor_optim.warmup == b.critic_optim.warmup == 1000
+    assert b.actor.grad == "reinforce" and b.critic.replay_scale == 0.3
     assert cfg.replay_context is True
     # stage 02 has no replay context: the preset applies without it
     wm = train_world_model.make_config([], "runs/x", ["dreamerv3-2025"], [], {})

@@ -398,7 +398,7 @@ class OnlineTrainer:
         try:
             with autocast(self.device, cfg.precision):
                 out.update(behavior_update(self.world_model, self.agent, self.actor_optim, self.critic_optim,
-                                           cfg.behavior, batch, post=post))
+                                           cfg.behavior, batch, post=post, update=self.updates - 1))
         finally:
             self.world_model.requires_grad_(True)
         return out

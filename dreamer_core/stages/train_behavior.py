@@ -217,7 +217,7 @@ class BehaviorTrainer:
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One actor and one critic update on a replay batch; returns metrics as floats."""
         return behavior_update(self.world_model, self.agent, self.actor_optim, self.critic_optim,
-                               self.cfg.behavior, batch.to(self.device))
+                               self.cfg.behavior, batch.to(self.device), update=self.update)
 
     # --- checkpoints ----------------------------------------------------------------------
 

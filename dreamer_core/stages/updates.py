@@ -43,8 +43,7 @@ def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, opti
     if not (grads_ok and torch.isfinite(loss)):
         optimizer.zero_grad(set_to_none=True)
         return False, {}, None
-    for group in optimizer.param_groups:
-        group["lr"] = optim.lr * warmup_factor(update, optim)
+    _warm_up(optimizer, optim, update)
     optimizer.step()
     out = {k: float(v) for k, v in metrics.items()}  # one sync per update
     out["loss"] = float(loss.detach())
@@ -54,12 +53,13 @@ def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, opti
 
 def behavior_update(world_model: WorldModelInterface, agent: ActorCritic, actor_optim: torch.optim.Optimizer,
                     critic_optim: torch.optim.Optimizer, cfg: BehaviorConfig, batch: Batch,
-                    post=None) -> dict[str, float]:
+                    post=None, update: int = 0) -> dict[str, float]:
     """One actor and one critic update from a replay batch (on the model's device).
 
     ``post``: the batch's posterior states when the caller has them already (the online loop
     takes them from the world-model update); otherwise the frozen world model filters the
-    batch (without gradient: it only provides start states)."""
+    batch (without gradient: it only provides start states). ``update``: this update's index,
+    for the optimizers' learning-rate warm-up (``warmup`` in their configs; 0 = none)."""
     agent.train()
     if post is None:
         with torch.no_grad():
@@ -68,15 +68,23 @@ def behavior_update(world_model: WorldModelInterface, agent: ActorCritic, actor_
     actor_optim.zero_grad(set_to_none=True)
     actor_loss.backward()
     actor_norm = clip_gradients(agent.actor.parameters(), cfg.actor_optim)
+    _warm_up(actor_optim, cfg.actor_optim, update)
     actor_optim.step()
     # Dynamics backprop also sends actor-loss gradients into the critic's weights through the
     # values inside the returns; they must not train the critic, so clear them first.
     critic_optim.zero_grad(set_to_none=True)
     critic_loss.backward()
     critic_norm = clip_gradients(agent.critic.parameters(), cfg.critic_optim)
+    _warm_up(critic_optim, cfg.critic_optim, update)
     critic_optim.step()
     agent.update_slow_critic()
     out = {k: float(v) for k, v in metrics.items()}  # one host sync per update
     out["actor/grad_norm"] = float(actor_norm)
     out["critic/grad_norm"] = float(critic_norm)
     return out
+
+
+def _warm_up(optimizer: torch.optim.Optimizer, cfg: OptimConfig, update: int) -> None:
+    """Set the learning rate of ``update`` (linear warm-up over ``cfg.warmup`` updates)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * warmup_factor(update, cfg)
