@@ -1,6 +1,7 @@
 """Console progress and the metrics sink.
 
-``ProgressBar.update`` only redraws every ``refresh`` seconds, so a collector can call it
+``ProgressDisplay`` shows a command's progress on stderr: a live bar in a terminal, plain lines
+anywhere else (nohup, SLURM, CI); ``update`` only draws when due, so a collector can call it
 once per env step. ``MetricsSink`` writes ``RUN/metrics.jsonl`` and TensorBoard events.
 
 Imports: rich, json; torch's SummaryWriter lazily (only when TensorBoard is on).
@@ -12,6 +13,8 @@ import json
 import math
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,67 +23,173 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
+
+PROGRESS_SECONDS = 30.0  # between plain progress lines when the output is not a terminal
+ETA_SECONDS = 60.0  # the plain lines' ETA is from the rate over this much of the recent past
 
 
-class ProgressBar:
-    """A progress bar with a free-text status (rate, episodes, returns...).
+class ProgressDisplay:
+    """What a training loop shows on stderr while it runs.
+
+    In a terminal (or Jupyter): a live bar, ``description bar count status elapsed ETA``,
+    redrawn at most every ``refresh`` seconds, that always fits the terminal's width: the
+    count, the elapsed time and the ETA keep theirs (``fit_bar_line`` shortens the rest).
+
+    Anywhere else (nohup, SLURM, CI, a pipe) a live bar would print nothing until the end and
+    then one cut line, so plain lines instead: one at the start, one every ``seconds``, one at
+    the next update after ``line_due`` (an evaluation) and one at the end::
+
+        train CartPole-v1 2000/20000 (10%) | 36.0 steps/s | ... | eval 55.3 | 1m02s | ETA 9m18s
 
     Args:
-        total: units of work (env steps, updates, episodes).
-        description: what is counted.
-        enabled: False prints nothing (tests, --quiet).
-        refresh: minimum seconds between redraws.
+        total: the counter's target; ``start_count``: its value at the start (for the rate).
+        description: what is counted (the bar's label, the lines' first words).
+        seconds: between plain lines.
+        console: where to draw (default: stderr); whether it is a terminal decides the mode.
+        enabled: False shows nothing (tests, --quiet).
     """
 
-    def __init__(self, total: int, description: str, enabled: bool = True, refresh: float = 0.25):
-        self.total = total
+    def __init__(self, total: int, description: str, start_count: int = 0, seconds: float = PROGRESS_SECONDS,
+                 console: Console | None = None, refresh: float = 0.25, enabled: bool = True):
         self.enabled = enabled
-        self.refresh = refresh
-        self._last = 0.0
-        self._progress: Progress | None = None
-        if enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(file=sys.stderr),
-                transient=False,
-            )
-            self._task = self._progress.add_task(description, total=total, status="")
+        self.total, self.description, self.start_count = total, description, start_count
+        self.console = console if console is not None else Console(file=sys.stderr)
+        self.live = self.console.is_interactive or self.console.is_jupyter
+        self.refresh, self.seconds = refresh, seconds
+        self.status = ""
+        self.count = start_count
+        self._start = time.monotonic()
+        self._drawn = -math.inf  # when the bar was last redrawn or the last plain line printed
+        self._printed: int | None = None  # the count of the last plain line
+        self._line_due = False
+        self._samples: deque[tuple[float, int]] = deque([(self._start, start_count)])  # (time, count), for the ETA
+        self.bar: _FittedProgress | None = None
+        if self.live and enabled:
+            self.bar = _FittedProgress(console=self.console)
+            self._task = self.bar.add_task(description, total=total, completed=start_count, status="")
 
-    def __enter__(self) -> ProgressBar:
-        if self._progress is not None:
-            self._progress.start()
+    def __enter__(self) -> ProgressDisplay:
+        if self.bar is not None:
+            self.bar.start()
+        self.update(self.start_count, force=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.refresh()
-            self._progress.stop()
+        if self.bar is not None:
+            self.bar.refresh()
+            self.bar.stop()
+        elif self.enabled and exc[0] is None and self._printed != self.count:
+            self._print()
 
-    def update(self, completed: int, status: str | None = None, force: bool = False) -> bool:
-        """Set progress; returns True when it redrew (so callers can skip building status)."""
-        if self._progress is None:
-            return False
-        now = time.monotonic()
-        if not force and now - self._last < self.refresh:
-            return False
-        self._last = now
-        fields = {} if status is None else {"status": status}
-        self._progress.update(self._task, completed=completed, **fields)
-        return True
+    def line_due(self) -> None:
+        """The next update prints a plain line (after an evaluation), whatever the time."""
+        self._line_due = True
 
     def due(self) -> bool:
-        """Whether the next update would redraw (lets callers build the status lazily)."""
-        return self._progress is not None and time.monotonic() - self._last >= self.refresh
+        """Whether the next update would draw (lets callers build the status lazily)."""
+        wait = self.refresh if self.live else self.seconds
+        return self.enabled and (time.monotonic() - self._drawn >= wait or (self._line_due and not self.live))
+
+    def update(self, count: int, status: Callable[[], str] | str | None = None, force: bool = False) -> bool:
+        """Set the count; redraw (or print a line) when due or ``force``d. ``status`` (text, or a
+        function called only when drawing) replaces the status text; None keeps it. Returns
+        whether it drew."""
+        self.count = count
+        if not self.enabled:
+            return False
+        wait = self.refresh if self.live else self.seconds
+        now = time.monotonic()
+        if now - self._samples[-1][0] >= 1.0:
+            self._samples.append((now, count))
+            while len(self._samples) > 1 and now - self._samples[1][0] >= ETA_SECONDS:
+                self._samples.popleft()
+        if not (force or now - self._drawn >= wait or (self._line_due and not self.live)):
+            return False
+        self._drawn = now
+        if status is not None:
+            self.status = " ".join((status() if callable(status) else status).split()).strip(" |")
+        if self.bar is not None:
+            self.bar.update(self._task, completed=count, status=self.status)
+        else:
+            self._print()
+        return True
+
+    def line(self) -> str:
+        """The plain line for the current count; the ETA is from the rate over about the last
+        ``ETA_SECONDS`` (a fast random-policy prefill does not make it optimistic)."""
+        now = time.monotonic()
+        since, then = self._samples[0]
+        done, took = self.count - then, now - since
+        share = f" ({100 * self.count / self.total:.0f}%)" if self.total > 0 else ""
+        eta = _duration(max(self.total - self.count, 0) * took / done) if done > 0 and took > 0 else "-"
+        parts = [f"{self.description} {self.count}/{self.total}{share}", self.status, _duration(now - self._start),
+                 f"ETA {eta}"]
+        return " | ".join(part for part in parts if part)
+
+    def _print(self) -> None:
+        self._line_due = False
+        self._printed = self.count
+        self.console.file.write(self.line() + "\n")
+        self.console.file.flush()
+
+
+def fit_bar_line(width: int, description: str, status: str, fixed: int, bar: int = 40, min_bar: int = 10,
+                 short_description: int = 12) -> tuple[str, int, str]:
+    """The description, bar width and status that fit a bar line of ``width`` columns beside
+    ``fixed`` columns (the count, elapsed time and ETA with their separators), which are never
+    cut. What gives way, in order: the bar (down to ``min_bar``), the description (down to
+    ``short_description``), the status, the rest of the description, the rest of the bar. Text is
+    cut with an ellipsis; a part of width 0 is left out (its separator too)."""
+    sizes = {"description": len(description), "bar": bar, "status": len(status)}
+    floors = [("bar", min_bar), ("description", short_description), ("status", 0), ("description", 0), ("bar", 0)]
+
+    def over() -> int:
+        return fixed + sum(size + 1 for size in sizes.values() if size > 0) - width
+
+    for part, floor in floors:
+        while over() > 0 and sizes[part] > floor:
+            sizes[part] -= 1
+    return _cut(description, sizes["description"]), sizes["bar"], _cut(status, sizes["status"])
+
+
+def _cut(text: str, size: int) -> str:
+    return text if len(text) <= size else (text[:size - 1].rstrip() + "…" if size > 0 else "")
+
+
+class _FittedProgress(Progress):
+    """A rich progress display whose line is laid out at each redraw by ``fit_bar_line`` for
+    the console's width."""
+
+    def make_tasks_table(self, tasks: Any) -> Table:
+        table = Table.grid(padding=(0, 1))
+        for task in tasks:
+            if not task.visible:
+                continue
+            right = [MofNCompleteColumn().render(task), TimeElapsedColumn().render(task), Text("ETA"),
+                     TimeRemainingColumn().render(task)]
+            fixed = sum(cell.cell_len + 1 for cell in right) - 1
+            description, bar, status = fit_bar_line(self.console.width, task.description, task.fields["status"], fixed)
+            cells = [Text(description, style="bold")] if description else []
+            cells += [BarColumn(bar_width=bar).render(task)] if bar else []
+            cells += right[:1] + ([Text(status)] if status else []) + right[1:]
+            for _ in range(len(table.columns), len(cells)):
+                table.add_column(no_wrap=True)
+            table.add_row(*cells)
+        return table
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``4m10s``, ``1h02m``, ``2d03h``."""
+    seconds = max(int(round(seconds)), 0)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub}"
+    return f"{seconds}s"
 
 
 class MetricsSink:

@@ -26,7 +26,7 @@ from dreamer_core import config as config_lib
 from dreamer_core.data.writer import COMPRESSIONS, DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env_pool
 from dreamer_core.envs.pool import BACKENDS
-from dreamer_core.logging import ProgressBar
+from dreamer_core.logging import ProgressDisplay
 from dreamer_core.runs import load_policy
 from dreamer_core.stages.common import StopRequest
 from dreamer_core.stages.outputs import check_writable
@@ -148,7 +148,7 @@ def _loop(
     recent: deque[float] = deque(maxlen=100)
     target = cfg.steps if cfg.steps > 0 else cfg.episodes
     start = time.perf_counter()
-    bar = ProgressBar(target, f"collect {cfg.env.id}", enabled=progress)
+    bar = ProgressDisplay(target, f"collect {cfg.env.id}", enabled=progress)
     with bar:
         while (steps if cfg.steps > 0 else episodes) < target and not stop.requested:
             actions = policy.act(obs, recorder.is_first)

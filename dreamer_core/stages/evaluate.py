@@ -32,7 +32,7 @@ from dreamer_core.checkpoint import BehaviorArtifact
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
-from dreamer_core.logging import ProgressBar
+from dreamer_core.logging import ProgressDisplay
 from dreamer_core.policies import AgentPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, load_agent
 from dreamer_core.runtime import resolve_device
@@ -125,7 +125,7 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         folder = _new_folder(run_dir / "eval")
         returns, lengths, videos = [], [], []
         start = time.perf_counter()
-        with ProgressBar(cfg.episodes, f"evaluate {env_cfg.id}", progress) as bar:
+        with ProgressDisplay(cfg.episodes, f"evaluate {env_cfg.id}", enabled=bool(progress)) as bar:
             for i in range(cfg.episodes):
                 record = cfg.video and i < cfg.video_episodes
                 played = play_episode(env, policy, cfg.seed + i, cfg.max_steps, render=record and render is not None)

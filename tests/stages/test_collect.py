@@ -136,3 +136,16 @@ def test_a_full_disk_leaves_no_empty_dataset_directory(tmp_path, monkeypatch, ex
     assert out.exists() == existed and (tmp_path / "new").exists() == existed
     assert not existed or not any(out.iterdir())
     assert ("directory was removed" in str(info.value)) != existed
+
+
+def test_collect_prints_plain_progress_lines_when_not_a_terminal(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "dreamer_core", "collect", "--env", "CartPole-v1", "--out",
+                             str(tmp_path / "data"), "--steps", "300"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("collect CartPole-v1")]
+    assert lines[0].startswith("collect CartPole-v1 0/300 (0%)")  # at the start, then at the end
+    assert lines[-1].startswith("collect CartPole-v1 300/300 (100%)") and "episodes" in lines[-1]
+    assert "\x1b[" not in result.stderr  # plain text, no terminal control codes

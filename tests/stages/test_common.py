@@ -24,17 +24,16 @@ from rich.console import Console
 from dreamer_core import checkpoint
 from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
-from dreamer_core.logging import read_metrics
+from dreamer_core import logging as logging_lib
+from dreamer_core.logging import ProgressDisplay, fit_bar_line, read_metrics
 from dreamer_core.stages import common
 from dreamer_core.stages.common import (
     Every,
     EverySeconds,
     MetricMean,
     NonFiniteGuard,
-    ProgressDisplay,
     StopRequest,
     TrainLoop,
-    fit_bar_line,
     resume_or_refuse,
     truncate_metrics,
     write_config,
@@ -42,7 +41,7 @@ from dreamer_core.stages.common import (
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of stages/common.py: both clocks read ``now``."""
+    """Stands in for the ``time`` module of stages/common.py and logging.py: both clocks read ``now``."""
 
     def __init__(self, now: float = 1000.0):
         self.now = now
@@ -55,6 +54,7 @@ class FakeClock:
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(common, "time", SimpleNamespace(monotonic=fake, perf_counter=fake))
+    monkeypatch.setattr(logging_lib, "time", SimpleNamespace(monotonic=fake, perf_counter=fake))
     return fake
 
 
@@ -562,7 +562,7 @@ def test_train_loop_prints_plain_lines_by_time_and_after_evaluations(tmp_path, c
 
 
 def test_duration():
-    assert [common._duration(s) for s in (0, 42.4, 250, 3720, 2 * 86400 + 3 * 3600 + 59)] == [
+    assert [logging_lib._duration(s) for s in (0, 42.4, 250, 3720, 2 * 86400 + 3 * 3600 + 59)] == [
         "0s", "42s", "4m10s", "1h02m", "2d03h"]
 
 
