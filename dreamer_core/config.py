@@ -303,7 +303,7 @@ BEHAVIOR_RULES: dict[str, Any] = {
 }
 
 
-def _field(cfg: Any, dotted: str) -> Any:
+def get_field(cfg: Any, dotted: str) -> Any:
     """``cfg.a.b`` for ``"a.b"``."""
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -372,7 +372,7 @@ class Problems:
         """Check the fields of a nested config against ``rules`` (dotted names under ``cfg``: a
         tuple of choices or a least value), named as ``prefix.name``."""
         for name, rule in rules.items():
-            value = _field(cfg, name)
+            value = get_field(cfg, name)
             key = f"{prefix}.{name}" if prefix else name
             if isinstance(rule, tuple):
                 self.one_of(key, value, rule)
@@ -382,7 +382,7 @@ class Problems:
     def world_model(self, prefix: str, model: Any) -> None:
         """A ``world_model.WorldModelConfig`` at ``prefix`` (see ``WORLD_MODEL_RULES``)."""
         self.fields(prefix, model, WORLD_MODEL_RULES)
-        deter, blocks = _field(model, "rssm.deter"), _field(model, "rssm.gru_blocks")
+        deter, blocks = get_field(model, "rssm.deter"), get_field(model, "rssm.gru_blocks")
         if blocks >= 1 and deter % blocks:
             self.add(f"{prefix}.rssm.deter ({deter}) must be divisible by {prefix}.rssm.gru_blocks ({blocks})")
 

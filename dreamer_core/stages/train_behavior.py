@@ -89,8 +89,21 @@ def world_model_defaults(run: Path) -> tuple[dict[str, Any], list[str]]:
         "behavior.actor.units": heads.units, "behavior.actor.layers": heads.layers,
         "behavior.critic.units": heads.units, "behavior.critic.layers": heads.layers,
     }
-    variant = {"v1": ["dreamerv1"], "v2": ["dreamerv2"]}.get(model.kl.mode, [])
-    return overrides, variant
+    return overrides, _variant_of(model)
+
+
+def _variant_of(model: WorldModelConfig) -> list[str]:
+    """The variant preset a world model was trained with, for its behavior defaults: V1 or V2 by
+    its KL, the 2025 recipe when it has every world-model setting of ``dreamerv3-2025`` (sizes
+    are not part of it), else none (the 2023 recipe, the default)."""
+    variant = {"v1": ["dreamerv1"], "v2": ["dreamerv2"]}.get(model.kl.mode)
+    if variant:
+        return variant
+    recipe = {key.partition(".")[2]: value for key, value in config_lib.PRESETS["dreamerv3-2025"].items()
+              if key.startswith("model.")}
+    if all(config_lib.get_field(model, key) == value for key, value in recipe.items()):
+        return ["dreamerv3-2025"]
+    return []
 
 
 def make_config(run: str, datasets: list[str], presets: list[str], sets: list[str],

@@ -218,3 +218,17 @@ def test_four_stage_scripts_end_to_end(tmp_path):
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
     assert "evaluated 2 episodes" in proc.stdout
     assert time.perf_counter() - start < 120
+
+
+def test_behavior_defaults_follow_the_variant_of_the_world_model(discrete_run, tmp_path):
+    data, _ = discrete_run
+    runs = {}
+    for name, presets in (("v3", []), ("v2025", ["--preset", "dreamerv3-2025"]), ("v2", ["--preset", "dreamerv2"])):
+        runs[name] = tmp_path / name
+        result = dreamer("train-world-model", data, "--out", runs[name], "--updates", 2, *TINY, *presets)
+        assert result.exit_code == 0, result.output
+    v3, v2025, v2 = (stage.make_config(str(runs[n]), [], [], [], {}).behavior for n in ("v3", "v2025", "v2"))
+    assert (v3.norm, v3.actor.grad, v3.actor_optim.name) == ("layer", "auto", "adam")
+    assert (v2025.norm, v2025.actor.grad, v2025.actor_optim.name, v2025.actor_optim.warmup) == \
+        ("rms", "reinforce", "laprop", 1000)
+    assert (v2.critic.head, v2.retnorm.mode) == ("mse", "none")
