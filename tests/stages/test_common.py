@@ -23,8 +23,8 @@ from rich.console import Console
 
 from dreamer_core import checkpoint
 from dreamer_core import config as config_lib
-from dreamer_core.errors import DreamerError
 from dreamer_core import logging as logging_lib
+from dreamer_core.errors import DreamerError
 from dreamer_core.logging import ProgressDisplay, fit_bar_line, read_metrics
 from dreamer_core.stages import common
 from dreamer_core.stages.common import (
