@@ -104,7 +104,7 @@ def curve(out: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r["step"] for r in rows]), np.array([r["eval/return"] for r in rows])
 
 
-def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], started: list[str]) -> None:
+def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], started: list[str], note: str = "") -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     lines = []
     for ax, task in zip(axes[0], tasks):
@@ -148,7 +148,7 @@ Commands started by the last call:
 
 | task | rung | seeds | final eval: mean (per seed) | mean eval over the run | reached target (first at) |
 |---|---|---|---|---|---|
-""" + "\n".join(lines)
+""" + "\n".join(lines) + (f"\n\n{note}" if note else "")
     update_section("fix-ladder", body)
     print(body)
 
@@ -161,12 +161,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the task's)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--note", default="", help="text appended to the RESULTS section")
     args = parser.parse_args()
     steps_of = {t: args.steps or TASKS[t][1] for t in args.tasks}
     jobs = [(rung, sha, task, seed) for seed in args.seeds for task in args.tasks for rung, sha in RUNGS
             if rung in args.rungs]
     started = [] if args.summarize else train(jobs, steps_of, args.parallel)
-    summarize(args.tasks, args.seeds, steps_of, started)
+    summarize(args.tasks, args.seeds, steps_of, started, args.note)
 
 
 if __name__ == "__main__":
