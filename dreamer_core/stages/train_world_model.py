@@ -251,10 +251,14 @@ class Trainer:
                     loop.log(self.update, {k: v for k, v in last.items() if k.startswith("val/")})
                 if loop.checkpoint_due(self.update, final):
                     self.save()
-                loop.show(self.update, lambda last=last: f"loss {last.get('wm/loss', float('nan')):.3f} | "
-                                                         f"{self.update - loop.start_count} updates")
+                loop.show(self.update, lambda last=last: self._status(last, loop.start_count))
             loop.show(self.update, force=True)
         return {"updates": self.update, **last}
+
+    def _status(self, last: dict[str, float], start_count: int) -> str:
+        """The progress status: training loss, held-out loss once evaluated, updates this session."""
+        held_out = f" | held-out {last['val/wm/loss']:.3f}" if "val/wm/loss" in last else ""
+        return f"loss {last.get('wm/loss', float('nan')):.3f}{held_out} | {self.update - start_count} updates"
 
     def _nonfinite_message(self, count: int) -> str:
         return (f"Stopped after {count} non-finite losses in a row at update {self.update}. The last good "

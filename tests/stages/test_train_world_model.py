@@ -223,3 +223,16 @@ def test_open_loop_errors_are_in_pixel_units_for_model_and_baseline(tmp_path):
     assert float(result["mse"].max()) <= 1.0 and float(result["baseline"].max()) <= 1.0
     torch.testing.assert_close(result["baseline"], _per_step_mse(batch.obs["image"][:, 3:4].expand(-1, 8, -1, -1, -1),
                                                                  batch.obs["image"][:, 4:12]))
+
+
+def test_progress_lines_show_the_held_out_loss_after_an_evaluation(dummy_data, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dreamer_core", "train-world-model", str(dummy_data), "--out",
+                           str(tmp_path / "run"), "--updates", "4", "--preset", "tiny", "--set", "eval_every=2",
+                           "--progress-seconds", "1000"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("world model")]
+    assert "held-out" not in lines[0]  # the start line: nothing evaluated yet
+    assert any("held-out" in line for line in lines[1:]), lines  # the lines after the evaluations
