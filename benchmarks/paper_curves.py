@@ -76,8 +76,9 @@ def train(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[str]:
     """Run the unfinished jobs, ``--parallel`` at a time; returns the commands started."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     todo = [job for job in jobs if env_steps(*job) < args.steps]
-    return run_parallel([(f"{task} seed {seed}", command(task, seed, args), env, " ".join(command(task, seed, args)))
-                         for task, seed in todo], args.parallel)
+    commands = {(task, seed): command(task, seed, args) for task, seed in todo}
+    return run_parallel([(f"{task} seed {seed}", cmd, env, " ".join(cmd)) for (task, seed), cmd in commands.items()],
+                        args.parallel)
 
 def reference() -> dict[str, dict[int, tuple[float, float, float]]]:
     """task -> env steps -> (mean, min, max) of the published runs."""

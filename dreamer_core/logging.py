@@ -92,8 +92,11 @@ class ProgressDisplay:
 
     def due(self) -> bool:
         """Whether the next update would draw (lets callers build the status lazily)."""
+        return self.enabled and self._due(time.monotonic())
+
+    def _due(self, now: float) -> bool:
         wait = self.refresh if self.live else self.seconds
-        return self.enabled and (time.monotonic() - self._drawn >= wait or (self._line_due and not self.live))
+        return now - self._drawn >= wait or (self._line_due and not self.live)
 
     def update(self, count: int, status: Callable[[], str] | str | None = None, force: bool = False) -> bool:
         """Set the count; redraw (or print a line) when due or ``force``d. ``status`` (text, or a
@@ -102,13 +105,12 @@ class ProgressDisplay:
         self.count = count
         if not self.enabled:
             return False
-        wait = self.refresh if self.live else self.seconds
         now = time.monotonic()
         if now - self._samples[-1][0] >= 1.0:
             self._samples.append((now, count))
             while len(self._samples) > 1 and now - self._samples[1][0] >= ETA_SECONDS:
                 self._samples.popleft()
-        if not (force or now - self._drawn >= wait or (self._line_due and not self.live)):
+        if not (force or self._due(now)):
             return False
         self._drawn = now
         if status is not None:
