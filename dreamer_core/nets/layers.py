@@ -14,6 +14,7 @@ Imports: torch only. Must not import anything from dreamer_core.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -87,17 +88,13 @@ class _OneHotMatmul(torch.autograd.Function):
     """``x @ W.T`` for ``x`` made of one-hot groups, computed as a gather-sum in the forward pass.
 
     Forward cost is R x S x O additions instead of R x S*K x O multiply-adds (K = 32 classes:
-    the categorical part of an RSSM feature is 80% of its width). The backward pass is the
-    ordinary dense one, so straight-through gradients reach ``x`` exactly as with nn.Linear.
+    the categorical part of an RSSM feature is 80% of its width). ``flat`` and ``value`` say
+    where each group's one is (:func:`_onehot_indices`). The backward pass is the ordinary
+    dense one, so straight-through gradients reach ``x`` exactly as with nn.Linear.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, groups: int, classes: int) -> torch.Tensor:
-        rows = x.shape[0]
-        x3 = x.detach().view(rows, groups, classes)  # [R, S, K]
-        index = x3.argmax(-1)  # [R, S]
-        value = x3.gather(-1, index[..., None]).squeeze(-1)  # [R, S]: 1 (or 0 for an all-zero group)
-        flat = index + torch.arange(groups, device=x.device) * classes  # rows of W.T
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, flat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         return F.embedding_bag(flat, weight.detach().t().contiguous(), per_sample_weights=value.to(weight.dtype),
                                mode="sum")  # [R, O]
@@ -108,6 +105,31 @@ class _OneHotMatmul(torch.autograd.Function):
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None  # [R, S*K]
         grad_w = grad.t() @ x.to(grad.dtype) if ctx.needs_input_grad[1] else None  # [O, S*K]
         return grad_x, grad_w, None, None
+
+
+# The last input's one-hot positions, per thread: the reward and continue heads read the same
+# imagined features, and so do the critic and the slow critic, so each pair finds its groups
+# once. The entry holds its input alive, so a hit (same memory, shape, strides and version
+# counter) is the same data: an in-place write bumps the version and misses.
+_last_indices = threading.local()  # .entry = (key, input kept alive, (flat, value))
+
+
+def _onehot_indices(x: torch.Tensor, start: int, groups: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``W.T`` ``[R, S]`` picked by the one-hot groups in ``x[..., start:start+S*K]``,
+    and the picked entries' values ``[R, S]`` (1, or 0 for an all-zero group)."""
+    cacheable = not x.is_inference()
+    key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, x._version, start, groups, classes) \
+        if cacheable else None
+    entry = getattr(_last_indices, "entry", None)
+    if cacheable and entry is not None and entry[0] == key:
+        return entry[2]
+    x3 = x.detach()[..., start:start + groups * classes].unflatten(-1, (groups, classes))  # [..., S, K]
+    index = x3.argmax(-1)  # [..., S]
+    value = x3.gather(-1, index[..., None]).squeeze(-1).reshape(-1, groups)  # [R, S]
+    flat = (index + torch.arange(groups, device=x.device) * classes).reshape(-1, groups)  # [R, S]
+    if cacheable:
+        _last_indices.entry = (key, x, (flat, value))
+    return flat, value
 
 
 class OneHotAwareLinear(nn.Linear):
@@ -144,7 +166,8 @@ class OneHotAwareLinear(nn.Linear):
         end = start + groups * classes
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])  # [R, in]
-        out = _OneHotMatmul.apply(flat[:, start:end], self.weight[:, start:end], groups, classes)  # [R, O]
+        index, value = _onehot_indices(x, start, groups, classes)
+        out = _OneHotMatmul.apply(flat[:, start:end], self.weight[:, start:end], index, value)  # [R, O]
         if start > 0:
             out = out + flat[:, :start] @ self.weight[:, :start].t()
         if end < self.in_features:
@@ -152,6 +175,51 @@ class OneHotAwareLinear(nn.Linear):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
+
+
+class _PaddedAddmm(torch.autograd.Function):
+    """``x @ W.T + b`` with ``W`` padded by zero rows to ``padded`` outputs for the forward
+    matmul only; the backward pass is nn.Linear's own (same formulas, unpadded)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padded: int) -> torch.Tensor:
+        extra = padded - weight.shape[0]
+        out = torch.addmm(F.pad(bias, (0, extra)), x, F.pad(weight, (0, 0, 0, extra)).t())  # [R, padded]
+        ctx.save_for_backward(x, weight)
+        return out[:, : weight.shape[0]]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_w = x.t().mm(grad).t() if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+class PaddedLinear(nn.Linear):
+    """An nn.Linear whose forward matmul pads its outputs to a multiple of 16 (e.g. the 255 bins
+    of a two-hot head): this CPU's matmul kernels run an output width of 255 at well under half
+    the speed of 256 (benchmarks/RESULTS.md, update-speed). Values and gradients are bit-identical
+    to nn.Linear's (the padded columns are dropped; the backward pass is nn.Linear's); so are
+    its parameters and state-dict keys. Small or non-contiguous inputs (nn.Linear takes another
+    kernel path for those), autocast and mixed dtypes take the plain path.
+    """
+
+    min_rows = 256
+    # Narrow outputs (a continue logit, an action) take other kernels (matrix-vector) whose
+    # results a padded matmul would not reproduce bit for bit; they gain nothing anyway.
+    min_padded = 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.out_features
+        rows = x.numel() // max(x.shape[-1], 1)
+        if (out % 16 == 0 or out < self.min_padded or self.bias is None or rows < self.min_rows or x.dtype != self.weight.dtype
+                or not x.is_contiguous() or torch.is_autocast_enabled(x.device.type)):
+            return super().forward(x)
+        padded = -(-out // 16) * 16
+        y = _PaddedAddmm.apply(x.reshape(-1, self.in_features), self.weight, self.bias, padded)
+        return y.reshape(*x.shape[:-1], out)
 
 
 class MLP(nn.Module):
@@ -202,7 +270,7 @@ class MLP(nn.Module):
             dim = units
         if out_dim is not None:
             blocks.append(OneHotAwareLinear(dim, out_dim, True, onehot) if layers == 0 and onehot else
-                          nn.Linear(dim, out_dim))
+                          PaddedLinear(dim, out_dim))
             dim = out_dim
         self.net = nn.Sequential(*blocks)
         self.in_dim, self.out_dim = in_dim, dim

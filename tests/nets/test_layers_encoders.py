@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dreamer_core.nets.distributions import MSEDist, SymlogMSEDist
@@ -217,6 +218,7 @@ def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra,
     torch.manual_seed(0)
     S, K, out = 6, 5, 7
     monkeypatch.setattr(OneHotAwareLinear, "min_rows", 1)  # exercise the gather path on a small input
+    monkeypatch.setattr(OneHotAwareLinear, "min_classes", 1)
     fast = OneHotAwareLinear(start + S * K + extra, out, True, onehot=(start, S, K))
     plain = torch.nn.Linear(start + S * K + extra, out)
     plain.load_state_dict(fast.state_dict())
@@ -232,3 +234,73 @@ def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra,
     grads_plain = torch.autograd.grad(out_plain, [logits, dense, plain.weight, plain.bias], g)
     for a, b in zip(grads_fast, grads_plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("shape", [(300, 64), (4, 80, 64)])
+def test_padded_linear_is_bit_identical_to_linear(shape):
+    """The 255-bin heads' output layer pads its matmul to 256 outputs for speed; values and all
+    gradients must equal nn.Linear's bit for bit (the benchmarks' identity check relies on it)."""
+    from dreamer_core.nets.layers import PaddedLinear
+
+    torch.manual_seed(0)
+    fast = PaddedLinear(64, 255)
+    plain = torch.nn.Linear(64, 255)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(*shape, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out_fast, out_plain = fast(x), plain(x2)
+    assert out_fast.shape == out_plain.shape == (*shape[:-1], 255)
+    assert torch.equal(out_fast, out_plain)
+    g = torch.randn_like(out_plain)
+    out_fast.backward(g)
+    out_plain.backward(g)
+    assert torch.equal(x.grad, x2.grad)
+    assert torch.equal(fast.weight.grad, plain.weight.grad)
+    assert torch.equal(fast.bias.grad, plain.bias.grad)
+
+
+def test_padded_linear_takes_the_padded_path_only_where_it_helps(monkeypatch):
+    from dreamer_core.nets import layers
+
+    calls = []
+    monkeypatch.setattr(layers._PaddedAddmm, "apply", lambda *a: calls.append(a[-1]) or torch.zeros(a[0].shape[0], 255))
+    layers.PaddedLinear(8, 255)(torch.randn(300, 8))
+    assert calls == [256]
+    layers.PaddedLinear(8, 255)(torch.randn(10, 8))  # few rows
+    layers.PaddedLinear(8, 256)(torch.randn(300, 8))  # already a multiple of 16
+    layers.PaddedLinear(8, 3)(torch.randn(300, 8))  # narrow output: other kernels
+    layers.PaddedLinear(8, 255)(torch.randn(300, 16)[:, ::2])  # non-contiguous input
+    assert calls == [256]
+
+
+def test_onehot_indices_are_reused_only_for_the_same_unchanged_input(monkeypatch):
+    """Heads reading the same features find the one-hot groups once; a different tensor, or the
+    same one written in place, is searched again (and gives the right answer)."""
+    from dreamer_core.nets import layers
+
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_rows", 1)
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_classes", 1)
+    searches = []
+    real_argmax = torch.Tensor.argmax
+
+    def counting_argmax(self, *a, **k):
+        searches.append(self.shape)
+        return real_argmax(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "argmax", counting_argmax)
+    torch.manual_seed(0)
+    a = layers.OneHotAwareLinear(4 + 12, 5, True, onehot=(4, 3, 4))
+    b = layers.OneHotAwareLinear(4 + 12, 7, True, onehot=(4, 3, 4))
+    index = torch.randint(0, 4, (6, 3))
+    x = torch.cat([torch.randn(6, 4), F.one_hot(index, 4).float().flatten(-2)], -1)
+    plain_b = torch.nn.Linear(16, 7)
+    plain_b.load_state_dict(b.state_dict())
+    a(x)
+    torch.testing.assert_close(b(x.detach()), plain_b(x))  # same data through another view
+    assert len(searches) == 1
+    x[:, 4:] = F.one_hot((index + 1) % 4, 4).float().flatten(-2)  # in-place: a new version
+    torch.testing.assert_close(b(x), plain_b(x))
+    assert len(searches) == 2
+    y = x.clone()
+    b(y)
+    assert len(searches) == 3
