@@ -311,7 +311,7 @@ class WorldModel(nn.Module):
         out = {}
         if post.logits is not None:
             out["kl"] = dists.kl_categorical(post.logits, prior.logits).mean()
-            out["post_entropy"] = -(post.logits.softmax(-1) * post.logits.log_softmax(-1)).sum((-2, -1)).mean()
+            out["post_entropy"] = -(dists.softmax(post.logits) * dists.log_softmax(post.logits)).sum((-2, -1)).mean()
         out["reward_pred_mean"] = self.reward_dist(feat).mode.mean()
         return out
 

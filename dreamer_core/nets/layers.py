@@ -95,15 +95,15 @@ class _OneHotMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, flat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight)  # x: the one-hot block [..., S*K], as it came
         return F.embedding_bag(flat, weight.detach().t().contiguous(), per_sample_weights=value.to(weight.dtype),
                                mode="sum")  # [R, O]
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None  # [R, S*K]
-        grad_w = grad.t() @ x.to(grad.dtype) if ctx.needs_input_grad[1] else None  # [O, S*K]
+        x, weight = ctx.saved_tensors  # x: [..., S*K]
+        grad_x = (grad @ weight.to(grad.dtype)).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad.t() @ x.reshape(-1, x.shape[-1]).to(grad.dtype) if ctx.needs_input_grad[1] else None  # [O, S*K]
         return grad_x, grad_w, None, None
 
 
@@ -161,17 +161,20 @@ class OneHotAwareLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.onehot is None or self.onehot[2] < self.min_classes or x.numel() // x.shape[-1] < self.min_rows:
-            return super().forward(x)
+            # A sliced (non-contiguous) 3-d input would take a batched-matmul path several times
+            # slower than one matmul over its rows (the heads on imagined states h >= 1).
+            return super().forward(x if x.is_contiguous() else x.contiguous())
         start, groups, classes = self.onehot
         end = start + groups * classes
         lead = x.shape[:-1]
-        flat = x.reshape(-1, x.shape[-1])  # [R, in]
+        # Only the dense columns are gathered into a matrix here (a sliced, non-contiguous x is
+        # not copied whole); the one-hot block is reshaped in the backward pass if it needs it.
         index, value = _onehot_indices(x, start, groups, classes)
-        out = _OneHotMatmul.apply(flat[:, start:end], self.weight[:, start:end], index, value)  # [R, O]
+        out = _OneHotMatmul.apply(x[..., start:end], self.weight[:, start:end], index, value)  # [R, O]
         if start > 0:
-            out = out + flat[:, :start] @ self.weight[:, :start].t()
+            out = out + x[..., :start].reshape(-1, start) @ self.weight[:, :start].t()
         if end < self.in_features:
-            out = out + flat[:, end:] @ self.weight[:, end:].t()
+            out = out + x[..., end:].reshape(-1, self.in_features - end) @ self.weight[:, end:].t()
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
