@@ -11,7 +11,11 @@
     dreamer data export-minari data/cartpole exported/cartpole
 
 Commands parse flags, resolve a config and call a stage's ``run``; they hold no logic of
-their own. A :class:`~dreamer_core.errors.DreamerError` is printed as one paragraph on
+their own. Every command with a config takes ``--config FILE`` (applied over the defaults, before
+``--preset``, the flags and ``--set``; a run's ``config.yaml`` gives the section of the command
+being run) and ``--print-config`` (the resolved config as YAML on stdout; nothing is written), and
+spells the shared options the same: ``--seed``, ``--device``, ``--threads`` (where the config
+has threads), ``--dataset`` (repeatable). A :class:`~dreamer_core.errors.DreamerError` is printed as one paragraph on
 stderr with exit code 2 and no traceback, and so is a full disk, a read-only file system or a
 refused permission (``user_errors``); anything else is a bug and shows its traceback.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -181,24 +186,76 @@ def _describe_unraisable(unraisable: Any) -> str:
                                                       unraisable.exc_traceback))
 
 
-# Options shared by every stage command.
+# Options shared by every stage command (spelled the same on each; see README "Config files").
 PresetOpt = Annotated[list[str], typer.Option("--preset", help="Named preset; repeat to compose, applied in order.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override any config key: --set a.b=value (repeatable).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (default) | cpu | cuda (auto picks cuda when present).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="torch CPU threads (0 = torch's default; 1 beside other busy processes).")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="YAML config applied over the defaults, before --preset, the flags and --set (a run's "
+    "config.yaml: this command's section).")]
+PrintConfigOpt = Annotated[bool, typer.Option(
+    "--print-config", help="Print the resolved config (YAML, usable as --config) and exit; nothing is written.")]
 ProgressSecondsOpt = Annotated[float | None, typer.Option(
     "--progress-seconds", help="When stderr is not a terminal (nohup, SLURM, CI): seconds between plain progress "
     "lines, also printed at each evaluation (default 30).")]
 
 
-def _refuse_changes_on_resume(run: Path, flags: dict[str, Any], allowed: tuple[str, ...], preset: list[str],
-                              set_: list[str], can_change: str, config_file: str | None = None,
-                              **switches: bool) -> None:
+def _config_file(path: Path | None, command: str) -> config_lib.ConfigFile | None:
+    """The --config file's settings for ``command`` (checked against its config), or None."""
+    return None if path is None else config_lib.ConfigFile.load(path, command)
+
+
+def _required(value: Any, file: config_lib.ConfigFile | None, key: str, option: str, what: str) -> str:
+    """A value the command cannot run without: the flag, else the --config file's ``key``."""
+    if value is not None:
+        return str(value)
+    if file is not None and file.get(key) is not None:
+        return str(file.get(key))
+    raise DreamerError(
+        f"Missing option '{option}': give {what} with {option}, or a --config file that sets `{key}` (e.g. a "
+        "run's config.yaml); nothing was written."
+    )
+
+
+def _print_config(command: str, cfg: Any) -> None:
+    """--print-config: the resolved config on stdout, as a --config file; nothing else happens."""
+    typer.echo(config_lib.print_text(command, cfg), nl=False)
+
+
+def _resumed_config(command: str, run: Path, new: dict[str, Any]) -> Any:
+    """The config a resumed run continues with: the one it started with (its section of
+    RUN/config.yaml, or its file of 0.3.0 and earlier) and the ``new`` values a resume takes."""
+    from dreamer_core import runs
+
+    stored = runs.read_config(run, command)
+    if stored is None:
+        raise DreamerError(
+            f"--resume was given, but {run} holds no config of `dreamer {command}` ({runs.CONFIG} has no "
+            f"{command} section), so there is no run of it to continue. Check the path, or start the run without "
+            "--resume."
+        )
+    cfg = config_lib.from_dict(config_lib.COMMANDS[command](), stored)
+    return config_lib.apply_overrides(cfg, {k: v for k, v in new.items() if v is not None})
+
+
+def _refuse_changes_on_resume(run: Path, command: str, flags: dict[str, Any], allowed: tuple[str, ...],
+                              preset: list[str], set_: list[str], can_change: str,
+                              file: config_lib.ConfigFile | None = None, **switches: bool) -> None:
     """A resumed run keeps the config it was started with: refuse options that would change it
     (``allowed``: the flag keys a resume takes; ``switches``: boolean flags given, by name). A
-    flag repeating the value the run was started with (``config_file`` in the run) is no change."""
-    stored = _stored_config(run / config_file) if config_file else {}
+    flag, or a --config setting, repeating the value the run was started with is no change."""
+    from dreamer_core import runs
+
+    stored = runs.read_config(run, command) or {}
     given = [k for k, v in flags.items() if v is not None and k not in allowed and not (k == "device" and v == "auto")
              and not _same_as_stored(stored, k, v)]
+    if file is not None:
+        base = config_lib.from_dict(config_lib.COMMANDS[command](), stored)
+        flagged = {k for k, v in flags.items() if v is not None}
+        changed = config_lib.changes(file.apply(base), base) if stored else dict.fromkeys(file.overrides)
+        given += [f"{key} (set in --config {file.path})" for key in changed if key not in flagged]
     given += ["--preset"] * bool(preset) + ["--set"] * bool(set_)
     given += [f"--{name.replace('_', '-')}" for name, on in switches.items() if on]
     if given:
@@ -209,42 +266,33 @@ def _refuse_changes_on_resume(run: Path, flags: dict[str, Any], allowed: tuple[s
         )
 
 
-def _stored_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return (yaml.safe_load(path.read_text()) or {}).get("config") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
 def _same_as_stored(stored: dict[str, Any], key: str, value: Any) -> bool:
     node: Any = stored
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
-    return node == value or (isinstance(value, tuple) and list(value) == node)
+    return node == value or (isinstance(value, (tuple, list)) and list(value) == node)
 
 
-def _show_config(command: str, cfg: Any, saved: Path, quiet: bool, resume: bool = False,
+def _show_config(command: str, cfg: Any, run: Path, quiet: bool, resume: bool = False,
                  new: dict[str, Any] | None = None) -> None:
     """Print, unless ``quiet``, what the run's resolved config changes from the built-in defaults
     (the DreamerV3 settings of the config dataclass): presets, flags and --set at a glance, in a
-    few lines; all of it is saved in ``saved``. On ``resume`` the config is the stored one, with
-    the ``new`` values a resume may change (e.g. steps). On stderr, beside the progress bar."""
+    few lines; all of it is saved in the run's config file. On ``resume`` the config is the
+    stored one, with the ``new`` values a resume may change (e.g. steps). On stderr, beside the
+    progress bar."""
+    from dreamer_core import runs
+
     if quiet:
         return
     if resume:
-        stored = _stored_config(saved)
-        if not stored:
-            return
         try:
-            cfg = config_lib.apply_overrides(config_lib.from_dict(type(cfg), stored),
-                                             {k: v for k, v in (new or {}).items() if v is not None})
+            cfg = _resumed_config(command, run, new or {})
         except (TypeError, ValueError, DreamerError):
-            return  # an unreadable config: the stage refuses the resume with its own message
+            return  # no or an unreadable config: the stage refuses the resume with its own message
     title = "resuming with the stored config" if resume else "config"
+    saved = f"{runs.config_file(run, command)}, section {command}"
     typer.echo(f"{title} of `dreamer {command}`, what differs from the defaults (all of it: {saved}):", err=True)
     for line in config_lib.describe_changes(cfg, type(cfg)()) or ["(nothing)"]:
         typer.echo(f"  {line}", err=True)
@@ -258,10 +306,11 @@ def _refuse_resume_of_nothing(run: Path, resume: bool) -> None:
         )
 
 
-def _import_env_modules(modules: list[str]) -> list[str]:
+def _import_env_modules(modules: list[str], load: bool = True) -> list[str]:
     """Import each --env-module, a module name (``mypkg.envs``) or a path to a .py file
     (``./my_envs.py``); returns them with file paths made absolute, as the run's config records
-    them (so a resume or a worker process finds the file from any folder)."""
+    them (so a resume or a worker process finds the file from any folder). ``load=False``
+    (--print-config) checks and names them without importing (an import may write __pycache__)."""
     from dreamer_core.envs.make import import_env_module
 
     imported = []
@@ -279,11 +328,15 @@ def _import_env_modules(modules: list[str]) -> list[str]:
                     f"--env-module {name!r}: there is no file {path}. Check the path (it is relative to the "
                     "folder you run dreamer in), or give an importable module name instead."
                 )
-            import_env_module(str(path))
+            if load:
+                import_env_module(str(path))
             imported.append(str(path))
             continue
         try:
-            importlib.import_module(name)
+            if load:
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                raise ImportError(f"No module named {name!r}")
         except ImportError as exc:
             raise DreamerError(
                 f"--env-module {name!r} could not be imported ({exc}). Make it importable (install "
@@ -306,8 +359,8 @@ def _progress(quiet: bool, seconds: float | None) -> bool | float:
 @app.command()
 @user_errors
 def collect(
-    env: Annotated[str, typer.Option("--env", help="Env id: any gymnasium id, ALE/Pong-v5, retro:Airstriker-Genesis-v0, dmc:cartpole-balance.")],
-    out: Annotated[Path, typer.Option("--out", help="Dataset directory (created, or appended to).")],
+    env: Annotated[str | None, typer.Option("--env", help="Env id: any gymnasium id, ALE/Pong-v5, retro:Airstriker-Genesis-v0, dmc:cartpole-balance (or env.id in --config).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Dataset directory (created, or appended to; or out in --config).")] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps to collect (default 10000).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Finished episodes to collect (instead of --steps).")] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
@@ -328,17 +381,23 @@ def collect(
     shard_seconds: Annotated[float | None, typer.Option("--shard-seconds", help="...or every S seconds (default 60).")] = None,
     compression: Annotated[str | None, typer.Option(help="Image compression: lzf (default) | gzip | none.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Stage 01: run a policy in K envs and write the rollouts to a dataset."""
     from dreamer_core.stages import collect as stage
 
-    env_module = _import_env_modules(env_module)
+    file = _config_file(config, "collect")
+    env_module = _import_env_modules(env_module, load=not print_config)
     if pixels and obs not in (None, "pixels"):
         raise DreamerError(f"--pixels and --obs {obs} disagree; give one of them.")
+    _required(env, file, "env.id", "--env", "the environment id (e.g. --env CartPole-v1)")
+    out_dir = _required(out, file, "out", "--out", "the dataset directory")
     flags = {
+        "out": None if out is None else str(out),
         "env.id": env, "env.obs": "pixels" if pixels else obs,
         "env.size": None if size is None else [size, size], "env.grayscale": grayscale,
         "env.action_repeat": action_repeat, "env.sticky_actions": sticky_actions,
@@ -348,7 +407,12 @@ def collect(
         "backend": backend, "shard_episodes": shard_episodes, "shard_seconds": shard_seconds,
         "compression": compression, "device": device,
     }
-    cfg = stage.make_config(str(out), preset, set_, flags)
+    if file is not None and steps is None and episodes is None and file.get("steps") is None and file.get("episodes"):
+        flags["steps"] = 0  # a file's episodes budget alone replaces the default step budget (as --episodes does)
+    with config_lib.using_file(file):
+        cfg = stage.make_config(out_dir, preset, set_, flags)
+    if print_config:
+        return _print_config("collect", cfg)
     result = stage.run(cfg, progress=not quiet)
     typer.echo(result.summary_line())
     if result.interrupted:
@@ -358,8 +422,9 @@ def collect(
 @app.command("train-world-model")
 @user_errors
 def train_world_model(
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; or out in --config).")] = None,
     datasets: Annotated[list[Path] | None, typer.Argument(help="One or more dataset directories (with --resume: default the run's own).")] = None,
+    dataset: Annotated[list[Path], typer.Option("--dataset", help="A dataset directory (repeatable; the same as the DATASETS arguments).")] = [],
     updates: Annotated[int | None, typer.Option(help="Gradient updates in total (default 5000).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="B (default 16).")] = None,
@@ -372,36 +437,51 @@ def train_world_model(
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Stage 02: train the world model (DreamerV3 by default) offline from datasets."""
     from dreamer_core import runs
     from dreamer_core.stages import train_world_model as stage
 
+    command = "train-world-model"
     progress = _progress(quiet, progress_seconds)
+    file = _config_file(config, command)
+    out_dir = Path(_required(out, file, "out", "--out", "the run directory"))
+    given = [str(d) for d in [*(datasets or []), *dataset]]
     flags = {
+        "out": None if out is None else str(out), "datasets": given or None,
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
         "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
-        "precision": precision, "device": device, "skip_corrupt": skip_corrupt or None,
+        "precision": precision, "threads": threads, "device": device, "skip_corrupt": skip_corrupt or None,
     }
-    _refuse_resume_of_nothing(out, resume)
+    _refuse_resume_of_nothing(out_dir, resume)
     if resume:
-        _refuse_changes_on_resume(out, flags, ("updates",), preset, set_, "--updates, the new total, and the datasets")
-    cfg = stage.make_config([str(d) for d in datasets or []], str(out), preset, set_, flags)
-    _show_config("train-world-model", cfg, out / runs.WORLD_MODEL_CONFIG, quiet, resume, {"updates": updates})
+        _refuse_changes_on_resume(out_dir, command, flags, ("updates", "datasets", "out"), preset, set_,
+                                  "--updates, the new total, and the datasets", file)
+        if print_config:
+            return _print_config(command, _resumed_config(command, out_dir, {"updates": updates,
+                                                                              "datasets": given or None}))
+    with config_lib.using_file(file):
+        cfg = stage.make_config([], str(out_dir), preset, set_, flags)
+    if print_config:
+        return _print_config(command, cfg)
+    _show_config(command, cfg, out_dir, quiet, resume, {"updates": updates})
     result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
-    typer.echo(f"trained {result['updates']} updates -> {out / runs.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
+    typer.echo(f"trained {result['updates']} updates -> {out_dir / runs.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 @app.command("train-behavior")
 @user_errors
 def train_behavior(
-    run: Annotated[Path, typer.Option("--run", help="Run directory holding world_model.pt (from train-world-model).")],
+    run: Annotated[Path | None, typer.Option("--run", help="Run directory holding world_model.pt (from train-world-model; or run in --config).")] = None,
     dataset: Annotated[list[Path], typer.Option("--dataset", help="Replay data (repeatable); default: the run's own datasets.")] = [],
     updates: Annotated[int | None, typer.Option(help="Actor-critic updates in total (default 5000).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the behavior in --run from its last checkpoint.")] = False,
@@ -413,34 +493,50 @@ def train_behavior(
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Stage 03: train the actor-critic in imagination from the run's frozen world model."""
     from dreamer_core import runs
     from dreamer_core.stages import train_behavior as stage
 
+    command = "train-behavior"
     progress = _progress(quiet, progress_seconds)
+    file = _config_file(config, command)
+    run_dir = Path(_required(run, file, "run", "--run", "the run directory (with world_model.pt)"))
+    given = [str(d) for d in dataset]
     flags = {
+        "run": None if run is None else str(run), "datasets": given or None,
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "behavior.horizon": horizon,
-        "behavior.actor.grad": actor_grad, "seed": seed, "device": device, "skip_corrupt": skip_corrupt or None,
+        "behavior.actor.grad": actor_grad, "seed": seed, "threads": threads, "device": device,
+        "skip_corrupt": skip_corrupt or None,
     }
     if resume:
-        _refuse_changes_on_resume(run, flags, ("updates",), preset, set_, "--updates, the new total, and --dataset")
-    cfg = stage.make_config(str(run), [str(d) for d in dataset], preset, set_, flags)
-    _show_config("train-behavior", cfg, run / runs.BEHAVIOR_CONFIG, quiet, resume, {"updates": updates})
+        _refuse_changes_on_resume(run_dir, command, flags, ("updates", "datasets", "run"), preset, set_,
+                                  "--updates, the new total, and --dataset", file)
+        if print_config:
+            return _print_config(command, _resumed_config(command, run_dir, {"updates": updates,
+                                                                              "datasets": given or None}))
+    with config_lib.using_file(file):
+        cfg = stage.make_config(str(run_dir), [], preset, set_, flags)
+    if print_config:
+        return _print_config(command, cfg)
+    _show_config(command, cfg, run_dir, quiet, resume, {"updates": updates})
     result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
-    typer.echo(f"trained {result['updates']} behavior updates -> {run / runs.BEHAVIOR}"
+    typer.echo(f"trained {result['updates']} behavior updates -> {run_dir / runs.BEHAVIOR}"
                + (f" ({', '.join(parts)})" if parts else ""))
 
 
 @app.command()
 @user_errors
 def evaluate(
-    run: Annotated[Path, typer.Option("--run", help="Run directory with world_model.pt and behavior.pt.")],
+    run: Annotated[Path | None, typer.Option("--run", help="Run directory with world_model.pt and behavior.pt (or run in --config).")] = None,
     env: Annotated[str | None, typer.Option("--env", help="Env id (default: the env the run's data came from).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes to play (default 10).")] = None,
     video: Annotated[bool, typer.Option("--video", help="Write real | reconstruction | dream videos.")] = False,
@@ -449,17 +545,25 @@ def evaluate(
     seed: Annotated[int | None, typer.Option(help="Episode i uses seed + i (default 0).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Stage 04: play episodes with the run's agent in the real env; report, plot, videos."""
     from dreamer_core.stages import evaluate as stage
 
-    _import_env_modules(env_module)
-    flags = {"env": env, "episodes": episodes, "video": video or None, "video_format": video_format,
-             "mode": mode, "seed": seed, "device": device}
-    cfg = stage.make_config(str(run), preset, set_, flags)
+    file = _config_file(config, "evaluate")
+    run_dir = _required(run, file, "run", "--run", "the run directory (with behavior.pt)")
+    _import_env_modules(env_module, load=not print_config)
+    flags = {"run": None if run is None else str(run), "env": env, "episodes": episodes, "video": video or None,
+             "video_format": video_format, "mode": mode, "seed": seed, "threads": threads, "device": device}
+    with config_lib.using_file(file):
+        cfg = stage.make_config(run_dir, preset, set_, flags)
+    if print_config:
+        return _print_config("evaluate", cfg)
     result = stage.run(cfg, progress=not quiet)
     typer.echo(result.summary_line())
 
@@ -467,8 +571,8 @@ def evaluate(
 @app.command()
 @user_errors
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created; holds the replay dataset, checkpoints, metrics).")],
-    env: Annotated[str | None, typer.Option("--env", help="Env id (as for collect). Not needed with --resume.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; holds the replay dataset, checkpoints, metrics; or out in --config).")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Env id (as for collect; or env.id in --config). Not needed with --resume.")] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps in total (default 20000; with --resume: a new total).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Envs stepped in parallel (default 1).")] = None,
@@ -484,37 +588,47 @@ def train(
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
     action_repeat: Annotated[int | None, typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (0 = default; 1 beside other busy processes).")] = None,
+    threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating)."""
-    from dreamer_core import runs
     from dreamer_core.stages import online as stage
 
     progress = _progress(quiet, progress_seconds)
-    env_module = _import_env_modules(env_module)
-    if env is None and not resume:
-        raise DreamerError("Give the environment with --env ID (e.g. --env CartPole-v1), or --resume an existing run.")
+    file = _config_file(config, "train")
+    out_dir = Path(_required(out, file, "out", "--out", "the run directory"))
+    env_module = _import_env_modules(env_module, load=not print_config)
+    if env is None and not resume and (file is None or file.get("env.id") is None):
+        raise DreamerError("Give the environment with --env ID (e.g. --env CartPole-v1) or a --config file that sets "
+                           "env.id, or --resume an existing run.")
     flags = {
+        "out": None if out is None else str(out),
         "env.id": env, "env.obs": "pixels" if pixels else None, "env.action_repeat": action_repeat,
         "env.env_module": env_module[0] if env_module else None, "steps": steps, "num_envs": num_envs,
         "train_ratio": train_ratio, "prefill": prefill, "batch_size": batch_size, "seq_len": seq_len,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "eval_mode": eval_mode,
         "checkpoint_seconds": checkpoint_seconds, "seed": seed, "threads": threads, "device": device,
     }
-    _refuse_resume_of_nothing(out, resume)
+    _refuse_resume_of_nothing(out_dir, resume)
     if resume:
-        _refuse_changes_on_resume(out, flags, ("steps", "threads"), preset, set_,
-                                  "--steps, the new total, and --threads", config_file="train_config.yaml",
-                                  pixels=pixels)
-        cfg = stage.TrainConfig(out=str(out))
+        _refuse_changes_on_resume(out_dir, "train", flags, ("steps", "threads", "out"), preset, set_,
+                                  "--steps, the new total, and --threads", file, pixels=pixels)
+        if print_config:
+            return _print_config("train", _resumed_config("train", out_dir, {"steps": steps, "threads": threads,
+                                                                              "out": str(out_dir)}))
+        cfg = stage.TrainConfig(out=str(out_dir))
     else:
-        cfg = stage.make_config(str(out), preset, set_, flags)
-    _show_config("train", cfg, out / runs.ONLINE_CONFIG, quiet, resume, {"steps": steps, "threads": threads})
+        with config_lib.using_file(file):
+            cfg = stage.make_config(str(out_dir), preset, set_, flags)
+        if print_config:
+            return _print_config("train", cfg)
+    _show_config("train", cfg, out_dir, quiet, resume, {"steps": steps, "threads": threads, "out": str(out_dir)})
     result = stage.run(cfg, resume=resume, progress=progress, steps=steps if resume else None,
                        threads=threads if resume else None)
     typer.echo(stage.summary_line(result))
@@ -539,8 +653,8 @@ def plot(
 @app.command()
 @user_errors
 def dream(
-    run: Annotated[Path, typer.Option("--run", help="Run directory with world_model.pt.")],
-    out: Annotated[Path, typer.Option("--out", help="Video to write (.gif or .mp4; replaced if it exists); the error plot goes beside it as <stem>_error.png.")],
+    run: Annotated[Path | None, typer.Option("--run", help="Run directory with world_model.pt (or run in --config).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Video to write (.gif or .mp4; replaced if it exists); the error plot goes beside it as <stem>_error.png (or out in --config).")] = None,
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset to take the episode from (default: the run's first dataset).")] = None,
     episode: Annotated[int | None, typer.Option("--episode", help="Episode index in the dataset (default 0; -1 = the last).")] = None,
     context: Annotated[int | None, typer.Option("--context", help="Real rows the dream observes before imagining (default 5).")] = None,
@@ -548,16 +662,25 @@ def dream(
     actor: Annotated[bool, typer.Option("--actor", help="Also dream under the actor's own actions (needs behavior.pt).")] = False,
     fps: Annotated[int | None, typer.Option(help="Frames per second (default 15).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the dream's latent samples (default 0).")] = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
     """Video of real | reconstruction | open-loop dream along a recorded episode, plus error vs horizon."""
     from dreamer_core.stages import dream as stage
 
-    flags = {"dataset": None if dataset is None else str(dataset), "episode": episode, "context": context,
+    file = _config_file(config, "dream")
+    run_dir = _required(run, file, "run", "--run", "the run directory (with world_model.pt)")
+    out_file = _required(out, file, "out", "--out", "the video to write (.gif or .mp4)")
+    flags = {"run": None if run is None else str(run), "out": None if out is None else str(out),
+             "dataset": None if dataset is None else str(dataset), "episode": episode, "context": context,
              "horizon": horizon, "actor": actor or None, "fps": fps, "seed": seed, "device": device}
-    cfg = stage.make_config(str(run), str(out), preset, set_, flags)
+    with config_lib.using_file(file):
+        cfg = stage.make_config(run_dir, out_file, preset, set_, flags)
+    if print_config:
+        return _print_config("dream", cfg)
     typer.echo(stage.run(cfg).summary_line())
 
 

@@ -1,11 +1,21 @@
 """Stage configs: frozen dataclasses, named presets, and ``--set a.b=c`` overrides.
 
 Each stage owns a frozen dataclass composed of module-owned configs (e.g. ``EnvConfig`` from
-``envs``). A config is resolved in one order: the stage's defaults, then presets in the order
-given, then the CLI flags the user gave (an explicit flag wins over a preset), then ``--set``
-overrides. An unknown key is an error naming the valid ones. The resolved config is JSON-able
-(:func:`to_dict`) and is stored with every artifact. Each stage's ``validate`` checks the values
-with :class:`Problems`, which names every bad value (and its flag) in one error.
+``envs``). A config is resolved in one order: the stage's defaults, then a config file
+(``--config FILE``), then presets in the order given, then the CLI flags the user gave (an
+explicit flag wins over a preset), then ``--set`` overrides. An unknown key is an error naming
+the valid ones. The resolved config is JSON-able (:func:`to_dict`) and is stored with every
+artifact. Each stage's ``validate`` checks the values with :class:`Problems`, which names every
+bad value (and its flag) in one error.
+
+**Config files** (``--config FILE``, ``--print-config``, ``RUN/config.yaml``; see "Config files"
+below :func:`resolve`). A run keeps one file, ``RUN/config.yaml``, with one section per command
+that wrote into the run (``train-world-model:``, ``train-behavior:``, ``train:``), each holding
+``config:`` (the resolved config) and optionally ``records:`` (what the run measured or skipped,
+e.g. a loss calibration). ``--config`` reads the section of the command being run, a file of
+plain settings (nested or dotted keys), or a per-command file of dreamer-core 0.3.0 and earlier
+(``stage:`` + ``config:``). Every key is checked against the command's config class: a key the
+command does not have is an error naming its close matches and the commands that have it.
 
 **Presets** (``PRESETS``: name -> dotted overrides) are not tied to a command: a command takes
 the part of a preset its config has. A key's *part* is its first name: ``env``, ``model``,
@@ -65,19 +75,25 @@ no-op starts), ``atari100k`` (the same without sticky actions), ``dmc_vision`` (
 64x64 pixels), ``dmc_proprio`` (action repeat 2, the state vector). ``tiny`` is a small model for
 tests and CPU smoke runs.
 
-Imports: dataclasses, the errors module; nothing of the package above it (the commands' config
-classes reach it through :func:`register_commands`, which the CLI calls).
+Imports: dataclasses, yaml, the errors module; nothing of the package above it (the commands'
+config classes reach it through :func:`register_commands`, which the CLI calls).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import functools
 import json
+import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from dreamer_core.errors import DreamerError
 
@@ -403,10 +419,14 @@ class Problems:
             )
 
 
-def resolve(base: C, stage: str, presets: Iterable[str], flags: Mapping[str, Any], sets: Iterable[str]) -> C:
-    """The one resolution order: ``base`` (defaults), presets in order, the flags the user gave
-    (dotted keys; None means not given), then ``--set key=value`` overrides."""
-    cfg = apply_presets(base, stage, presets)
+def resolve(base: C, stage: str, presets: Iterable[str], flags: Mapping[str, Any], sets: Iterable[str],
+            file: ConfigFile | None = None) -> C:
+    """The one resolution order: ``base`` (defaults), the config file (``file``, else the one
+    :func:`using_file` set for this command), presets in order, the flags the user gave (dotted
+    keys; None means not given), then ``--set key=value`` overrides."""
+    file = file if file is not None else _FILE.get()
+    cfg = file.apply(base) if file is not None and file.command == stage else base
+    cfg = apply_presets(cfg, stage, presets)
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
     return apply_overrides(cfg, parse_sets(sets))
 
@@ -455,6 +475,9 @@ def _set(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
     return dataclasses.replace(cfg, **{name: _convert(value, hint, full_key)})
 
 
+_UNIONS = (typing.Union, types.UnionType)  # Optional[int] and int | None
+
+
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """Convert a --set string (or a preset value) to the annotated field type."""
     if not isinstance(value, str):
@@ -463,7 +486,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     args = typing.get_args(hint)
     if text.lower() in ("none", "null") and type(None) in args:
         return None
-    if hint is str or (str in args and not text.startswith(("[", "{"))):
+    if hint is str or (typing.get_origin(hint) in _UNIONS and str in args and not text.startswith(("[", "{"))):
         return text
     try:
         parsed = json.loads(text.replace("'", '"'))
@@ -476,18 +499,28 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the annotated type ``hint``: a bool only for a bool, a whole number for an
+    int, a number or text for a str, a list for a tuple (each item converted); else an error."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     try:
+        if hint is Any:
+            return value
         if hint in (int, float, str, bool):
-            if hint is bool and not isinstance(value, bool):
+            if (hint is bool) != isinstance(value, bool) or isinstance(value, (list, tuple, dict)) or value is None:
                 raise ValueError
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return hint(value)
         if origin is tuple:
-            return tuple(value)
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(item, args[0], key) for item in value)
+            if args and len(args) != len(value):
+                raise ValueError
+            return tuple(_coerce(item, arg, key) for item, arg in zip(value, args)) if args else tuple(value)
+        if origin in _UNIONS:
             if value is None and type(None) in args:
                 return None
             for arg in args:
@@ -499,10 +532,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                     continue
             raise ValueError
     except (TypeError, ValueError):
-        raise DreamerError(
-            f"Config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}."
-        ) from None
+        raise DreamerError(f"Config key {key!r} expects {type_name(hint)}, got {value!r}.") from None
     return value
+
+
+def type_name(hint: Any) -> str:
+    """``int``, ``tuple[int, ...]``, ``int | None``: a field type as it is written."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -564,3 +602,266 @@ def describe_changes(cfg: Any, base: Any) -> list[str]:
     ordered = sorted(groups.items(), key=lambda item: (item[0] != "", tops.index(item[0].partition(".")[0]),
                                                        item[0].count(".")))
     return [(f"{group}: " if group else "") + " ".join(items) for group, items in ordered]
+
+
+# --- config files: --config FILE, --print-config and RUN/config.yaml ------------------------------
+#
+# The shapes a config file may have (``sections`` tells them apart):
+#
+#   train-world-model:            sections, one per command (what a run's config.yaml holds and
+#     config: {updates: 5000}     --print-config prints); a section is {config:, records:}, or
+#     records: {calibration: ..}  the settings themselves (a file written by hand)
+#   updates: 5000                 plain settings of the command being run (nested or dotted keys)
+#   stage: train-world-model      a per-command file of dreamer-core 0.3.0 and earlier
+#   config: {updates: 5000}       (config.yaml, behavior_config.yaml, train_config.yaml)
+
+# The commands that have a config (the sections a config file may have; cli.COMMAND_CONFIGS
+# registers their classes) and what a section holds.
+COMMAND_NAMES = ("collect", "train-world-model", "train-behavior", "evaluate", "train", "dream")
+RUN_COMMANDS = ("train-world-model", "train-behavior", "train")  # those that save their section in the run
+SECTION_PARTS = ("config", "records")
+RUN_HEADER = ("# The resolved config of each dreamer command that wrote into this run, one section per command.\n"
+              "# `dreamer COMMAND --config THIS_FILE` runs COMMAND with its section (flags still override it).\n")
+
+
+def read_yaml(path: Path | str, what: str = "The config file") -> dict[str, Any]:
+    """The mapping a YAML file holds ({} for an empty file); a missing file, a directory, text
+    that is not YAML or YAML that is not a mapping is a DreamerError naming the file."""
+    path = Path(path)
+    fix = "nothing was written"
+    if not path.exists():
+        raise DreamerError(f"{what} {path} does not exist. Check the path (a relative path counts from the folder "
+                           f"you run dreamer in), e.g. RUN/config.yaml of a run; {fix}.")
+    if path.is_dir():
+        raise DreamerError(f"{what} {path} is a directory, not a YAML file. Give the file itself, e.g. "
+                           f"{path / 'config.yaml'}; {fix}.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise DreamerError(f"{what} {path} is not YAML ({problem}{where}). Fix the file, or write a valid one with "
+                           f"`dreamer COMMAND --print-config > FILE`; {fix}.") from None
+    except OSError as exc:
+        raise DreamerError(f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DreamerError(f"{what} {path} holds a {type(data).__name__}, not a mapping of settings. Write one "
+                           f"setting per line (`updates: 5000`) or one section per command (`train:`, as "
+                           f"`dreamer COMMAND --print-config` prints them); {fix}.")
+    return data
+
+
+def is_legacy(data: Mapping[str, Any]) -> bool:
+    """A per-command file of dreamer-core 0.3.0 and earlier: ``stage:`` and ``config:`` at the top."""
+    return isinstance(data.get("config"), dict) and "stage" in data and not set(data) & set(COMMAND_NAMES)
+
+
+def sections(data: Mapping[str, Any], legacy_command: str | None = None,
+             run_file: bool = False) -> dict[str, dict[str, Any]] | None:
+    """The sections of a file's data as ``{command: {"config": ..., "records": ...}}``, the
+    legacy shape converted (its command: its ``stage``, else ``legacy_command``); None for a
+    file of plain settings (a file with no command name at the top). In a ``run_file`` (a
+    run's config.yaml, written by ``stages.common.write_config``) every top-level key is a section."""
+    if is_legacy(data) or (run_file and "stage" in data and isinstance(data.get("config"), dict)):
+        command = str(data.get("stage") or legacy_command)
+        records = {k: v for k, v in data.items() if k not in ("stage", "config")}
+        return {command: {"config": data["config"], **({"records": records} if records else {})}}
+    if not run_file and not set(data) & set(COMMAND_NAMES):
+        return None
+    return {str(command): _section_parts(part) for command, part in data.items()}
+
+
+def _section_parts(part: Any) -> dict[str, Any]:
+    """A section as ``{"config": ..., "records": ...}`` (a section of bare settings is its config)."""
+    if isinstance(part, dict) and "config" in part:
+        return dict(part)
+    return {"config": part}
+
+
+def read_section(path: Path | str, command: str, legacy_command: str | None = None) -> dict[str, Any] | None:
+    """``{"config": ..., "records": ...}`` of ``command`` in a run's config file, None when the
+    file does not exist or has no section for it (files of dreamer-core 0.3.0 and earlier are
+    read too: their command is their ``stage``, else ``legacy_command``)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = read_yaml(path, "The run's config file")
+    found = sections(data, legacy_command, run_file=True) or {}
+    section = found.get(command)
+    return section if section is not None and isinstance(section.get("config"), dict) else None
+
+
+def dump_sections(found: Mapping[str, Mapping[str, Any]], header: str = RUN_HEADER) -> str:
+    """YAML text of ``{command: {"config": ..., "records": ...}}`` (empty records left out)."""
+    data = {command: {k: v for k, v in part.items() if k == "config" or v} for command, part in found.items()}
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def section_of(cfg: Any, records: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A command's section: its resolved config and what the run recorded beside it."""
+    return {"config": to_dict(cfg), **({"records": json.loads(json.dumps(dict(records), default=str))}
+                                       if records else {})}
+
+
+def print_text(command: str, cfg: Any) -> str:
+    """What ``--print-config`` prints: the command's section, a valid ``--config`` file."""
+    saved = "; a run saves it in RUN/config.yaml" if command in RUN_COMMANDS else ""
+    header = (f"# The resolved config of `dreamer {command}` (defaults < --config < --preset < flags < --set).\n"
+              f"# Use it as `dreamer {command} --config FILE`{saved}.\n")
+    return dump_sections({command: section_of(cfg)}, header)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFile:
+    """The settings a ``--config`` file gives one command, checked against its config class.
+
+    ``overrides``: dotted key -> value as written in the file (converted when applied);
+    ``where``: the file (and its section) for messages."""
+
+    path: Path
+    command: str
+    where: str
+    overrides: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path | str, command: str) -> ConfigFile:
+        """Read ``path`` for `dreamer {command}` (see the shapes above); refuses a file without
+        a section for it, and any key its config class does not have."""
+        path = Path(path)
+        data = read_yaml(path)
+        found = sections(data)
+        where = f"The config file {path}"
+        if found is None:
+            settings: Any = data
+        else:
+            unknown = [name for name in found if name not in COMMAND_NAMES]
+            if unknown:
+                raise DreamerError(
+                    f"{where} mixes command sections ({', '.join(f'{c}:' for c in found if c in COMMAND_NAMES)}) "
+                    f"with {', '.join(map(repr, unknown))}, which is no command. Put every setting under the section "
+                    f"of its command ({', '.join(COMMAND_NAMES)}), or write a file of plain settings without "
+                    "sections; nothing was written.")
+            if command not in found:
+                has = ", ".join(f"`dreamer {c}`" for c in found)
+                raise DreamerError(
+                    f"{where} has sections for {has} but none for `dreamer {command}`, so it has nothing for this "
+                    f"command. Add the section `{command}:` (`dreamer {command} --print-config` prints one), or "
+                    "give a file of this command's settings; nothing was written.")
+            part = found[command]
+            where = f"{where} (section {command})"
+            stray = [k for k in part if k not in SECTION_PARTS]
+            if stray:
+                raise DreamerError(
+                    f"{where} holds {', '.join(map(repr, stray))} beside `config:`; a section holds `config:` (the "
+                    "settings) and optionally `records:` (what a run recorded, not read by --config). Move the "
+                    "settings under `config:`; nothing was written.")
+            settings = part["config"] if part["config"] is not None else {}
+            if not isinstance(settings, dict):
+                raise DreamerError(f"{where}: `config:` holds {settings!r}, not a mapping of settings; nothing was "
+                                   "written.")
+        return cls(path, command, where, file_overrides(COMMANDS[command](), settings, where, command))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.overrides.get(key, default)
+
+    def apply(self, cfg: C) -> C:
+        """``cfg`` with the file's settings (a wrong type is an error naming the file)."""
+        for key, value in self.overrides.items():
+            try:
+                cfg = apply_overrides(cfg, {key: value})
+            except DreamerError as exc:
+                raise DreamerError(
+                    f"{self.where}: {exc} Fix the value in the file (`dreamer {self.command} --print-config` shows "
+                    "every setting and its current value); nothing was written.") from None
+        return cfg
+
+
+_FILE: contextvars.ContextVar[ConfigFile | None] = contextvars.ContextVar("config_file", default=None)
+
+
+@contextlib.contextmanager
+def using_file(file: ConfigFile | None) -> Iterator[None]:
+    """Within the block, :func:`resolve` applies ``file`` for its command (after the defaults,
+    before the presets): how the CLI hands a ``--config`` file to a stage's ``make_config``."""
+    token = _FILE.set(file)
+    try:
+        yield
+    finally:
+        _FILE.reset(token)
+
+
+def file_overrides(cls: type, settings: Mapping[str, Any], where: str, command: str) -> dict[str, Any]:
+    """The dotted overrides of a file's settings (nested mappings or dotted keys), each key
+    checked against the config class ``cls`` of `dreamer {command}`."""
+    out: dict[str, Any] = {}
+
+    def walk(klass: type, mapping: Mapping[Any, Any], prefix: str) -> None:
+        hints = typing.get_type_hints(klass)
+        names = {f.name for f in dataclasses.fields(klass)}
+        for key, value in mapping.items():
+            full = f"{prefix}{key}"
+            if not isinstance(key, str):
+                raise DreamerError(f"{where} has the key {full!r}, which is not a name. Write settings as "
+                                   "`name: value`; nothing was written.")
+            head, dot, rest = key.partition(".")
+            if head not in names:
+                raise DreamerError(_unknown_key(f"{prefix}{head}", cls, where, command))
+            hint = hints[head]
+            if dataclasses.is_dataclass(hint):
+                if dot:
+                    walk(hint, {rest: value}, f"{prefix}{head}.")
+                elif isinstance(value, dict):
+                    walk(hint, value, f"{prefix}{head}.")
+                else:
+                    some = ", ".join(_class_keys(hint, f"{prefix}{head}.")[:3])
+                    raise DreamerError(
+                        f"{where} sets {full!r} to {value!r}, but {full!r} is a group of settings ({some}, ...), so "
+                        "it takes a mapping of them, not a single value. Fix it in the file; nothing was written.")
+            elif dot:
+                raise DreamerError(
+                    f"{where} sets {full!r}, but {prefix}{head!r} is a single setting with no sub-keys. Write it as "
+                    f"`{prefix}{head}: VALUE`; nothing was written.")
+            else:
+                out[full] = value
+
+    walk(cls, settings, "")
+    return out
+
+
+@functools.cache
+def _class_keys(cls: type, prefix: str = "", groups: bool = False) -> list[str]:
+    """The dotted keys of a config class (and, with ``groups``, its nested configs' names)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend([f"{prefix}{f.name}"] if groups else [])
+            keys.extend(_class_keys(hints[f.name], f"{prefix}{f.name}.", groups))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def commands_with_key(key: str) -> list[str]:
+    """The registered commands whose config has the setting (or group of settings) ``key``."""
+    return [command for command, load in COMMANDS.items() if key in _class_keys(load(), "", True)]
+
+
+def _unknown_key(key: str, cls: type, where: str, command: str) -> str:
+    """One paragraph for a file key the command's config does not have: close matches, the
+    commands that have it (or a command section it was meant to be)."""
+    close = difflib.get_close_matches(key, _class_keys(cls, "", True), n=3, cutoff=0.6)
+    hint = f" Close matches: {', '.join(map(repr, close))}." if close else ""
+    others = [c for c in commands_with_key(key) if c != command]
+    if others:
+        owners = f" {key!r} is a setting of {', '.join(f'`dreamer {c}`' for c in others)}."
+    else:
+        owners = f" No dreamer command has a setting {key!r}."
+        section = difflib.get_close_matches(key, list(COMMAND_NAMES), n=1, cutoff=0.7)
+        owners += f" Did you mean the section `{section[0]}:`?" if section else ""
+    return (f"{where} sets {key!r}, which `dreamer {command}` does not have, so it would change nothing.{hint}"
+            f"{owners} Remove or rename it in the file (`dreamer {command} --print-config` lists every setting); "
+            "nothing was written.")

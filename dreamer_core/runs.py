@@ -4,8 +4,15 @@ the dream views and the notebooks share.
     RUN/world_model.pt            WorldModelArtifact   (stage 02, dreamer train)
     RUN/behavior.pt               BehaviorArtifact     (stage 03, dreamer train)
     RUN/checkpoints/latest.pt, behavior_latest.pt, online_latest.pt   TrainState (resume)
-    RUN/config.yaml, behavior_config.yaml, train_config.yaml          resolved configs
+    RUN/config.yaml               resolved configs: one section per command that wrote into the run
     RUN/metrics.jsonl, behavior_metrics.jsonl, tb/, eval/, replay/ (online dataset)
+
+``RUN/config.yaml`` holds a section per command (``train-world-model:``, ``train-behavior:``,
+``train:``), each ``{config: ..., records: ...}`` (config.py describes the file); ``dreamer
+COMMAND --config RUN/config.yaml`` reads its command's section. Runs of dreamer-core 0.3.0 and
+earlier have one file per command (``LEGACY_CONFIGS``: ``config.yaml``, ``behavior_config.yaml``,
+``train_config.yaml``, each ``{stage:, config:, ...}``); ``read_config``, ``config_section`` and
+``config_records`` read both, so notebooks, `dreamer plot` and resume work on old runs too.
 
 ``load_world_model(run)`` and ``load_agent(run)`` rebuild the models from the artifacts alone
 (an agent trained against an older state of the world model is refused);
@@ -13,7 +20,7 @@ the dream views and the notebooks share.
 batched policy, checking that the env's spaces fit; ``run_dataset(run)`` opens the data a
 run's world model was trained on.
 
-Imports: world_model, behavior, policies, checkpoint, data, runtime, errors.
+Imports: world_model, behavior, policies, checkpoint, config, data, runtime, errors, files.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import gymnasium as gym
 import torch
 
 from dreamer_core import checkpoint
+from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
+from dreamer_core.files import atomic_write_bytes
 from dreamer_core.policies import AgentPolicy, Policy, RandomPolicy
 from dreamer_core.runtime import resolve_device
 from dreamer_core.world_model import WorldModel
@@ -36,12 +45,73 @@ BEHAVIOR = "behavior.pt"
 WORLD_MODEL_LATEST = Path("checkpoints") / "latest.pt"
 BEHAVIOR_LATEST = Path("checkpoints") / "behavior_latest.pt"
 ONLINE_LATEST = Path("checkpoints") / "online_latest.pt"
-WORLD_MODEL_CONFIG = "config.yaml"
-BEHAVIOR_CONFIG = "behavior_config.yaml"
-ONLINE_CONFIG = "train_config.yaml"
+CONFIG = "config.yaml"  # every command's resolved config, one section each
+# The names each command's config had before (0.3.0 and earlier: one file per command). The
+# *_CONFIG names are kept for the modules that write with them; they all are CONFIG now.
+LEGACY_CONFIGS = {"train-world-model": "config.yaml", "train-behavior": "behavior_config.yaml",
+                  "train": "train_config.yaml"}
+WORLD_MODEL_CONFIG = BEHAVIOR_CONFIG = ONLINE_CONFIG = CONFIG
 METRICS = "metrics.jsonl"
 BEHAVIOR_METRICS = "behavior_metrics.jsonl"
 REPLAY = "replay"
+# The command whose resume checkpoint each of these is (the section a resume reads).
+LATEST_COMMANDS = {WORLD_MODEL_LATEST.name: "train-world-model", BEHAVIOR_LATEST.name: "train-behavior",
+                   ONLINE_LATEST.name: "train"}
+
+
+def config_section(run: Path | str, command: str) -> dict | None:
+    """``{"config": ..., "records": ...}`` that ``command`` wrote into the run: the section of
+    ``RUN/config.yaml``, else (a run of dreamer-core 0.3.0 and earlier) its own file
+    (``LEGACY_CONFIGS``). None when the command has not written into the run. An unreadable
+    file is a DreamerError naming it."""
+    run = Path(run)
+    found = config_lib.read_section(run / CONFIG, command, legacy_command="train-world-model")
+    legacy = LEGACY_CONFIGS.get(command)
+    if found is None and legacy and legacy != CONFIG:
+        found = config_lib.read_section(run / legacy, command, legacy_command=command)
+    return found
+
+
+def read_config(run: Path | str, command: str) -> dict | None:
+    """The resolved config (plain data, as ``config.to_dict`` gives it) that ``command`` ran
+    with in ``run``, from either layout (``config_section``); None when it has not run there."""
+    found = config_section(run, command)
+    return None if found is None else found["config"]
+
+
+def config_records(run: Path | str, command: str) -> dict:
+    """What ``command`` recorded beside its config (e.g. ``calibration``, ``skipped_shards``)."""
+    found = config_section(run, command) or {}
+    return dict(found.get("records") or {})
+
+
+def config_file(run: Path | str, command: str) -> Path:
+    """The file that holds (or will hold) ``command``'s config in ``run``."""
+    run = Path(run)
+    legacy = run / LEGACY_CONFIGS.get(command, CONFIG)
+    if legacy.name != CONFIG and config_lib.read_section(run / CONFIG, command) is None and legacy.is_file():
+        return legacy
+    return run / CONFIG
+
+
+def forget_config(run: Path | str, command: str) -> None:
+    """Drop ``command``'s section from ``RUN/config.yaml`` (and its file of 0.3.0 and earlier),
+    e.g. before training a run's behavior afresh; the other commands' sections stay."""
+    run = Path(run)
+    legacy = LEGACY_CONFIGS.get(command)
+    if legacy and legacy != CONFIG:
+        (run / legacy).unlink(missing_ok=True)
+    path = run / CONFIG
+    if not path.is_file():
+        return
+    found = config_lib.sections(config_lib.read_yaml(path, "The run's config file"), "train-world-model",
+                                run_file=True) or {}
+    if found.pop(command, None) is None:
+        return
+    if found:
+        atomic_write_bytes(path, config_lib.dump_sections(found).encode())
+    else:
+        path.unlink()
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

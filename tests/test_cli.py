@@ -390,7 +390,7 @@ def test_train_applies_env_presets_and_prints_its_config(tmp_path):
     assert "config of `dreamer train`, what differs from the defaults" in result.output
     assert "  env: id=dreamer/DummyDiscrete-v0 action_repeat=4 sticky_actions=0.0\n" in result.output
     assert "eval_mode=sample" in result.output and "model.rssm: deter=64 hidden=64 stoch=8 classes=8" in result.output
-    stored = yaml.safe_load((run / "train_config.yaml").read_text())["config"]
+    stored = yaml.safe_load((run / "config.yaml").read_text())["train"]["config"]
     assert stored["env"]["sticky_actions"] == 0.0 and stored["env"]["action_repeat"] == 4
     assert stored["eval_mode"] == "sample" and plot.eval_mode(run) == "sample"
     assert any("eval/return" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
@@ -759,15 +759,16 @@ def test_skip_corrupt_names_each_skipped_shard_and_records_it(tmp_path):
     with h5py.File(with_nan, "r+") as f:
         f["steps/reward"][2] = np.nan
     run = tmp_path / "run"
-    for command, config in ((["train-world-model", out, "--out", run], runs.WORLD_MODEL_CONFIG),
-                            (["train-behavior", "--run", run], runs.BEHAVIOR_CONFIG)):
+    for command, section in ((["train-world-model", out, "--out", run], "train-world-model"),
+                             (["train-behavior", "--run", run], "train-behavior")):
         result = dreamer(*command, "--skip-corrupt", "--preset", "tiny", "--updates", 2, "-q")
         assert result.exit_code == 0, result.output
         lines = [line for line in result.stderr.splitlines() if line.startswith("skipped corrupt shard")]
         assert len(lines) == 2, result.stderr
         assert lines[0].startswith(f"skipped corrupt shard {truncated}: ") and "corrupt or truncated" in lines[0]
         assert lines[1].startswith(f"skipped corrupt shard {with_nan}: ") and "NaN or inf" in lines[1]
-        recorded = yaml.safe_load((run / config).read_text())["skipped_shards"]
+        recorded = yaml.safe_load((run / runs.CONFIG).read_text())[section]["records"]["skipped_shards"]
+        assert recorded == runs.config_records(run, section)["skipped_shards"]
         assert [entry["path"] for entry in recorded] == [str(truncated), str(with_nan)]
         assert all(entry["reason"] for entry in recorded)
 

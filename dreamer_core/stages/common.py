@@ -9,7 +9,8 @@
 - ``resume_or_refuse``: a fresh run refuses to overwrite a run directory; a resumed one reads
   its checkpoint and refuses one that belongs to another run; a run killed before its first
   checkpoint starts afresh. ``truncate_metrics`` drops records logged after a given step.
-- ``write_config``: the resolved config of a stage, saved in the run directory.
+- ``write_config``: the resolved config of a stage, saved as its section of ``RUN/config.yaml``
+  (the other commands' sections kept; a file of dreamer-core 0.3.0 and earlier is converted).
 - ``open_datasets``: the datasets a stage trains on, with a clear error when none is given.
 - ``StopRequest``: Ctrl-C / SIGTERM become a flag the loops check between steps.
 - ``TrainLoop``: the training loop helper of stage 02, stage 03 and ``dreamer train``: the
@@ -21,7 +22,7 @@
 
 Artifact names live in ``dreamer_core.runs`` (a library module: the notebooks use it too).
 
-Imports: checkpoint, config, data, errors, files, logging; rich.
+Imports: checkpoint, config, data, errors, files, logging, runs (config file names); rich.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import yaml
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, runs
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
@@ -65,9 +65,17 @@ def open_datasets(paths: tuple[str, ...] | list[str], skip_corrupt: bool = False
 
 
 def write_config(path: Path, stage: str, cfg: Any, **extra: Any) -> None:
-    """Save a stage's resolved config (and ``extra`` records, e.g. a calibration) as YAML."""
-    data = {"stage": stage, "config": config_lib.to_dict(cfg), **extra}
-    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+    """Save a stage's resolved config (and ``extra`` records, e.g. a calibration) as the
+    section ``stage`` of the run's config file ``path`` (``RUN/config.yaml``): the section is
+    replaced, the other commands' sections stay, and a file of dreamer-core 0.3.0 and earlier
+    (``stage:`` + ``config:``) becomes its command's section."""
+    path = Path(path)
+    found = {}
+    if path.is_file():
+        found = config_lib.sections(config_lib.read_yaml(path, "The run's config file"), "train-world-model",
+                                    run_file=True) or {}
+    found[stage] = config_lib.section_of(cfg, extra)
+    atomic_write_bytes(path, config_lib.dump_sections(found).encode())
 
 
 def truncate_metrics(run_dir: Path, step: int, name: str = "metrics.jsonl") -> None:
@@ -106,7 +114,8 @@ def run_id(run_dir: Path, create: bool = False) -> str | None:
 
 def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, alternative: str,
                      keep: Callable[[C, C], C] = lambda stored, given: stored, resumable: list[Path] = (),
-                     config_file: Path | None = None) -> tuple[C, checkpoint.TrainState | None]:
+                     config_file: Path | None = None, command: str | None = None,
+                     ) -> tuple[C, checkpoint.TrainState | None]:
     """The config a run continues with, and its resume state (None for a fresh run).
 
     ``latest`` is the run's resume checkpoint (``RUN/checkpoints/NAME.pt``). Resuming takes
@@ -116,7 +125,9 @@ def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, 
     starts it afresh and says so. A fresh run refuses to start where ``latest`` or any of
     ``artifacts`` exist, so nothing on disk is overwritten; of those, ``resumable`` ones (an
     online run's replay) do not stop a resume without a checkpoint: the stage continues from them,
-    with the config the run started with (``config_file``, written by ``write_config``).
+    with the config the run started with: the section ``command`` (default: the command whose
+    checkpoint ``latest`` is, ``runs.LATEST_COMMANDS``) of ``config_file`` (written by
+    ``write_config``), or, in a run of dreamer-core 0.3.0 and earlier, its own file.
     """
     run_dir = latest.parent.parent
     if resume and not run_dir.is_dir():
@@ -131,17 +142,25 @@ def resume_or_refuse(cfg: C, latest: Path, artifacts: list[Path], resume: bool, 
         return keep(stored, cfg), state
     taken = [p for p in (latest, *artifacts) if p.exists()]
     if resume and not [p for p in taken if p not in resumable]:
-        if config_file is not None and not config_file.exists():
-            raise DreamerError(
-                f"--resume was given, but the run in {run_dir} never started (it has no {config_file.name}), so "
-                "there is nothing to continue. Start it without --resume, with the options it should have."
-            )
+        stored = None
+        if config_file is not None:
+            command = command or runs.LATEST_COMMANDS.get(latest.name, latest.stem)
+            stored = config_lib.read_section(config_file, command)
+            legacy = runs.LEGACY_CONFIGS.get(command)
+            if stored is None and config_file.name == runs.CONFIG and legacy and legacy != runs.CONFIG:
+                stored = config_lib.read_section(config_file.parent / legacy, command, legacy_command=command)
+            if stored is None:
+                has = (f"its {config_file.name} has no {command} section" if config_file.exists()
+                       else f"it has no {config_file.name}")
+                raise DreamerError(
+                    f"--resume was given, but the run in {run_dir} never started ({has}), so "
+                    "there is nothing to continue. Start it without --resume, with the options it should have."
+                )
         kept = "".join(f", keeping {p.name}/" for p in taken)
         print(f"{run_dir} has no checkpoint yet (the run stopped before its first one): starting it afresh{kept}.",
               file=sys.stderr)
-        if config_file is not None and config_file.exists():
-            stored = yaml.safe_load(config_file.read_text()) or {}
-            cfg = keep(config_lib.from_dict(type(cfg), stored.get("config") or {}), cfg)
+        if stored is not None:
+            cfg = keep(config_lib.from_dict(type(cfg), stored["config"]), cfg)
         return cfg, None
     if taken:
         raise DreamerError(

@@ -25,9 +25,10 @@ from dreamer_core import runs
 from dreamer_core.data.store import is_dataset_dir
 from dreamer_core.errors import DreamerError
 
-# What marks a directory as a run: its configs, metrics, checkpoints, artifacts, identity file.
+# What marks a directory as a run: its config file (or those of dreamer-core 0.3.0 and earlier),
+# metrics, checkpoints, artifacts, identity file.
 RUN_MARKERS = (
-    runs.WORLD_MODEL, runs.BEHAVIOR, runs.WORLD_MODEL_CONFIG, runs.BEHAVIOR_CONFIG, runs.ONLINE_CONFIG,
+    runs.WORLD_MODEL, runs.BEHAVIOR, *dict.fromkeys((runs.CONFIG, *runs.LEGACY_CONFIGS.values())),
     runs.METRICS, runs.BEHAVIOR_METRICS, runs.WORLD_MODEL_LATEST.parts[0], "run.json",
 )
 

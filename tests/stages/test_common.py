@@ -356,8 +356,11 @@ def test_resume_without_a_checkpoint_starts_afresh_and_says_so(tmp_path, capsys)
     assert resume_or_refuse(cfg, latest, [run / "replay"], True, "x", resumable=[run / "replay"]) == (cfg, None)
     assert "no checkpoint yet" in capsys.readouterr().err and (run / "replay").is_dir() and not latest.exists()
     common.write_config(run / "config.yaml", "test", RunConfig(out=str(run), steps=77))
-    resumed, _ = resume_or_refuse(RunConfig(out=str(run)), latest, [], True, "x", config_file=run / "config.yaml")
+    resumed, _ = resume_or_refuse(RunConfig(out=str(run)), latest, [], True, "x", config_file=run / "config.yaml",
+                                  command="test")
     assert resumed.steps == 77  # the config the run started with, not the defaults
+    with pytest.raises(DreamerError, match="never started \\(its config.yaml has no other section\\)"):
+        resume_or_refuse(cfg, latest, [], True, "x", config_file=run / "config.yaml", command="other")
     with pytest.raises(DreamerError, match="never started \\(it has no other.yaml\\)"):
         resume_or_refuse(cfg, latest, [], True, "x", config_file=run / "other.yaml")
     with pytest.raises(DreamerError, match="there is no run at"):
@@ -463,14 +466,19 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
 
 
 def test_write_config_round_trip(tmp_path):
+    """One file per run, one section per command: {config:, records:}; rewriting a command's
+    section replaces it and keeps the others."""
     cfg = RunConfig(out="x", steps=3, inner=Inner(rate=1e-4, sizes=(64, 64)))
     path = tmp_path / "config.yaml"
     write_config(path, "train-test", cfg, calibration={"weights": {"recon": 0.5}})
     data = yaml.safe_load(path.read_text())
-    assert data["stage"] == "train-test" and data["calibration"] == {"weights": {"recon": 0.5}}
-    assert config_lib.from_dict(RunConfig, data["config"]) == cfg
-    write_config(path, "train-test", RunConfig())  # rewriting replaces the file
-    assert set(yaml.safe_load(path.read_text())) == {"stage", "config"}
+    assert data["train-test"]["records"] == {"calibration": {"weights": {"recon": 0.5}}}
+    assert config_lib.from_dict(RunConfig, data["train-test"]["config"]) == cfg
+    write_config(path, "other-test", RunConfig(steps=5))
+    write_config(path, "train-test", RunConfig())  # rewriting replaces the section
+    data = yaml.safe_load(path.read_text())
+    assert list(data) == ["train-test", "other-test"] and set(data["train-test"]) == {"config"}
+    assert data["other-test"]["config"]["steps"] == 5
 
 
 # --- ProgressDisplay ----------------------------------------------------------------------------

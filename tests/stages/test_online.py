@@ -62,7 +62,7 @@ def test_online_run_writes_every_artifact(tmp_path):
     result = online.run(small_config(run, eval_every=100), progress=False)
     assert result["env_steps"] == 300 and not result["interrupted"]
     assert result["updates"] == 1 + (300 - 100) * 16 // 64
-    for name in ("world_model.pt", "behavior.pt", "train_config.yaml", "metrics.jsonl", "checkpoints/online_latest.pt"):
+    for name in ("world_model.pt", "behavior.pt", "config.yaml", "metrics.jsonl", "checkpoints/online_latest.pt"):
         assert (run / name).exists(), name
     # Every counted env step is in the dataset (the episodes in progress at the end are kept).
     data = Dataset(run / "replay")

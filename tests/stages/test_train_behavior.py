@@ -72,7 +72,7 @@ def test_train_behavior_writes_artifacts_and_leaves_the_world_model_alone(discre
     assert all(p.grad is None for p in trainer.world_model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, trainer.agent.actor.parameters()))
     assert (run / "world_model.pt").read_bytes() == before_file
-    for name in ("behavior.pt", "checkpoints/behavior_latest.pt", "behavior_config.yaml", "behavior_metrics.jsonl"):
+    for name in ("behavior.pt", "checkpoints/behavior_latest.pt", "config.yaml", "behavior_metrics.jsonl"):
         assert (run / name).exists(), name
     records = read_metrics(run, stage.METRICS)
     assert [r["step"] for r in records] == [2, 4]
