@@ -2,9 +2,10 @@
 
 ``ProgressDisplay`` shows a command's progress on stderr: a live bar in a terminal, plain lines
 anywhere else (nohup, SLURM, CI); ``update`` only draws when due, so a collector can call it
-once per env step. ``MetricsSink`` writes ``RUN/metrics.jsonl`` and TensorBoard events.
+once per env step. ``MetricsSink`` writes ``RUN/metrics.jsonl`` and passes every record to the
+experiment trackers (``trackers.py``: TensorBoard, W&B, MLflow).
 
-Imports: rich, json; torch's SummaryWriter lazily (only when TensorBoard is on).
+Imports: rich, json, trackers (which imports torch's SummaryWriter, wandb and mlflow lazily).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from dreamer_core import trackers as trackers_lib
+from dreamer_core.trackers import TensorBoardTracker, Tracker
 
 PROGRESS_SECONDS = 30.0  # between plain progress lines when the output is not a terminal
 ETA_SECONDS = 60.0  # the plain lines' ETA is from the rate over this much of the recent past
@@ -195,48 +199,76 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsSink:
-    """Append metrics to ``RUN/metrics.jsonl`` (one JSON object per line with ``step``) and to
-    TensorBoard under ``RUN/tb/``.
+    """Append metrics to ``RUN/metrics.jsonl`` (one JSON object per line with ``step``), always,
+    and pass them to the experiment trackers (``trackers.py``): TensorBoard under ``RUN/tb/`` by
+    default; ``track`` swaps in the ones a stage's ``loggers`` setting names (W&B, MLflow).
 
     Values are python floats by the time they arrive here: reduce tensors once per log
     interval (one host sync), never per step.
     """
 
-    def __init__(self, run_dir: Path | str, tensorboard: bool = True, name: str = "metrics.jsonl"):
-        """``name``: the JSONL file inside ``run_dir`` (stage 03 writes ``behavior_metrics.jsonl``)."""
+    def __init__(self, run_dir: Path | str, tensorboard: bool = True, name: str = "metrics.jsonl",
+                 trackers: list[Tracker] | None = None):
+        """``name``: the JSONL file inside ``run_dir`` (stage 03 writes ``behavior_metrics.jsonl``);
+        ``trackers``: the sinks beside it (default: TensorBoard when ``tensorboard``)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / name, "a", buffering=1)
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if trackers is None:
+            trackers = [TensorBoardTracker(self.run_dir / trackers_lib.TB_DIR)] if tensorboard else []
+        self.trackers: list[Tracker] = list(trackers)
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+    def track(self, loggers: str, stage: str, config: dict[str, Any], project: str = "",
+              metrics: tuple[str, ...] = ()) -> None:
+        """Log to the trackers ``loggers`` names from now on (instead of the default TensorBoard),
+        each given the stage's resolved ``config`` (``metrics``: its headline metrics). Call it
+        before the first record: the replaced default then never wrote anything."""
+        opened = trackers_lib.open_trackers(loggers, self.run_dir, stage, config, project, metrics)
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = opened
+
+    @property
+    def media(self) -> bool:
+        """Whether any tracker shows images and videos (worth drawing them)."""
+        return any(tracker.media for tracker in self.trackers)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+        values = trackers_lib.numbers(record)
+        for tracker in self.trackers:
+            tracker.log(int(step), values)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """A uint8 ``[H, W, 3]`` image for the trackers that show media."""
+        for tracker in self.trackers:
+            tracker.image(tag, image, int(step))
+
+    def video(self, tag: str, frames: list[Any], step: int, fps: int = 4) -> None:
+        """uint8 ``[H, W, 3]`` frames for the trackers that show media."""
+        for tracker in self.trackers:
+            tracker.video(tag, frames, int(step), fps)
 
     def flush(self) -> None:
         self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.flush()
+        for tracker in self.trackers:
+            tracker.flush()
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, failed: bool = False) -> None:
+        """Close the file and the trackers (``failed``: the stage stopped on an error; W&B and
+        MLflow mark their runs so)."""
+        self._jsonl.flush()
         self._jsonl.close()
-        if self._tb is not None:
-            self._tb.close()
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(failed)
 
     def __enter__(self) -> MetricsSink:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.close(failed=exc[0] is not None)
 
 
 def read_metrics(run_dir: Path | str, name: str = "metrics.jsonl") -> list[dict[str, Any]]:

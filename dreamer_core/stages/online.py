@@ -31,8 +31,15 @@ With ``replay_context`` (off by default) windows that start mid-episode begin fr
 state the world model computed for the row before them when it was last replayed
 (``world_model.ReplayContext``).
 
-Writes into RUN/: ``train_config.yaml``, ``metrics.jsonl`` (step = env steps), ``tb/``,
-``replay/`` (dataset), ``world_model.pt``, ``behavior.pt``, ``checkpoints/``.
+Metrics go to ``metrics.jsonl`` (step = env steps) and to the trackers ``loggers`` names
+(``--logger``: TensorBoard by default, W&B, MLflow; see trackers.py), which also get the
+resolved config. At each evaluation TensorBoard also shows the open-loop dream of the first
+evaluation episode (``dream/openloop``: a GIF of real | reconstruction | dream for pixel
+observations, one line-plot image for vectors).
+
+Writes into RUN/: ``train_config.yaml``, ``metrics.jsonl``, ``tb/`` (and ``wandb/``, ``mlruns/``,
+``trackers.json`` with those trackers), ``replay/`` (dataset), ``world_model.pt``,
+``behavior.pt``, ``checkpoints/``.
 
 Imports: world_model, behavior, policies, envs, data, checkpoint, config, runs, runtime, and
 the stage kit (stages.common: the training loop, resume, stop requests; stages.outputs: the
@@ -50,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_core import checkpoint, runtime
+from dreamer_core import checkpoint, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data import schema
@@ -83,6 +90,10 @@ from dreamer_core.world_model import ReplayContext, WorldModel, WorldModelConfig
 LATEST = ONLINE_LATEST
 MAX_NONFINITE = 5  # non-finite world-model losses in a row before the run stops
 CONFIG = ONLINE_CONFIG
+HEADLINE = ("eval/return", "train/return")  # the metric columns of TensorBoard's hparams view
+# The dream shown at each evaluation: rows of the first evaluation episode the model observes,
+# then rows it imagines under the actions taken (stage 02's open-loop evaluation uses 5 + 15).
+DREAM_CONTEXT, DREAM_HORIZON, DREAM_FPS = 5, 15, 4
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,8 @@ class TrainConfig:
     shard_seconds: float = 60.0
     replay_context: bool = False  # start mid-episode windows from the latent stored when last replayed
     online_queue: bool = False  # replay each new window of T steps once soon after it arrives (2025 code)
+    loggers: str = "tensorboard"  # comma-separated trackers: tensorboard, wandb, mlflow, or none (trackers.py)
+    project: str = ""  # W&B project / MLflow experiment; empty: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else RUN's name
 
 
 # What `dreamer train` changes from the DreamerV3 paper's settings, so that a 2-core CPU learns a
@@ -141,7 +154,7 @@ def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, 
 FLAGS = {"steps": "--steps", "num_envs": "--num-envs", "train_ratio": "--train-ratio", "prefill": "--prefill",
          "batch_size": "--batch-size", "seq_len": "--seq-len", "eval_every": "--eval-every",
          "eval_episodes": "--eval-episodes", "eval_mode": "--eval-mode", "checkpoint_seconds": "--checkpoint-seconds",
-         "threads": "--threads", "device": "--device", "env.action_repeat": "--action-repeat"}
+         "threads": "--threads", "device": "--device", "env.action_repeat": "--action-repeat", "loggers": "--logger"}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -167,7 +180,9 @@ def validate(cfg: TrainConfig) -> None:
     p.optimizer("optim", cfg.optim)
     p.world_model("model", cfg.model)
     p.behavior("behavior", cfg.behavior)
+    p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
     p.raise_any()
+    trackers.check(cfg.loggers, FLAGS["loggers"])  # a tracker whose package is missing: how to install it
 
 
 def replay_path(cfg: TrainConfig) -> str:
@@ -194,8 +209,9 @@ class OnlineTrainer:
     """One online run (fresh or resumed)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
-                 threads: int | None = None):
-        """``steps`` and ``threads``: new values for a resumed run (None: keep the stored ones)."""
+                 threads: int | None = None, loggers: str | None = None):
+        """``steps``, ``threads`` and ``loggers``: new values for a resumed run (None: keep the
+        stored ones)."""
         self.run_dir = Path(cfg.out)
         self.progress = progress
         cfg, state = resume_or_refuse(
@@ -206,6 +222,8 @@ class OnlineTrainer:
             cfg = replace(cfg, steps=steps)
         if threads is not None:
             cfg = replace(cfg, threads=threads)
+        if loggers is not None:
+            cfg = replace(cfg, loggers=loggers)
         validate(cfg)
         self.cfg = cfg
         self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
@@ -299,6 +317,7 @@ class OnlineTrainer:
                                     log_every=cfg.log_every, checkpoint_seconds=cfg.checkpoint_seconds,
                                     handle_signals=True) as loop:
             self.loop = loop
+            loop.sink.track(cfg.loggers, "train", config_lib.to_dict(cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(MAX_NONFINITE, self._nonfinite_message, on_limit=self.writer.close_shard)
             evaluation = Every(cfg.eval_every, self.env_steps, due_now=self.evals == 0)
             while loop.running(self.env_steps):
@@ -411,12 +430,13 @@ class OnlineTrainer:
         if self.eval_env is None:
             self.eval_env = make_env(cfg.env, seed=None)
         self.eval_policy.mode = config_lib.ACTION_MODES[cfg.eval_mode]  # AgentPolicy's name: mode | sample
-        returns, lengths = [], []
+        returns, lengths, episodes = [], [], []
         for i in range(cfg.eval_episodes):
             played = play_episode(self.eval_env, self.eval_policy,
                                   seed=cfg.seed + 1_000_000 + self.evals * cfg.eval_episodes + i)
             returns.append(played.ret)
             lengths.append(played.episode.steps)
+            episodes.append(played.episode)
         self.evals += 1
         mean = float(np.mean(returns))
         self.last_eval = mean
@@ -426,8 +446,36 @@ class OnlineTrainer:
             "eval/return_max": float(np.max(returns)), "eval/length": float(np.mean(lengths)),
             "eval/updates": float(self.updates), "eval/wall_seconds": self.wall_seconds(),
         })
+        if self.loop.sink.media and episodes:
+            self._log_dream(episodes[0])
         self.clock.switch(None)
         return mean
+
+    def _log_dream(self, episode: schema.Episode) -> None:
+        """The open-loop dream of an evaluation episode, for the trackers that show media
+        (TensorBoard's ``dream/openloop``): the model observes the first ``DREAM_CONTEXT`` rows,
+        then imagines up to ``DREAM_HORIZON`` more under the actions taken.
+
+        Pixel observations: a GIF of real | reconstruction | dream at 64 pixels high (a few
+        KB). Vector observations: one image, each dimension's real, reconstructed and dreamed
+        values over the window beside the reward and continue (the last frame of the
+        ``dreamer dream`` video); a video of bars would show less and cost more. The dream is
+        seeded on a forked RNG, so training draws the same numbers with or without it."""
+        from dreamer_core import analysis, viz
+
+        rows = min(episode.rows, DREAM_CONTEXT + DREAM_HORIZON)
+        if rows <= DREAM_CONTEXT:
+            return  # nothing left to imagine
+        batch = analysis.episode_to_batch(episode, 0, rows, self.device)  # [1, rows]
+        result = analysis.dream_episode(self.world_model, batch, DREAM_CONTEXT, seed=self.cfg.seed)
+        if result.image_keys:
+            views = analysis.EpisodeViews(context=result.context, real=result.real, recon=result.recon,
+                                          dream=result.dream)
+            self.loop.sink.video("dream/openloop", viz.episode_frames(views, height=64), self.env_steps,
+                                 fps=DREAM_FPS)
+        else:
+            result.title = f"env step {self.env_steps}"
+            self.loop.sink.image("dream/openloop", viz.dream_frames(result, height=64)[-1], self.env_steps)
 
     def wall_seconds(self) -> float:
         """Seconds spent in the loop over all sessions of this run (resumes included)."""
@@ -506,11 +554,14 @@ class OnlineTrainer:
 
 
 def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
-        threads: int | None = None) -> dict[str, Any]:
-    """Train online (or resume) and return a summary; one writer per run directory."""
+        threads: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+    """Train online (or resume) and return a summary; one writer per run directory. ``steps``,
+    ``threads`` and ``loggers``: new values for a resumed run (None: keep the stored ones)."""
+    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.out, "--out")
     with RunLock(Path(cfg.out)):
-        trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads)
+        trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads,
+                                loggers=loggers)
         try:
             return trainer.run()
         finally:

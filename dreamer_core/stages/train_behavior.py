@@ -7,7 +7,9 @@ windows from the run's datasets (or ``--dataset``), turns every posterior state 
 state and trains ``behavior.ActorCritic`` on imagined rollouts. Writes into RUN/:
 ``behavior.pt`` (actor-critic weights, config, spaces and the env the data came from: what
 stage 04 and ``--policy RUN`` load), ``checkpoints/behavior_latest.pt`` (everything needed
-to resume), ``behavior_config.yaml``, ``behavior_metrics.jsonl`` and ``tb/``.
+to resume), ``behavior_config.yaml``, ``behavior_metrics.jsonl``, and what the trackers
+``loggers`` names keep (``--logger``: ``tb/`` by default; W&B, MLflow: see trackers.py), which
+also get the resolved config.
 
 Defaults follow the world model: its batch shape, its MLP width and depth, and its variant
 (a DreamerV1/V2 world model gets the V1/V2 behavior settings); ``--preset`` and ``--set``
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dreamer_core import checkpoint, runtime
+from dreamer_core import checkpoint, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset, skipped_shards
@@ -58,6 +60,7 @@ from dreamer_core.world_model import WorldModel, WorldModelConfig
 
 LATEST = BEHAVIOR_LATEST
 METRICS = BEHAVIOR_METRICS
+HEADLINE = ("imag/return", "actor/entropy")  # the metric columns of TensorBoard's hparams view
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class TrainBehaviorConfig:
     checkpoint_every: int = 1000
     memory_budget: int = 4 << 30
     skip_corrupt: bool = False
+    loggers: str = "tensorboard"  # comma-separated trackers: tensorboard, wandb, mlflow, or none (trackers.py)
+    project: str = ""  # W&B project / MLflow experiment; empty: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else RUN's name
 
 
 def world_model_defaults(run: Path) -> tuple[dict[str, Any], list[str]]:
@@ -126,7 +131,8 @@ def make_config(run: str, datasets: list[str], presets: list[str], sets: list[st
 
 
 FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq-len",
-         "behavior.horizon": "--horizon", "behavior.actor.grad": "--actor-grad", "device": "--device"}
+         "behavior.horizon": "--horizon", "behavior.actor.grad": "--actor-grad", "device": "--device",
+         "loggers": "--logger"}
 
 
 def validate(cfg: TrainBehaviorConfig) -> None:
@@ -141,7 +147,9 @@ def validate(cfg: TrainBehaviorConfig) -> None:
     p.at_least("checkpoint_every", cfg.checkpoint_every, 0, " (0 = only at the end)")
     p.at_least("memory_budget", cfg.memory_budget, 0)
     p.behavior("behavior", cfg.behavior)
+    p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
     p.raise_any()
+    trackers.check(cfg.loggers, FLAGS["loggers"])  # a tracker whose package is missing: how to install it
 
 
 def _keep_on_resume(stored: TrainBehaviorConfig, given: TrainBehaviorConfig, updates: int | None,
@@ -153,7 +161,9 @@ class BehaviorTrainer:
     """One behavior-learning run against a frozen world model (fresh or resumed)."""
 
     def __init__(self, cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
-                 resume_updates: int | None = None):
+                 resume_updates: int | None = None, loggers: str | None = None):
+        """``resume_updates``: the new total when resuming (None: the run's own target);
+        ``loggers``: new trackers for a resumed run (None: the run's own)."""
         self.run_dir = Path(cfg.run)
         self.progress = progress
         latest = self.run_dir / LATEST
@@ -161,6 +171,9 @@ class BehaviorTrainer:
                                       "train a world model into another run directory",
                                       keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates),
                                       config_file=self.run_dir / BEHAVIOR_CONFIG)
+        if loggers is not None:
+            cfg = dataclasses.replace(cfg, loggers=loggers)
+        trackers.check(cfg.loggers, FLAGS["loggers"])  # a stored config's trackers may be missing here
         self.cfg = cfg
         self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
         self.device = runtime.resolve_device(cfg.device)
@@ -215,6 +228,7 @@ class BehaviorTrainer:
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:
+            loop.sink.track(cfg.loggers, "train-behavior", config_lib.to_dict(cfg), cfg.project, HEADLINE)
             while loop.running(self.update):
                 loop.mean.add(self.train_step(self.sampler.sample()))
                 self.update += 1
@@ -255,8 +269,11 @@ class BehaviorTrainer:
 
 
 def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
-        resume_updates: int | None = None) -> dict[str, Any]:
-    """Train (or resume) the behavior and return the final metrics; one writer per run directory."""
+        resume_updates: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+    """Train (or resume) the behavior and return the final metrics; one writer per run directory.
+    ``loggers``: new trackers for a resumed run (None: the run's own)."""
+    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.run, "--run")
     with RunLock(Path(cfg.run)):
-        return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()
+        return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates,
+                               loggers=loggers).run()

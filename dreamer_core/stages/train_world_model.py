@@ -6,7 +6,8 @@ Owns what the model does not: the held-out episode split, the sampler, the optim
 gradient clipping, precision, logging cadence, loss-weight calibration, non-finite guards
 and checkpoints. Writes into RUN/: ``config.yaml``, ``world_model.pt`` (weights + config +
 spaces, what stage 03 loads), ``checkpoints/latest.pt`` (everything needed to resume),
-``metrics.jsonl`` and ``tb/``.
+``metrics.jsonl``, and what the trackers ``loggers`` names keep (``--logger``: ``tb/`` by
+default; W&B, MLflow: see trackers.py), which also get the resolved config.
 
 Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, and
 the stage kit (stages.common: resume, config files, the training loop; stages.outputs: the
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_core import checkpoint, runtime
+from dreamer_core import checkpoint, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset, skipped_shards
 from dreamer_core.data.sampler import SequenceSampler
@@ -48,6 +49,7 @@ from dreamer_core.types import Batch
 from dreamer_core.world_model import LossScales, WorldModel, WorldModelConfig
 
 LATEST = WORLD_MODEL_LATEST
+HEADLINE = ("wm/loss", "val/wm/loss")  # the metric columns of TensorBoard's hparams view
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class TrainWorldModelConfig:
     max_nonfinite: int = 5
     memory_budget: int = 4 << 30
     skip_corrupt: bool = False
+    loggers: str = "tensorboard"  # comma-separated trackers: tensorboard, wandb, mlflow, or none (trackers.py)
+    project: str = ""  # W&B project / MLflow experiment; empty: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else RUN's name
 
 
 def make_config(datasets: list[str], out: str, presets: list[str], sets: list[str],
@@ -92,7 +96,7 @@ def make_config(datasets: list[str], out: str, presets: list[str], sets: list[st
 
 
 FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq-len", "balance": "--balance",
-         "optim.name": "--optimizer", "precision": "--precision", "device": "--device"}
+         "optim.name": "--optimizer", "precision": "--precision", "device": "--device", "loggers": "--logger"}
 
 
 def validate(cfg: TrainWorldModelConfig) -> None:
@@ -117,7 +121,9 @@ def validate(cfg: TrainWorldModelConfig) -> None:
     p.at_least("calibrate_updates", cfg.calibrate_updates, 1)
     p.at_least("max_nonfinite", cfg.max_nonfinite, 1)
     p.at_least("memory_budget", cfg.memory_budget, 0)
+    p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
     p.raise_any()
+    trackers.check(cfg.loggers, FLAGS["loggers"])  # a tracker whose package is missing: how to install it
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -175,14 +181,18 @@ class Trainer:
     """One world-model training run (fresh or resumed)."""
 
     def __init__(self, cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
-                 resume_updates: int | None = None):
-        """``resume_updates``: the new total when resuming (None: the run's own target)."""
+                 resume_updates: int | None = None, loggers: str | None = None):
+        """``resume_updates``: the new total when resuming (None: the run's own target);
+        ``loggers``: new trackers for a resumed run (None: the run's own)."""
         self.run_dir = Path(cfg.out)
         self.progress = progress
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / WORLD_MODEL], resume, "choose another --out",
                                       keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates),
                                       config_file=self.run_dir / WORLD_MODEL_CONFIG)
+        if loggers is not None:
+            cfg = dataclasses.replace(cfg, loggers=loggers)
+        trackers.check(cfg.loggers, FLAGS["loggers"])  # a stored config's trackers may be missing here
         self.cfg = cfg
         self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
         self.device = runtime.resolve_device(cfg.device)
@@ -233,6 +243,7 @@ class Trainer:
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "world model", self.progress,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:
+            loop.sink.track(cfg.loggers, "train-world-model", config_lib.to_dict(self.cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(cfg.max_nonfinite, self._nonfinite_message)
             evaluation = Every(cfg.eval_every, self.update)
             while loop.running(self.update):
@@ -415,8 +426,10 @@ def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> 
 
 
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
-        resume_updates: int | None = None) -> dict[str, Any]:
-    """Train (or resume) and return the final metrics; one writer per run directory."""
+        resume_updates: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the final metrics; one writer per run directory.
+    ``loggers``: new trackers for a resumed run (None: the run's own)."""
+    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.out, "--out")
     with RunLock(Path(cfg.out)):
-        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates).run()
+        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers).run()
