@@ -8,7 +8,9 @@
   in well under a second. :func:`write_video` writes frames to GIF (Pillow) or MP4
   (imageio-ffmpeg) atomically.
 - Figures (matplotlib, Agg): ``plot_error`` (dream error vs horizon), ``plot_returns``
-  (stage 04's returns) and ``plot_curves`` (the learning curves of ``dreamer plot``).
+  (stage 04's returns), ``plot_curves`` (the learning curves of ``dreamer plot``, with bands:
+  a standard deviation, or a confidence interval of a mean over seeds) and the figures of
+  ``dreamer sweep`` (``plot_sweep_history``, ``plot_importances``).
 
 Nothing here computes with a model: the inputs are arrays, :class:`Curve`/:class:`CurvePanel`
 and analysis.py's result types.
@@ -415,6 +417,8 @@ class Curve:
             (one per run); ``dashed``: a second key of the same run.
         raw: ``[P]`` values drawn as faint dots behind the line (when ``y`` is smoothed).
         band: ``[P]`` half-width of a shaded band around ``y`` (e.g. a standard deviation).
+        lower, upper: ``[P]`` edges of a shaded band that need not be symmetric (e.g. a
+            confidence interval of a mean over seeds); drawn instead of ``band`` when given.
     """
 
     x: np.ndarray
@@ -424,6 +428,8 @@ class Curve:
     dashed: bool = False
     raw: np.ndarray | None = None
     band: np.ndarray | None = None
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
 
 
 @dataclass
@@ -454,7 +460,9 @@ def plot_curves(panels: list[CurvePanel], out: Path | str, title: str | None = N
                 ax.plot(curve.x, curve.raw, ".", color=color, alpha=0.15, markersize=2)
             ax.plot(curve.x, curve.y, "--" if curve.dashed else "-", color=color, label=curve.label,
                     marker="o" if len(curve.x) < 30 else None, markersize=3)
-            if curve.band is not None:
+            if curve.lower is not None and curve.upper is not None:
+                ax.fill_between(curve.x, curve.lower, curve.upper, color=color, alpha=0.2, linewidth=0)
+            elif curve.band is not None:
                 ax.fill_between(curve.x, curve.y - curve.band, curve.y + curve.band, color=color, alpha=0.12)
         ax.set_title(panel.title)
         ax.set_xlabel(panel.xlabel)
@@ -465,11 +473,67 @@ def plot_curves(panels: list[CurvePanel], out: Path | str, title: str | None = N
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
+    return _save_figure(fig, out)
+
+
+def _save_figure(fig, out: Path | str) -> Path:
+    """Write a matplotlib figure (format by suffix) under a temporary name of its own (several
+    processes may write the same figure), rename it into place and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o644)
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def plot_sweep_history(numbers: list[int], values: list[float], pruned: list[bool], maximize: bool,
+                       out: Path | str, title: str) -> Path:
+    """PNG of a sweep's trials in order: each complete trial's value (dots), each pruned trial's
+    last reported value (crosses) and the best complete value so far (a step line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numbers, values, pruned = np.asarray(numbers), np.asarray(values, float), np.asarray(pruned, bool)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    done = ~pruned
+    ax.plot(numbers[done], values[done], "o", color="#4a7bd0", label="complete")
+    if pruned.any():
+        ax.plot(numbers[pruned], values[pruned], "x", color="0.55", label="pruned (last reported value)")
+    if done.any():
+        best = (np.maximum if maximize else np.minimum).accumulate(values[done])
+        ax.step(numbers[done], best, where="post", color="#d04a3a", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("value")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_figure(fig, out)
+
+
+def plot_importances(names: list[str], importances: list[float], out: Path | str, title: str) -> Path:
+    """PNG: one horizontal bar per parameter, its importance (the largest on top)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(importances)
+    fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.35 * len(names)))
+    ax.barh([names[i] for i in order], [importances[i] for i in order], color="#4a7bd0")
+    ax.set_xlabel("importance")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _save_figure(fig, out)
