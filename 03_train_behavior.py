@@ -6,7 +6,7 @@
     python 03_train_behavior.py --run runs/cartpole --resume --updates 10000
 
 Same as `dreamer train-behavior` (see its --help). Writes RUN/behavior.pt,
-RUN/checkpoints/behavior_latest.pt, RUN/behavior_config.yaml, RUN/behavior_metrics.jsonl and RUN/tb/.
+RUN/checkpoints/behavior_latest.pt, its section of RUN/config.yaml, RUN/behavior_metrics.jsonl and RUN/tb/.
 """
 
 import typer

@@ -95,7 +95,8 @@ def main() -> None:
         train_world_model.run(cfg, progress=False)
     wm_seconds = time.perf_counter() - start
     wm_final = [r for r in read_metrics(run) if "val/wm/loss" in r][-1]
-    for name in (runs.BEHAVIOR, runs.BEHAVIOR_METRICS, runs.BEHAVIOR_CONFIG, "eval"):
+    runs.forget_config(run, "train-behavior")
+    for name in (runs.BEHAVIOR, runs.BEHAVIOR_METRICS, "eval"):
         path = run / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (run / runs.BEHAVIOR_LATEST).unlink(missing_ok=True)

@@ -58,7 +58,7 @@ def command(task: str, seed: int, args: argparse.Namespace) -> list[str]:
     """The fresh command, or the resume command when the run has a checkpoint."""
     out = run_dir(task, seed)
     common = ["--steps", str(args.steps), "--threads", "1", "-q"]
-    if (out / runs.ONLINE_LATEST).exists() or (out / runs.ONLINE_CONFIG).exists():
+    if (out / runs.ONLINE_LATEST).exists() or runs.read_config(out, "train") is not None:
         return ["dreamer", "train", "--out", str(out), "--resume", *common]
     return ["dreamer", "train", "--env", TASKS[task], "--action-repeat", "1", "--out", str(out), "--seed", str(seed),
             "--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes),

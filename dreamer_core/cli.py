@@ -62,7 +62,7 @@ _H5_FILENAME = re.compile(r"(?:file)?name = '([^']*)'")
 # Where each command writes: its parameter and how the user gives it (for the message's fix).
 OUTPUTS = {"collect": ("out", "--out"), "train_world_model": ("out", "--out"), "train_behavior": ("run", "--run"),
            "evaluate": ("run", "--run"), "train": ("out", "--out"), "plot": ("out", "--out"),
-           "dream": ("out", "--out"), "data_import_minari": ("dataset", "DATASET"),
+           "dream": ("out", "--out"), "sweep": ("out", "SWEEP_DIR"), "data_import_minari": ("dataset", "DATASET"),
            "data_export_minari": ("dst", "DST")}
 TRAINING_COMMANDS = ("train", "train_world_model", "train_behavior")
 # Each command's config class (stage module, class name), so that a refused preset names the
@@ -189,6 +189,10 @@ def _describe_unraisable(unraisable: Any) -> str:
 # Options shared by every stage command (spelled the same on each; see README "Config files").
 PresetOpt = Annotated[list[str], typer.Option("--preset", help="Named preset; repeat to compose, applied in order.")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override any config key: --set a.b=value (repeatable).")]
+LoggerOpt = Annotated[str | None, typer.Option(
+    "--logger", help="Experiment trackers, comma-separated: tensorboard (default), wandb, mlflow, or none "
+    "(RUN/metrics.jsonl is always written). wandb logs offline into RUN/wandb unless WANDB_MODE is set; "
+    "mlflow into RUN/mlruns unless MLFLOW_TRACKING_URI is set. With --resume: the trackers from now on.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (default) | cpu | cuda (auto picks cuda when present).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch CPU threads (0 = torch's default; 1 beside other busy processes).")]
@@ -443,6 +447,7 @@ def train_world_model(
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = None,
+    logger: LoggerOpt = None,
 ) -> None:
     """Stage 02: train the world model (DreamerV3 by default) offline from datasets."""
     from dreamer_core import runs
@@ -458,11 +463,12 @@ def train_world_model(
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
         "model.inverse.enabled": inverse_model, "balance": balance, "optim.name": optimizer,
         "precision": precision, "threads": threads, "device": device, "skip_corrupt": skip_corrupt or None,
+        "loggers": logger,
     }
     _refuse_resume_of_nothing(out_dir, resume)
     if resume:
-        _refuse_changes_on_resume(out_dir, command, flags, ("updates", "datasets", "out"), preset, set_,
-                                  "--updates, the new total, and the datasets", file)
+        _refuse_changes_on_resume(out_dir, command, flags, ("updates", "datasets", "out", "loggers"), preset, set_,
+                                  "--updates, the new total, the datasets and --logger", file)
         if print_config:
             return _print_config(command, _resumed_config(command, out_dir, {"updates": updates,
                                                                               "datasets": given or None}))
@@ -470,8 +476,9 @@ def train_world_model(
         cfg = stage.make_config([], str(out_dir), preset, set_, flags)
     if print_config:
         return _print_config(command, cfg)
-    _show_config(command, cfg, out_dir, quiet, resume, {"updates": updates})
-    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
+    _show_config(command, cfg, out_dir, quiet, resume, {"updates": updates, "loggers": logger})
+    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates,
+                       loggers=logger if resume else None)
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
@@ -499,6 +506,7 @@ def train_behavior(
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = None,
+    logger: LoggerOpt = None,
 ) -> None:
     """Stage 03: train the actor-critic in imagination from the run's frozen world model."""
     from dreamer_core import runs
@@ -514,9 +522,10 @@ def train_behavior(
         "updates": updates, "batch_size": batch_size, "seq_len": seq_len, "behavior.horizon": horizon,
         "behavior.actor.grad": actor_grad, "seed": seed, "threads": threads, "device": device,
         "skip_corrupt": skip_corrupt or None,
+        "loggers": logger,
     }
     if resume:
-        _refuse_changes_on_resume(run_dir, command, flags, ("updates", "datasets", "run"), preset, set_,
+        _refuse_changes_on_resume(run_dir, command, flags, ("updates", "datasets", "run", "loggers"), preset, set_,
                                   "--updates, the new total, and --dataset", file)
         if print_config:
             return _print_config(command, _resumed_config(command, run_dir, {"updates": updates,
@@ -525,8 +534,9 @@ def train_behavior(
         cfg = stage.make_config(str(run_dir), [], preset, set_, flags)
     if print_config:
         return _print_config(command, cfg)
-    _show_config(command, cfg, run_dir, quiet, resume, {"updates": updates})
-    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates)
+    _show_config(command, cfg, run_dir, quiet, resume, {"updates": updates, "loggers": logger})
+    result = stage.run(cfg, resume=resume, progress=progress, resume_updates=updates,
+                       loggers=logger if resume else None)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
     typer.echo(f"trained {result['updates']} behavior updates -> {run_dir / runs.BEHAVIOR}"
@@ -596,6 +606,7 @@ def train(
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = None,
+    logger: LoggerOpt = None,
 ) -> None:
     """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating)."""
     from dreamer_core.stages import online as stage
@@ -614,11 +625,12 @@ def train(
         "train_ratio": train_ratio, "prefill": prefill, "batch_size": batch_size, "seq_len": seq_len,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "eval_mode": eval_mode,
         "checkpoint_seconds": checkpoint_seconds, "seed": seed, "threads": threads, "device": device,
+        "loggers": logger,
     }
     _refuse_resume_of_nothing(out_dir, resume)
     if resume:
-        _refuse_changes_on_resume(out_dir, "train", flags, ("steps", "threads", "out"), preset, set_,
-                                  "--steps, the new total, and --threads", file, pixels=pixels)
+        _refuse_changes_on_resume(out_dir, "train", flags, ("steps", "threads", "out", "loggers"), preset, set_,
+                                  "--steps, the new total, --threads and --logger", file, pixels=pixels)
         if print_config:
             return _print_config("train", _resumed_config("train", out_dir, {"steps": steps, "threads": threads,
                                                                               "out": str(out_dir)}))
@@ -628,9 +640,10 @@ def train(
             cfg = stage.make_config(str(out_dir), preset, set_, flags)
         if print_config:
             return _print_config("train", cfg)
-    _show_config("train", cfg, out_dir, quiet, resume, {"steps": steps, "threads": threads, "out": str(out_dir)})
+    _show_config("train", cfg, out_dir, quiet, resume, {"steps": steps, "threads": threads, "out": str(out_dir),
+                                                        "loggers": logger})
     result = stage.run(cfg, resume=resume, progress=progress, steps=steps if resume else None,
-                       threads=threads if resume else None)
+                       threads=threads if resume else None, loggers=logger if resume else None)
     typer.echo(stage.summary_line(result))
     if result["interrupted"]:
         raise typer.Exit(code=130)
@@ -639,17 +652,66 @@ def train(
 @app.command()
 @user_errors
 def plot(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: one line each, e.g. seeds).")],
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: one line each, e.g. seeds; see --group).")],
     out: Annotated[Path | None, typer.Option("--out", help="PNG to write (default RUN/curve.png of the first run).")] = None,
     key: Annotated[list[str], typer.Option("--key", help="Plot this metric instead of the default panels (repeatable).")] = [],
     title: Annotated[str | None, typer.Option("--title", help="Figure title.")] = None,
+    group: Annotated[bool, typer.Option("--group", help="One line per setting: runs whose configs differ only in the seed (or length, threads, device) are drawn as their mean with a 95% bootstrap confidence band.")] = False,
 ) -> None:
     """Learning curves (PNG) from the runs' metrics: returns, losses, imagined returns."""
     from dreamer_core.stages.plot import plot_runs
 
-    typer.echo(f"wrote {plot_runs(runs, out, key or None, title)}")
+    typer.echo(f"wrote {plot_runs(runs, out, key or None, title, group=group)}")
 
 
+@app.command(context_settings={"allow_extra_args": True})
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Sweep directory: one run directory per trial (trial-NNNN/), summary.csv, plots, study.db.")],
+    param: Annotated[list[str], typer.Option("--param", help="KEY=float:LOW:HIGH[:log|:STEP], KEY=int:LOW:HIGH[:log|:STEP] or KEY=choice:A,B,... (repeatable).")] = [],
+    space: Annotated[Path | None, typer.Option("--space", help="YAML search space: KEY: SPEC per line (SPEC as after --param KEY=), KEY: [A, B] or KEY: {type, low, high, log, step, values}.")] = None,
+    trials: Annotated[int, typer.Option("--trials", help="Finished (complete or pruned) trials the study should hold (default 20); the same command again continues the study.")] = 20,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the name of SWEEP_DIR).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="optuna storage URL (default sqlite:///SWEEP_DIR/study.db). Workers with the same --storage and --study share the study.")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe (default) | random | qmc | cmaes | gp.")] = "tpe",
+    seed: Annotated[int | None, typer.Option("--seed", help="The sampler's seed (default: random). Each trial's own seed is a train option (--seed after --) or a parameter.")] = None,
+    pruner: Annotated[str, typer.Option("--pruner", help="median[:STARTUP[:WARMUP_STEPS]] (default median: 5 complete trials before pruning) | percentile:P[:STARTUP[:WARMUP_STEPS]] | halving | hyperband | threshold:LIMIT | none.")] = "median",
+    metric: Annotated[str, typer.Option("--metric", help="The metric of metrics.jsonl reported to the pruner and scored (default eval/return).")] = "eval/return",
+    objective: Annotated[str, typer.Option("--objective", help="A trial's value: last (default) | best | mean of its logged metric values.")] = "last",
+    direction: Annotated[str, typer.Option("--direction", help="maximize (default) | minimize.")] = "maximize",
+    max_failures: Annotated[int, typer.Option("--max-failures", help="Stop this worker after this many failed trials in a row (default 3).")] = 3,
+) -> None:
+    """Hyperparameter sweep with optuna: each trial is a `dreamer train` run; give train's options after `--`."""
+    from typer.main import get_command
+
+    from dreamer_core.stages import sweep as stage
+
+    train_args = list(ctx.args)
+    try:  # the options after -- are `dreamer train`'s: parse them now, before any trial runs
+        get_command(app).commands["train"].make_context("train", ["--out", str(out / "trial"), *train_args])
+    except Exception as exc:  # a usage error (typer's own click, or click itself: both have format_message)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise DreamerError(
+            f"The options after -- go to `dreamer train`, which refuses them: {exc.format_message().rstrip('.')}. Give "
+            "`dreamer train` options there (e.g. -- --env CartPole-v1 --steps 3000), and the sweep's own "
+            "options (--param, --trials, ...) before the --."
+        ) from None
+    cfg = stage.SweepConfig(
+        out=str(out), params=tuple(param), space=str(space) if space else "", train_args=tuple(train_args),
+        trials=trials, study=study or "", storage=storage or "", sampler=sampler, seed=seed, pruner=pruner,
+        metric=metric, objective=objective, direction=direction, max_failures=max_failures,
+    )
+    result = stage.run(cfg, config_class=_config_class("online", "TrainConfig"),
+                       log=lambda line: typer.echo(line, err=True))
+    typer.echo(result.table())
+    typer.echo(result.summary_line())
+    if result.interrupted:
+        raise typer.Exit(code=130)
+
+
+# `dreamer plot` with --group (replaces the current function; only `group` and the call change).
 @app.command()
 @user_errors
 def dream(

@@ -54,8 +54,9 @@ def demo_run(root: Path | str, env: str = "CartPole-v1", steps: int = 4000, worl
                 [str(data)], str(run_dir), ["tiny"], [],
                 {"updates": world_model_updates, "seed": seed, "optim.lr": world_model_lr}), progress=progress)
         else:
-            for name in (runs.BEHAVIOR, runs.BEHAVIOR_LATEST, runs.BEHAVIOR_METRICS, runs.BEHAVIOR_CONFIG):
+            for name in (runs.BEHAVIOR, runs.BEHAVIOR_LATEST, runs.BEHAVIOR_METRICS):
                 (run_dir / name).unlink(missing_ok=True)
+            runs.forget_config(run_dir, "train-behavior")
             train_behavior.run(train_behavior.make_config(
                 str(run_dir), [], ["tiny"], [], {"updates": behavior_updates, "seed": seed}), progress=progress)
         marker.touch()

@@ -395,13 +395,13 @@ class OneHotDist:
             (*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype
         )
         index = (probs.cumsum(-1) < noise).sum(-1).clamp(max=probs.shape[-1] - 1)  # [...]
-        return self._straight_through(F.one_hot(index, probs.shape[-1]).to(probs.dtype))
+        return self._straight_through(_one_hot(index, probs))
 
     @property
     def mode(self) -> torch.Tensor:
         """One-hot argmax, straight-through."""
         index = self.probs.detach().argmax(-1)  # [...]
-        return self._straight_through(F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype))
+        return self._straight_through(_one_hot(index, self.probs))
 
     def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
         assert onehot.shape == self.probs.shape, (onehot.shape, self.probs.shape)
@@ -409,6 +409,12 @@ class OneHotDist:
 
     def entropy(self) -> torch.Tensor:
         return -(self.probs * self.logits).sum(-1)
+
+
+def _one_hot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One-hot of ``index [...]`` shaped and typed like ``like [..., K]`` (written in place: no
+    integer one-hot to convert)."""
+    return torch.zeros_like(like).scatter_(-1, index[..., None], 1.0)
 
 
 def kl_categorical(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor) -> torch.Tensor:

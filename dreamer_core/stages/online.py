@@ -37,7 +37,7 @@ resolved config. At each evaluation TensorBoard also shows the open-loop dream o
 evaluation episode (``dream/openloop``: a GIF of real | reconstruction | dream for pixel
 observations, one line-plot image for vectors).
 
-Writes into RUN/: ``train_config.yaml``, ``metrics.jsonl``, ``tb/`` (and ``wandb/``, ``mlruns/``,
+Writes into RUN/: its ``train`` section of ``config.yaml``, ``metrics.jsonl``, ``tb/`` (and ``wandb/``, ``mlruns/``,
 ``trackers.json`` with those trackers), ``replay/`` (dataset), ``world_model.pt``,
 ``behavior.pt``, ``checkpoints/``.
 
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, ONLINE_CONFIG, ONLINE_LATEST, REPLAY, WORLD_MODEL
 from dreamer_core.stages.common import (
+    Callback,
     Every,
     NonFiniteGuard,
     RunLock,
@@ -85,7 +87,7 @@ from dreamer_core.stages.common import (
 )
 from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update, world_model_update
-from dreamer_core.world_model import ReplayContext, WorldModel, WorldModelConfig
+from dreamer_core.world_model import ReplayContext, WorldModel, WorldModelConfig, network_problems
 
 LATEST = ONLINE_LATEST
 MAX_NONFINITE = 5  # non-finite world-model losses in a row before the run stops
@@ -181,6 +183,8 @@ def validate(cfg: TrainConfig) -> None:
     p.world_model("model", cfg.model)
     p.behavior("behavior", cfg.behavior)
     p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
+    for problem in network_problems(cfg.model):
+        p.add(problem)
     p.raise_any()
     trackers.check(cfg.loggers, FLAGS["loggers"])  # a tracker whose package is missing: how to install it
 
@@ -209,11 +213,12 @@ class OnlineTrainer:
     """One online run (fresh or resumed)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
-                 threads: int | None = None, loggers: str | None = None):
+                 threads: int | None = None, loggers: str | None = None, callbacks: Sequence[Callback] = ()):
         """``steps``, ``threads`` and ``loggers``: new values for a resumed run (None: keep the
-        stored ones)."""
+        stored ones); ``callbacks``: the hooks of ``stages.common.Callback`` (step = env steps)."""
         self.run_dir = Path(cfg.out)
         self.progress = progress
+        self.callbacks = list(callbacks)
         cfg, state = resume_or_refuse(
             cfg, self.run_dir / LATEST, [self.run_dir / p for p in (WORLD_MODEL, BEHAVIOR, REPLAY)], resume,
             "choose another --out", keep=lambda stored, given: replace(stored, out=given.out),
@@ -315,7 +320,7 @@ class OnlineTrainer:
         self.start_updates = self.updates
         with self.writer, TrainLoop(self.run_dir, cfg.steps, self.env_steps, f"train {cfg.env.id}", self.progress,
                                     log_every=cfg.log_every, checkpoint_seconds=cfg.checkpoint_seconds,
-                                    handle_signals=True) as loop:
+                                    handle_signals=True, callbacks=self.callbacks) as loop:
             self.loop = loop
             loop.sink.track(cfg.loggers, "train", config_lib.to_dict(cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(MAX_NONFINITE, self._nonfinite_message, on_limit=self.writer.close_shard)
@@ -366,6 +371,7 @@ class OnlineTrainer:
             metrics = self.train_step()
             self.loop.mean.add(metrics)
             guard.check("wm/nonfinite" not in metrics)  # raises after MAX_NONFINITE in a row
+            self.loop.updated(self.env_steps, metrics)
         self.clock.switch(None)
 
     def _finish(self, interrupted: bool) -> None:
@@ -441,14 +447,16 @@ class OnlineTrainer:
         mean = float(np.mean(returns))
         self.last_eval = mean
         self.best_eval = mean if self.best_eval is None else max(self.best_eval, mean)
-        self.loop.log(self.env_steps, {
+        record = {
             "eval/return": mean, "eval/return_std": float(np.std(returns)), "eval/return_min": float(np.min(returns)),
             "eval/return_max": float(np.max(returns)), "eval/length": float(np.mean(lengths)),
             "eval/updates": float(self.updates), "eval/wall_seconds": self.wall_seconds(),
-        })
+        }
+        self.loop.log(self.env_steps, record)
         if self.loop.sink.media and episodes:
             self._log_dream(episodes[0])
         self.clock.switch(None)
+        self.loop.evaluated(self.env_steps, record)
         return mean
 
     def _log_dream(self, episode: schema.Episode) -> None:
@@ -531,6 +539,7 @@ class OnlineTrainer:
         self.agent.save(self.run_dir / BEHAVIOR, self.world_model, cfg_dict, update=self.updates,
                         world_model_update=self.updates, env_config=cfg.env.to_dict(), env_steps=self.env_steps)
         self.clock.switch(None)
+        self.loop.checkpointed(self.env_steps, self.run_dir / LATEST)
 
     def _restore(self, state: checkpoint.TrainState) -> None:
         self.world_model.load_state_dict(state.modules["world_model"])
@@ -554,14 +563,16 @@ class OnlineTrainer:
 
 
 def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: int | None = None,
-        threads: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+        threads: int | None = None, loggers: str | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train online (or resume) and return a summary; one writer per run directory. ``steps``,
-    ``threads`` and ``loggers``: new values for a resumed run (None: keep the stored ones)."""
+    ``threads`` and ``loggers``: new values for a resumed run (None: keep the stored ones);
+    ``callbacks``: hooks called after each update, evaluation and checkpoint, with the env
+    steps as ``step`` (``stages.common.Callback``)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.out, "--out")
     with RunLock(Path(cfg.out)):
         trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads,
-                                loggers=loggers)
+                                loggers=loggers, callbacks=callbacks)
         try:
             return trainer.run()
         finally:

@@ -7,7 +7,7 @@ windows from the run's datasets (or ``--dataset``), turns every posterior state 
 state and trains ``behavior.ActorCritic`` on imagined rollouts. Writes into RUN/:
 ``behavior.pt`` (actor-critic weights, config, spaces and the env the data came from: what
 stage 04 and ``--policy RUN`` load), ``checkpoints/behavior_latest.pt`` (everything needed
-to resume), ``behavior_config.yaml``, ``behavior_metrics.jsonl``, and what the trackers
+to resume), its section of ``config.yaml``, ``behavior_metrics.jsonl``, and what the trackers
 ``loggers`` names keep (``--logger``: ``tb/`` by default; W&B, MLflow: see trackers.py), which
 also get the resolved config.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from dreamer_core.runs import (
     freeze,
 )
 from dreamer_core.stages.common import (
+    Callback,
     RunLock,
     TrainLoop,
     open_datasets,
@@ -161,11 +163,14 @@ class BehaviorTrainer:
     """One behavior-learning run against a frozen world model (fresh or resumed)."""
 
     def __init__(self, cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
-                 resume_updates: int | None = None, loggers: str | None = None):
+                 resume_updates: int | None = None, loggers: str | None = None,
+                 callbacks: Sequence[Callback] = ()):
         """``resume_updates``: the new total when resuming (None: the run's own target);
-        ``loggers``: new trackers for a resumed run (None: the run's own)."""
+        ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: the
+        hooks of ``stages.common.Callback`` (step = updates; no evaluation here)."""
         self.run_dir = Path(cfg.run)
         self.progress = progress
+        self.callbacks = list(callbacks)
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / BEHAVIOR], resume,
                                       "train a world model into another run directory",
@@ -227,16 +232,20 @@ class BehaviorTrainer:
                      **({"skipped_shards": self.skipped} if self.skipped else {}))
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
-                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:
+                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                       callbacks=self.callbacks) as loop:
             loop.sink.track(cfg.loggers, "train-behavior", config_lib.to_dict(cfg), cfg.project, HEADLINE)
             while loop.running(self.update):
-                loop.mean.add(self.train_step(self.sampler.sample()))
+                metrics = self.train_step(self.sampler.sample())
+                loop.mean.add(metrics)
                 self.update += 1
+                loop.updated(self.update, metrics)
                 final = self.update == cfg.updates
                 if loop.log_due(self.update, final):
                     last = loop.log_mean(self.update, **{"behavior/updates_per_second": loop.rate(self.update)})
                 if loop.checkpoint_due(self.update, final):
                     self.save()
+                    loop.checkpointed(self.update, self.run_dir / LATEST)
                 loop.show(self.update, lambda last=last: f"imagined return {last.get('imag/return', float('nan')):.3f}")
             loop.show(self.update, force=True)
         return {"updates": self.update, **last}
@@ -269,11 +278,13 @@ class BehaviorTrainer:
 
 
 def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
-        resume_updates: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+        resume_updates: int | None = None, loggers: str | None = None,
+        callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train (or resume) the behavior and return the final metrics; one writer per run directory.
-    ``loggers``: new trackers for a resumed run (None: the run's own)."""
+    ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: hooks
+    called after each update and checkpoint (``stages.common.Callback``)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.run, "--run")
     with RunLock(Path(cfg.run)):
         return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates,
-                               loggers=loggers).run()
+                               loggers=loggers, callbacks=callbacks).run()
