@@ -15,34 +15,51 @@ and stage 04 draw them (viz.py), the notebooks plot them:
   values, lambda-returns, action distributions), scored as stage 03 trains on them;
   ``play_episode`` plays the actor in the real env for comparison.
 - ``dataset_overview``: per-episode lengths and returns, every action and reward.
+- ``latent_pca``: posterior features of a few episodes projected on their first principal
+  components, with the time step, return-to-go and action of every point (``pca``).
+- ``kl_surprise``: KL(posterior || prior) per row, how much each observation surprised the model.
+- ``value_vs_return``: the critic's value of every posterior state of real episodes against
+  the real discounted return that followed (``discounted_returns``, ``correlation``).
+- ``run_metrics`` / ``return_curves``: a run's logged metrics, whichever command wrote them
+  (``run_kind``: ``dreamer train`` or stages 02/03), and imagined vs real return over training.
 
 Row alignment (data/schema.py): row t holds obs_t, the action that led to it and the reward
 received on arriving. The dream of rows ``t >= C`` starts from the posterior of row C-1 and
 never sees those rows' observations, so "horizon h" is row ``C - 1 + h``.
 
-Loading a run's models and data is ``runs``'s job; this module takes them as arguments.
+Loading a run's models and data is ``runs``'s job; this module takes them as arguments. It
+reads only a run's logged metrics itself (``run_metrics``: ``logging.read_metrics``, the
+evaluation reports, and ``runs.read_config`` to tell the run kind). ``latent_pca``,
+``kl_surprise`` and ``value_vs_return`` use the world-model interface alone (interfaces.py):
+states from ``observe`` / ``imagine``, their ``features`` and ``categorical_latents``, actions
+through ``actions.encode``; the dream views also call ``WorldModel.reconstruct_and_dream``.
 
-Imports: numpy, torch, world_model, behavior, policies, data, envs, errors, types. It must not
-import viz (which draws these results and imports this module), stages or cli.
+Imports: numpy, torch, interfaces, world_model, behavior, policies, runs, logging, data, envs,
+errors, types. It must not import viz (which draws these results and imports this module),
+stages or cli.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dreamer_core import policies
+from dreamer_core import policies, runs
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.dataset import Dataset, EpisodeRef
 from dreamer_core.data.sampler import batch_from_episode
 from dreamer_core.data.schema import Episode
 from dreamer_core.envs import EnvConfig, make_env
 from dreamer_core.errors import DreamerError
+from dreamer_core.interfaces import WorldModelInterface
+from dreamer_core.logging import read_metrics
 from dreamer_core.policies import AgentPolicy
 from dreamer_core.types import Batch
 from dreamer_core.world_model import WorldModel
@@ -261,11 +278,7 @@ def _add_actor_views(result: DreamResult, world_model: WorldModel, agent: ActorC
     result.actor_dream = {k: np.concatenate([result.recon[k][:C], v[0, 1:]]) for k, v in imagined.obs.items()}
     result.reward_actor = np.concatenate([result.reward_recon[:C], imagined.reward[0]])
     result.value = agent.value(world_model.features(post)).mean[0].float().cpu().numpy()
-    gamma = agent.cfg.gamma
-    togo = np.zeros(L, np.float64)
-    for t in range(L - 2, -1, -1):  # value(state t) estimates r_{t+1} + gamma r_{t+2} + ...
-        togo[t] = result.reward[t + 1] + gamma * result.cont[t + 1] * togo[t + 1]
-    result.return_to_go = togo.astype(np.float32)
+    result.return_to_go = discounted_returns(result.reward, result.cont, agent.cfg.gamma).astype(np.float32)
 
 
 def error_vs_horizon(world_model: WorldModel, dataset: Dataset, context: int, horizon: int,
@@ -459,3 +472,339 @@ def dataset_overview(dataset: Dataset, max_episodes: int | None = None) -> dict[
         "actions": np.concatenate(actions) if actions else np.zeros(0),
         "rewards": np.concatenate(rewards) if rewards else np.zeros(0, np.float32),
     }
+
+
+# --- plain numerics (tested against reference implementations) -----------------------------------
+
+
+def discounted_returns(reward: np.ndarray, cont: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
+    """The discounted return after each row of one episode (row alignment of data/schema.py):
+    ``G_t = r_{t+1} + gamma * c_{t+1} * G_{t+1}`` with ``G_{L-1} = bootstrap``, where row t+1
+    holds the reward received on arriving there and ``c = 1 - is_terminal``. This is what the
+    critic's value of state t estimates. With ``gamma = 1`` it is the plain return-to-go.
+
+    Shapes:
+        reward, cont: ``[L]``      returns: ``[L]`` float64
+    """
+    reward = np.asarray(reward, np.float64)
+    cont = np.asarray(cont, np.float64)
+    assert reward.shape == cont.shape and reward.ndim == 1, (reward.shape, cont.shape)
+    out = np.zeros(len(reward))
+    if len(reward):
+        out[-1] = bootstrap
+    for t in range(len(reward) - 2, -1, -1):
+        out[t] = reward[t + 1] + gamma * cont[t + 1] * out[t + 1]
+    return out
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two samples; NaN with fewer than two points or a constant one.
+
+    Shapes:
+        x, y: ``[M]``
+    """
+    x = np.asarray(x, np.float64).ravel()
+    y = np.asarray(y, np.float64).ravel()
+    assert x.shape == y.shape, (x.shape, y.shape)
+    if len(x) < 2:
+        return float("nan")
+    dx, dy = x - x.mean(), y - y.mean()
+    norm = np.sqrt((dx ** 2).sum() * (dy ** 2).sum())
+    return float((dx * dy).sum() / norm) if norm > 0 else float("nan")
+
+
+@dataclass
+class PCA:
+    """Principal components of a point cloud.
+
+    Attributes:
+        points: ``[M, k]`` the centred points projected on the components.
+        axes: ``[k, F]`` unit directions, by decreasing variance; each one's largest entry (in
+            absolute value) is positive, so the signs do not flip between runs.
+        mean: ``[F]`` the centre.
+        explained: ``[k]`` share of the total variance along each component.
+    """
+
+    points: np.ndarray
+    axes: np.ndarray
+    mean: np.ndarray
+    explained: np.ndarray
+
+
+def pca(x: np.ndarray, components: int = 2) -> PCA:
+    """The first ``components`` principal components of ``x`` (rows are points), by SVD.
+
+    Shapes:
+        x: ``[M, ...]`` (flattened to ``[M, F]``)      returns: see :class:`PCA`, k = min(components, M, F).
+    """
+    x = np.asarray(x, np.float64)
+    x = x.reshape(len(x), -1)
+    if len(x) < 2:
+        raise DreamerError(f"PCA needs at least two points (got {len(x)}).")
+    mean = x.mean(0)
+    centred = x - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    k = min(components, len(s))
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(k), np.abs(axes).argmax(1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    total = (s ** 2).sum()
+    explained = s[:k] ** 2 / total if total > 0 else np.zeros(k)
+    return PCA(points=centred @ axes.T, axes=axes, mean=mean, explained=explained)
+
+
+# --- the latent space ---------------------------------------------------------------------------
+
+
+@dataclass
+class LatentPCA:
+    """Posterior features of a few episodes on their first principal components.
+
+    Attributes:
+        points: ``[M, k]`` every row of the episodes, projected (``pca`` of the features).
+        explained: ``[k]`` share of the feature variance along each component.
+        episode, step: ``[M]`` the dataset episode and the row t of each point.
+        return_to_go: ``[M]`` the real return after row t (discounted by ``gamma``;
+            ``discounted_returns``), cut where the episode ends.
+        action: ``[M, ...]`` float, the action taken from the state of row t (stored in row
+            t+1, in the env's encoding); NaN on each episode's last row, where none was taken.
+        feat_dim: F, the size of the features.
+    """
+
+    points: np.ndarray
+    explained: np.ndarray
+    episode: np.ndarray
+    step: np.ndarray
+    return_to_go: np.ndarray
+    action: np.ndarray
+    feat_dim: int
+
+
+@torch.no_grad()
+def latent_pca(world_model: WorldModelInterface, dataset: Dataset, episodes: Sequence[int], components: int = 2,
+               gamma: float = 1.0, seed: int = 0, device: str | torch.device = "cpu") -> LatentPCA:
+    """PCA of the posterior features (``observe`` then ``features``) of every row of
+    ``episodes``, each filtered from its first row under seed ``seed + index``.
+
+    Shapes:
+        returns: M = the rows of the episodes together; see :class:`LatentPCA`.
+    """
+    if not episodes:
+        raise DreamerError("Give at least one episode for the latent PCA.")
+    feats, ids, steps, togo, actions = [], [], [], [], []
+    for i in episodes:
+        ep = dataset.load_episode(episode_ref(dataset, i))
+        batch = episode_to_batch(ep, device=device)
+        with _seeded(seed + int(i), batch.reward.device):
+            post = world_model.observe(batch)  # [1, L]
+        feats.append(world_model.features(post)[0].float().cpu().numpy())  # [L, F]
+        ids.append(np.full(ep.rows, int(i)))
+        steps.append(np.arange(ep.rows))
+        togo.append(discounted_returns(ep.reward, 1.0 - ep.is_terminal.astype(np.float64), gamma))
+        taken = np.full(ep.action.shape, np.nan)
+        taken[:-1] = ep.action[1:]
+        actions.append(taken)
+    feat = np.concatenate(feats)
+    fit = pca(feat, components)
+    return LatentPCA(points=fit.points, explained=fit.explained, episode=np.concatenate(ids),
+                     step=np.concatenate(steps), return_to_go=np.concatenate(togo),
+                     action=np.concatenate(actions), feat_dim=int(feat.shape[1]))
+
+
+@torch.no_grad()
+def kl_surprise(world_model: WorldModelInterface, batch: Batch, seed: int = 0) -> np.ndarray | None:
+    """KL(posterior || prior) of every row, in nats: how much the observation of row t changed
+    what the model expected there from the rows before and the action. High at events the
+    model could not foresee (a reset, a collision, a reward), low where it knows what comes.
+
+    Through the interface only: the posteriors come from ``observe``; the prior of row t is one
+    ``imagine`` step from the posterior of row t-1 under row t's action (from the initial state
+    with a zero action where ``is_first`` or at row 0, as ``observe`` restarts), whose class
+    probabilities ``categorical_latents`` gives. That prior shares the posterior's
+    deterministic state, so this is the KL the loss balances (its ``kl`` diagnostic is the mean).
+    None for Gaussian latents: their mean and std are not reachable through the interface.
+
+    Shapes:
+        batch: ``[B, T]``      returns: ``[B, T]`` float64 (or None).
+    """
+    B, T = batch.shape
+    with _seeded(seed, batch.reward.device):
+        post = world_model.observe(batch)  # [B, T]
+        latents = world_model.categorical_latents(post)
+        if latents is None:
+            return None
+        post_probs = latents[1].double()  # [B, T, S, K]
+        action = world_model.actions.encode(batch.action)  # [B, T, A], model encoding
+        restart = batch.is_first.bool().clone()
+        action = torch.where(restart[..., None], torch.zeros_like(action), action)
+        restart[:, 0] = True  # row 0 starts from the initial state (observe does, without a state)
+        prior_probs = torch.zeros_like(post_probs)
+        flat = post.flatten(0, 1)  # [B*T]
+        index = torch.arange(B * T, device=restart.device).reshape(B, T)
+        for fresh in (True, False):
+            rows = index[restart] if fresh else index[~restart]
+            if len(rows) == 0:
+                continue
+            start = world_model.initial_state(len(rows)) if fresh else flat[rows - 1]
+            step_action = action.flatten(0, 1)[rows]
+            states, _ = world_model.imagine(start, lambda _state, a=step_action: a, 1)  # [n, 2]
+            prior = world_model.categorical_latents(states[:, 1])
+            assert prior is not None
+            prior_probs.flatten(0, 1)[rows] = prior[1].double()
+    kl = torch.special.xlogy(post_probs, post_probs) - torch.special.xlogy(post_probs, prior_probs)
+    return kl.sum((-2, -1)).cpu().numpy()  # [B, T]
+
+
+# --- the critic against real returns ------------------------------------------------------------
+
+
+@dataclass
+class ValueCheck:
+    """The critic's value of the posterior states of real episodes against the real returns.
+
+    Attributes:
+        value: ``[M]`` critic value of the posterior state of row t.
+        ret: ``[M]`` the real discounted return after row t (``discounted_returns`` with the
+            agent's gamma), cut at the episode's end.
+        exact: ``[M]`` bool, True where that cut does not matter: the episode terminated, or
+            the discount left at its end is below ``tolerance``. Rows of truncated episodes
+            (time limits) closer to the end lack the return after the limit.
+        episode, step: ``[M]`` which of the given episodes, and the row t.
+        correlation: Pearson correlation of value and return over the exact points (NaN with
+            fewer than two); ``correlation_all``: over every point.
+        gamma: the discount used.
+
+    Terminal rows are left out: nothing follows them, and the critic's value there is never used.
+    """
+
+    value: np.ndarray
+    ret: np.ndarray
+    exact: np.ndarray
+    episode: np.ndarray
+    step: np.ndarray
+    correlation: float
+    correlation_all: float
+    gamma: float
+
+
+@torch.no_grad()
+def value_vs_return(world_model: WorldModelInterface, agent: ActorCritic, episodes: Sequence[Episode],
+                    gamma: float | None = None, tolerance: float = 0.01, seed: int = 0,
+                    device: str | torch.device = "cpu") -> ValueCheck:
+    """Filter each episode (``observe``, seed ``seed + index``) and compare the critic's value
+    of each posterior state with the real discounted return that followed (``gamma``: the
+    agent's by default). Episodes played by the agent (``play_episode``) show how well the
+    critic knows its own policy; other data (a random dataset) is off-policy for it.
+
+    Shapes:
+        returns: M = the non-terminal rows of the episodes together; see :class:`ValueCheck`.
+    """
+    if not episodes:
+        raise DreamerError("Give at least one episode to compare values with returns.")
+    gamma = float(agent.cfg.gamma if gamma is None else gamma)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("value", "ret", "exact", "episode", "step")}
+    for i, ep in enumerate(episodes):
+        batch = episode_to_batch(ep, device=device)
+        with _seeded(seed + i, batch.reward.device):
+            post = world_model.observe(batch)  # [1, L]
+        value = agent.value(world_model.features(post)).mean[0].double().cpu().numpy()  # [L]
+        cont = 1.0 - ep.is_terminal.astype(np.float64)
+        ret = discounted_returns(ep.reward, cont, gamma)
+        left = ep.rows - 1 - np.arange(ep.rows)  # rows after t in the episode
+        exact = np.full(ep.rows, ep.terminated) | (gamma ** left < tolerance)
+        keep = ~ep.is_terminal
+        for name, values in (("value", value), ("ret", ret), ("exact", exact), ("episode", np.full(ep.rows, i)),
+                             ("step", np.arange(ep.rows))):
+            parts[name].append(values[keep])
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    exact = out["exact"].astype(bool)
+    return ValueCheck(value=out["value"], ret=out["ret"], exact=exact, episode=out["episode"], step=out["step"],
+                      correlation=correlation(out["value"][exact], out["ret"][exact]),
+                      correlation_all=correlation(out["value"], out["ret"]), gamma=gamma)
+
+
+# --- a run's metrics ------------------------------------------------------------------------------
+
+
+def run_kind(run: Path | str) -> str:
+    """``online`` for a run of ``dreamer train`` (its config section ``train``), else ``staged``
+    (stages 02 and 03: ``train-world-model``, ``train-behavior``)."""
+    return "online" if runs.read_config(run, "train") is not None else "staged"
+
+
+@dataclass
+class RunMetrics:
+    """A run's logged metrics, the same fields whichever command wrote them.
+
+    Attributes:
+        kind: ``online`` (``dreamer train``) or ``staged`` (stages 02 and 03).
+        world_model: the records of ``RUN/metrics.jsonl``: ``wm/*``; staged runs also ``val/*``
+            (the held-out split), online runs also ``train/*``, ``eval/*``, ``imag/*``, ...
+        behavior: the records with ``actor/*``, ``critic/*``, ``imag/*``: ``metrics.jsonl`` of
+            an online run, ``behavior_metrics.jsonl`` of a staged one.
+        world_model_unit, behavior_unit: what their ``step`` counts (``env steps`` online;
+            ``world-model updates`` and ``behavior updates`` staged).
+        evaluations: the reports of ``dreamer evaluate`` (``RUN/eval/*/report.json``), oldest first.
+    """
+
+    kind: str
+    world_model: list[dict[str, Any]]
+    behavior: list[dict[str, Any]]
+    world_model_unit: str
+    behavior_unit: str
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    def has(self, key: str, part: str = "world_model") -> bool:
+        """Whether ``key`` was logged (with a finite number) in ``part``."""
+        return metric_series(getattr(self, part), key).shape[1] > 0
+
+
+def run_metrics(run: Path | str) -> RunMetrics:
+    """Read a run's metrics files and evaluation reports (unreadable reports are skipped)."""
+    run = Path(run)
+    kind = run_kind(run)
+    records = read_metrics(run, runs.METRICS)
+    reports = []
+    for path in sorted((run / "eval").glob("*/report.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if kind == "online":
+        return RunMetrics(kind, records, records, "env steps", "env steps", reports)
+    return RunMetrics(kind, records, read_metrics(run, runs.BEHAVIOR_METRICS), "world-model updates",
+                      "behavior updates", reports)
+
+
+def metric_series(records: list[dict[str, Any]], key: str) -> np.ndarray:
+    """``[2, n]``: the steps and values where ``key`` was logged with a finite number."""
+    points = [(r["step"], float(r[key])) for r in records
+              if isinstance(r.get(key), (int, float)) and np.isfinite(r[key]) and "step" in r]
+    return np.array(points, np.float64).T if points else np.zeros((2, 0))
+
+
+def return_curves(metrics: RunMetrics) -> dict[str, np.ndarray]:
+    """Imagined and real return over training.
+
+    Returns:
+        ``imagined``: ``imag/return`` (the mean lambda-return of the actor's imagined rollouts:
+        a discounted return from replayed states) against ``behavior_unit``; ``train``: the
+        training episodes' returns (online runs; none for staged ones); ``eval``: evaluation
+        returns, online ``eval/return`` against env steps, staged the ``dreamer evaluate``
+        reports against the behavior update they evaluated; ``eval_std``: their spread.
+
+    Shapes:
+        imagined, train, eval: ``[2, n]`` (steps, values); eval_std: ``[n]``.
+    """
+    imagined = metric_series(metrics.behavior, "imag/return")
+    if metrics.kind == "online":
+        evals = metric_series(metrics.world_model, "eval/return")
+        stds = [r.get("eval/return_std", np.nan) for r in metrics.world_model
+                if isinstance(r.get("eval/return"), (int, float)) and np.isfinite(r["eval/return"])]
+        return {"imagined": imagined, "train": metric_series(metrics.world_model, "train/return"),
+                "eval": evals, "eval_std": np.asarray(stds, np.float64)}
+    reports = sorted((r for r in metrics.evaluations if "behavior_update" in r and "return_mean" in r),
+                     key=lambda r: r["behavior_update"])
+    evals = np.array([[r["behavior_update"] for r in reports], [r["return_mean"] for r in reports]], np.float64)
+    return {"imagined": imagined, "train": np.zeros((2, 0)), "eval": evals.reshape(2, -1),
+            "eval_std": np.array([r.get("return_std", np.nan) for r in reports], np.float64)}

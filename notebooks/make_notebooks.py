@@ -46,10 +46,18 @@ print(f"run: {{RUN}}\\ndataset: {{DATASET}}")'''
 
 
 def plot_setup(*imports: str) -> str:
-    """The imports of the second cell (plotting, then ``imports`` from dreamer_core)."""
+    """The imports of the second cell (plotting, then ``imports`` from dreamer_core), the plot
+    style and ``note``: what a panel shows when the run has nothing to draw in it."""
     first = "import matplotlib.pyplot as plt\nimport numpy as np\n"
     extra = "\n" + "\n".join(imports) + "\n" if imports else ""
-    return first + extra + '\nplt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})'
+    return first + extra + '''
+plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def note(ax, text):
+    """A one-line note in a panel that has nothing to draw (never an empty axis)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.35")
+'''
 
 
 DATASET_NB = [
@@ -156,15 +164,19 @@ DREAMS_NB = [
 Is the world model wrong, or is the policy? Here: what the model reconstructs from real
 observations, what it dreams open-loop after a context of C real rows under the recorded
 actions, how fast that dream drifts from the truth (against repeating the last real frame),
-its reward and continue predictions, which latent classes it uses, and its training curves.
+its reward and continue predictions, which latent classes it uses, which steps surprise it
+(KL between posterior and prior), how its latent space is laid out (PCA), and its training
+curves.
 
 `dreamer dream --run RUN --out dreams.gif` writes the same views as a video.
-Set `RUN` / `DATASET` in the first cell (or `DREAMER_RUN` / `DREAMER_DATASET`); when the run
+Set `RUN` / `DATASET` in the first cell (or `DREAMER_RUN` / `DREAMER_DATASET`); a run of
+stage 02 and one of `dreamer train` both work (its dataset is `RUN/replay`). When the run
 does not exist, the notebook trains a tiny CartPole world model first (about a minute)."""),
     new_code_cell(PARAMS.format(
         imports="from dreamer_core import analysis, runs, viz",
         extra="EPISODE = None  # None: the longest episode\nCONTEXT = 5  # real rows the dream sees\n"
-              "HORIZON = 15  # steps of the error-vs-horizon curve",
+              "HORIZON = 15  # steps of the error-vs-horizon curve\n"
+              "PCA_EPISODES = 8  # episodes in the latent PCA (spread over the dataset)",
         build='if not (RUN / "world_model.pt").exists():\n'
               '    RUN, DATASET = demo_run(DEMO, upto="world_model")\n'
               'elif not DATASET.exists():\n'
@@ -276,31 +288,124 @@ else:
     for ax in axes:
         ax.grid(False)
     fig.tight_layout()'''),
-    new_markdown_cell("## Training curves (`RUN/metrics.jsonl`)"),
-    new_code_cell('''\
-from dreamer_core.logging import read_metrics
+    new_markdown_cell("""\
+## Surprise: KL(posterior || prior) per step
 
-records = read_metrics(RUN)
+How much each observation changed what the model expected from the rows before it and the
+action: the KL of the posterior of row *t* (which saw *o_t*) from the prior (which did not),
+in nats, the quantity the KL terms of the loss train. Spikes mark what the model cannot
+foresee: resets, collisions, rewards; a model that has learned the dynamics is quiet in
+between. Frames (or observations) and rewards of the same rows above and below."""),
+    new_code_cell('''\
+surprise = analysis.kl_surprise(world_model, batch)
+if surprise is None:
+    print("Gaussian latents (DreamerV1 variant): the world-model interface gives no per-step prior "
+          "to compare with (categorical_latents is None), so no surprise strip.")
+else:
+    kl, t = surprise[0], np.arange(L)
+    names = result.image_keys + result.vector_keys + ["KL", "reward"]
+    ratios = [1.2] * len(result.image_keys) + [1] * len(result.vector_keys) + [1.2, 0.8]
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 1.4 * len(names) + 0.6), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": ratios})
+    axes = axes[:, 0]
+    shown = np.unique(np.linspace(0, L - 1, num=min(12, L)).round().astype(int))
+    width = 0.9 * L / len(shown)
+    for ax, key in zip(axes, result.image_keys):  # a film strip on the time axis
+        for s in shown:
+            ax.imshow(result.real[key][s].squeeze(), cmap="gray", vmin=0, vmax=255, aspect="auto",
+                      extent=(s - width / 2, s + width / 2, 0, 1))
+        ax.set(ylim=(0, 1), yticks=[], ylabel=key)
+        ax.grid(False)
+    for ax, key in zip(axes[len(result.image_keys):], result.vector_keys):
+        ax.plot(t, result.real[key].reshape(L, -1), lw=1)
+        ax.set_ylabel(key)
+    top = np.argsort(-kl)[:3]
+    axes[-2].bar(t, kl, width=1.0, color="#7a4ad0")
+    axes[-2].plot(top, kl[top], "v", color="#dc3c28", label="most surprising rows")
+    axes[-2].set_ylabel("KL (nats)")
+    axes[-2].legend(fontsize=8)
+    axes[-1].step(t, result.reward, "k", where="mid", label="real")
+    axes[-1].plot(t, result.reward_recon, color="#2870dc", label="predicted (posterior)")
+    axes[-1].set(ylabel="reward", xlabel="row t", xlim=(-0.5, L - 0.5))
+    axes[-1].legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    print(f"mean KL {kl.mean():.3f} nats; most surprising rows: "
+          + ", ".join(f"t={i} ({kl[i]:.2f})" for i in top))'''),
+    new_markdown_cell("""\
+## The latent space: PCA of the posterior features
+
+The features every head, the actor and the critic read (`world_model.features` of the
+posterior), for every row of a few episodes, on their first two principal components. Each
+thin line is one episode. Coloured by the time step, by the real return still to come (the
+sum of the rewards after the row) and by the action taken from that state: structure along a
+colour means the latent space encodes it."""),
+    new_code_cell('''\
+import gymnasium as gym
+
+ids = np.unique(np.linspace(0, len(ds.refs) - 1, num=min(PCA_EPISODES, len(ds.refs))).round().astype(int))
+latent = analysis.latent_pca(world_model, ds, ids.tolist())
+x, y = latent.points[:, 0], latent.points[:, 1]
+taken = latent.action.reshape(len(x), -1)[:, 0]  # Discrete: the index; otherwise the first component
+has_action = np.isfinite(taken)
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+for ax in axes:
+    for e in ids:
+        rows = latent.episode == e
+        ax.plot(x[rows], y[rows], color="0.85", lw=0.6, zorder=0)
+    ax.set(xlabel=f"PC1 ({latent.explained[0]:.0%} of the variance)", ylabel=f"PC2 ({latent.explained[1]:.0%})")
+for ax, values, title, cmap in ((axes[0], latent.step, "time step t", "viridis"),
+                                (axes[1], latent.return_to_go, "return to go", "plasma")):
+    fig.colorbar(ax.scatter(x, y, c=values, cmap=cmap, s=8), ax=ax)
+    ax.set_title(f"coloured by {title}")
+if isinstance(ds.action_space, gym.spaces.Discrete):
+    for a in np.unique(taken[has_action]).astype(int):
+        axes[2].scatter(x[taken == a], y[taken == a], s=8, label=f"action {a}")
+    axes[2].set_title("coloured by the action taken")
+else:
+    fig.colorbar(axes[2].scatter(x[has_action], y[has_action], c=taken[has_action], cmap="coolwarm", s=8), ax=axes[2])
+    axes[2].set_title("coloured by the action taken (first component)")
+axes[2].scatter(x[~has_action], y[~has_action], s=8, color="0.6", marker="x", label="last row (no action)")
+axes[2].legend(fontsize=7)
+fig.suptitle(f"{len(x)} rows of {len(ids)} episodes, F = {latent.feat_dim} features")
+fig.tight_layout()'''),
+    new_markdown_cell("""\
+## Training curves (`RUN/metrics.jsonl`)
+
+Stage 02 logs against world-model updates and holds out part of the data (the `val/` metrics:
+held-out loss and open-loop MSE); `dreamer train` logs against env steps and has no held-out
+split, so its third panel shows the KL and the posterior entropy of the training batches."""),
+    new_code_cell('''\
+metrics = analysis.run_metrics(RUN)
+records, unit = metrics.world_model, metrics.world_model_unit
+print(f"{metrics.kind} run: {len(records)} records, steps count {unit}")
 
 
 def series(key):
-    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    return np.array(points).T if points else np.zeros((2, 0))
+    return analysis.metric_series(records, key)
 
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
 for key, label in (("wm/loss", "train"), ("val/wm/loss", "held out")):
-    axes[0].plot(*series(key), label=label)
-axes[0].set(title="world-model loss", xlabel="update", yscale="log")
-terms = sorted({k for r in records for k in r if k.startswith("wm/loss/")})
-for key in terms:
+    if metrics.has(key):
+        axes[0].plot(*series(key), label=label)
+axes[0].set(title="world-model loss", xlabel=unit, yscale="log")
+for key in sorted({k for r in records for k in r if k.startswith("wm/loss/")}):
     axes[1].plot(*series(key), label=key.removeprefix("wm/loss/"))
-axes[1].set(title="loss terms (train)", xlabel="update", yscale="log")
-for key, label in (("val/wm/openloop_mse", "open-loop dream"), ("val/wm/openloop_baseline_mse", "repeat last")):
-    axes[2].plot(*series(key), ".-", label=label)
-axes[2].set(title="held-out open-loop MSE", xlabel="update")
-for ax in axes:
-    ax.legend(fontsize=8)
+axes[1].set(title="loss terms (train)", xlabel=unit, yscale="log")
+if metrics.has("val/wm/openloop_mse"):
+    for key, label in (("val/wm/openloop_mse", "open-loop dream"), ("val/wm/openloop_baseline_mse", "repeat last")):
+        axes[2].plot(*series(key), ".-", label=label)
+    axes[2].set(title="held-out open-loop MSE", xlabel=unit)
+else:  # dreamer train: no held-out split
+    for key, label in (("wm/kl", "KL (nats)"), ("wm/post_entropy", "posterior entropy (nats)")):
+        if metrics.has(key):
+            axes[2].plot(*series(key), label=label)
+    axes[2].set(title="latents (train batches; no held-out split)", xlabel=unit)
+for ax, missing in zip(axes, ("no world-model loss logged yet", "no loss terms logged yet", "nothing logged yet")):
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        note(ax, missing)
 fig.tight_layout()'''),
 ]
 
@@ -308,19 +413,23 @@ BEHAVIOR_NB = [
     new_markdown_cell("""\
 # 03 · Behavior in imagination
 
-The actor-critic of stage 03 learns only inside the world model. Here: rollouts of the actor
-in imagination from real start states, with the predicted rewards, continue probabilities,
-critic values and the lambda-returns the actor is trained on; its action distributions; and
-one real episode played by the same agent for comparison (the critic's values along it
-against the real discounted return, and the actor's own dream against what happened).
+The actor-critic learns only inside the world model. Here: rollouts of the actor in
+imagination from real start states, with the predicted rewards, continue probabilities,
+critic values and the lambda-returns the actor is trained on; its action distributions; one
+real episode played by the same agent for comparison (the critic's values along it against
+the real discounted return, and the actor's own dream against what happened); the critic
+against real returns over many episodes; imagined against real return over training; and
+the behavior's training curves.
 
 Set `RUN` / `DATASET` in the first cell (or `DREAMER_RUN` / `DREAMER_DATASET`); the run needs
-`behavior.pt`. Without one the notebook trains a tiny CartPole agent first (a few minutes);
-its 200 behavior updates show the machinery, not a good policy: train longer for that."""),
+`behavior.pt`: stage 03 or `dreamer train` wrote it (an online run's dataset is `RUN/replay`).
+Without one the notebook trains a tiny CartPole agent first (a few minutes); its 200 behavior
+updates show the machinery, not a good policy: train longer for that."""),
     new_code_cell(PARAMS.format(
         imports="from dreamer_core import analysis, runs, viz",
         extra="EPISODE = None  # None: the longest episode\nCONTEXT = 5  # real rows before imagining\n"
-              "HORIZON = 15  # imagined steps (stage 03 trains with 15)\nSAMPLES = 16  # rollouts from the same start",
+              "HORIZON = 15  # imagined steps (stage 03 trains with 15)\nSAMPLES = 16  # rollouts from the same start\n"
+              "VALUE_EPISODES = 8  # episodes the agent plays for the value-vs-return check",
         build='if not (RUN / "behavior.pt").exists():\n'
               '    RUN, DATASET = demo_run(DEMO, upto="behavior")\n'
               'elif not DATASET.exists():\n'
@@ -429,18 +538,80 @@ from IPython.display import Image as ShowImage
 
 video = viz.write_video(viz.dream_frames(real), Path(tempfile.gettempdir()) / "agent_episode.gif")
 ShowImage(filename=str(video))'''),
-    new_markdown_cell("## Behavior training curves (`RUN/behavior_metrics.jsonl`)"),
-    new_code_cell('''\
-from dreamer_core.logging import read_metrics
+    new_markdown_cell("""\
+## The critic against real returns, over many episodes
 
-records = read_metrics(RUN, "behavior_metrics.jsonl")
+The agent plays `VALUE_EPISODES` episodes with sampled actions (the policy its critic
+evaluates); at every row, the critic's value of the posterior state against the real
+discounted return that followed (the agent's gamma). Points on the diagonal are right. Where
+an episode was cut by a time limit, the return after the limit is missing: those rows (grey)
+lie below the diagonal for a good critic, and only the others (blue) count in r."""),
+    new_code_cell('''\
+played = [analysis.play_episode(world_model, agent, artifact.env_config, seed=100 + i, mode="sample")
+          for i in range(VALUE_EPISODES)]
+check = analysis.value_vs_return(world_model, agent, played)
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for mask, colour, label in ((check.exact, "#2870dc", "return complete"),
+                            (~check.exact, "0.6", "cut at a time limit")):
+    if mask.any():
+        axes[0].scatter(check.ret[mask], check.value[mask], s=8, color=colour, alpha=0.6, label=label)
+        axes[1].scatter(check.step[mask], (check.value - check.ret)[mask], s=8, color=colour, alpha=0.6, label=label)
+low, high = min(check.ret.min(), check.value.min()), max(check.ret.max(), check.value.max())
+axes[0].plot([low, high], [low, high], "k--", lw=1, label="value = return")
+axes[0].set(title=f"r = {check.correlation:.2f} (complete returns), {check.correlation_all:.2f} (all)",
+            xlabel=f"real discounted return after t (gamma {check.gamma:.4g})", ylabel="critic value of the posterior")
+axes[1].axhline(0, color="k", lw=1)
+axes[1].set(title="value - return along the episodes", xlabel="row t", ylabel="error")
+for ax in axes:
+    ax.legend(fontsize=8)
+fig.tight_layout()
+returns = [ep.ret for ep in played]
+print(f"{len(played)} episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f}, "
+      f"{sum(ep.rows for ep in played)} rows; {check.exact.mean():.0%} with complete returns")'''),
+    new_markdown_cell("""\
+## Imagined against real return over training
+
+`imag/return` is the mean lambda-return of the actor's imagined rollouts: a *discounted* return
+from replayed states, often mid-episode, so it sits below the episode return even for a
+perfect model. Its real counterpart is the star: the real discounted return after each state
+of the episodes played above, averaged. An imagined return well above it means the actor
+exploits errors of the model. Online runs log the training episodes (sampled actions) and
+the evaluations against env steps; staged runs draw the reports of `dreamer evaluate` (if
+any) at the behavior update they evaluated, and the dataset's episodes for reference."""),
+    new_code_cell('''\
+metrics = analysis.run_metrics(RUN)
+curves = analysis.return_curves(metrics)
+fig, ax = plt.subplots(figsize=(11, 3.8))
+if curves["imagined"].size:
+    ax.plot(*curves["imagined"], ".-", color="#7a4ad0", label="imagined (imag/return)")
+if curves["train"].size:
+    steps, values = curves["train"]
+    ax.plot(steps, values, ".", color="#28963c", alpha=0.3, ms=4)
+    smooth = np.convolve(values, np.ones(min(10, len(values))) / min(10, len(values)), mode="valid")
+    ax.plot(steps[len(steps) - len(smooth):], smooth, color="#28963c", label="training episodes (mean of 10)")
+if curves["eval"].size:
+    ax.errorbar(*curves["eval"], yerr=np.nan_to_num(curves["eval_std"]), fmt="o-", color="#dc3c28", capsize=3,
+                label="evaluation return")
+if metrics.kind == "staged":
+    ax.axhline(np.mean([ref.ret for ref in ds.refs]), color="0.5", ls=":", label="dataset episodes (mean return)")
+ends = [c[0, -1] for c in (curves["imagined"], curves["train"], curves["eval"]) if c.size]
+end = max(ends) if ends else artifact.update
+ax.plot([end], [np.mean(returns)], "D", color="#1a3b80", label="played above: episode return")
+ax.plot([end], [check.ret.mean()], "*", ms=12, color="#7a4ad0", label="played above: discounted return after a state")
+ax.set(title=f"imagined vs real return ({metrics.kind} run)", xlabel=metrics.behavior_unit, ylabel="return")
+ax.legend(fontsize=8, loc="best")
+fig.tight_layout()'''),
+    new_markdown_cell("## Behavior training curves (online: `RUN/metrics.jsonl`; staged: `RUN/behavior_metrics.jsonl`)"),
+    new_code_cell('''\
 keys = ["imag/return", "critic/value", "actor/entropy", "actor/loss", "critic/loss"]
 fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
 for ax, key in zip(axes, keys):
-    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    if points:
-        ax.plot(*np.array(points).T, ".-")
-    ax.set(title=key, xlabel="update")
+    points = analysis.metric_series(metrics.behavior, key)
+    if points.size:
+        ax.plot(*points, ".-")
+    else:
+        note(ax, f"{key} not logged")
+    ax.set(title=key, xlabel=metrics.behavior_unit)
 fig.tight_layout()'''),
 ]
 

@@ -1,9 +1,15 @@
 """dreamer_core.analysis: the shapes and alignment of the dream views, a dream whose context
 covers the window equals the reconstruction, exact errors and averages, seeded determinism,
 open-loop error below the repeat-last baseline after a short run on a deterministic toy env,
-the actor's views, a played episode's views (stage 04) and the dataset overview."""
+the actor's views, a played episode's views (stage 04) and the dataset overview. The research
+views against plain references: discounted returns against a double sum, the correlation
+against np.corrcoef, PCA against the eigenvectors of the covariance, the latent PCA against
+its own parts, the per-step KL against the world model's own posterior/prior pass (and the
+loss's ``kl`` diagnostic), the critic check against the critic and the returns; a run's
+metrics and return curves on hand-written online, staged and legacy runs."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,13 +17,16 @@ import torch
 from typer.testing import CliRunner
 
 from dreamer_core import analysis, runs
+from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorConfig, ActorCritic, BehaviorConfig
 from dreamer_core.cli import app
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
+from dreamer_core.nets import distributions as dists
 from dreamer_core.nets.rssm import RSSMConfig
+from dreamer_core.types import Batch
 from dreamer_core.world_model import EncoderConfig, HeadConfig, WorldModel, WorldModelConfig
-from tests.common import ACTION_SPACES, OBS_SPACES, make_episode
+from tests.common import ACTION_SPACES, OBS_SPACES, make_episode, tiny_world_model_config
 
 runner = CliRunner()
 TINY = ["--preset", "tiny", "-q"]
@@ -321,3 +330,229 @@ def test_dataset_overview_counts_every_step(trained):
     first = analysis.dataset_overview(ds, max_episodes=2)
     assert len(first["lengths"]) == len(ds.refs)  # per-episode figures always cover the dataset
     assert len(first["actions"]) == len(first["rewards"]) == sum(r.steps for r in ds.refs[:2])
+
+
+# --- plain numerics --------------------------------------------------------------------------------
+
+
+def test_discounted_returns_match_the_double_sum():
+    """G_t = sum_k r_k prod_{t<j<k} gamma c_j + bootstrap prod_{t<j<L} gamma c_j, summed directly."""
+    rng = np.random.default_rng(0)
+    for gamma, bootstrap in ((0.9, 0.0), (0.5, 2.5), (1.0, 0.0)):
+        reward = rng.standard_normal(9)
+        cont = (rng.random(9) > 0.3).astype(float)
+        L = len(reward)
+        want = np.zeros(L)
+        for t in range(L):
+            for k in range(t + 1, L):
+                want[t] += reward[k] * np.prod(gamma * cont[t + 1:k])
+            want[t] += bootstrap * np.prod(gamma * cont[t + 1:])
+        np.testing.assert_allclose(analysis.discounted_returns(reward, cont, gamma, bootstrap), want, rtol=1e-12)
+    # gamma 1 without terminals: the plain return-to-go
+    reward = rng.standard_normal(6)
+    togo = analysis.discounted_returns(reward, np.ones(6), 1.0)
+    np.testing.assert_allclose(togo, [reward[t + 1:].sum() for t in range(6)], rtol=1e-12)
+    assert analysis.discounted_returns(np.zeros(0), np.zeros(0), 0.9).shape == (0,)
+
+
+def test_correlation_is_numpys_pearson():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(50)
+    y = 0.6 * x + rng.standard_normal(50)
+    assert analysis.correlation(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-12)
+    assert analysis.correlation(x, -2 * x + 1) == pytest.approx(-1.0)
+    assert np.isnan(analysis.correlation(x, np.ones(50)))  # constant
+    assert np.isnan(analysis.correlation([1.0], [2.0]))
+
+
+def test_pca_matches_the_covariance_eigenvectors():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 6)) @ np.diag([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]) @ np.linalg.qr(
+        rng.standard_normal((6, 6)))[0] + 4.0
+    fit = analysis.pca(x, components=3)
+    eigvals, eigvecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    order = np.argsort(eigvals)[::-1][:3]
+    for axis, ref in zip(fit.axes, eigvecs[:, order].T):
+        np.testing.assert_allclose(np.abs(axis @ ref), 1.0, rtol=1e-8)  # the same direction up to sign
+        assert axis[np.abs(axis).argmax()] > 0  # the sign convention
+    np.testing.assert_allclose(fit.explained, eigvals[order] / eigvals.sum(), rtol=1e-8)
+    np.testing.assert_allclose(fit.mean, x.mean(0))
+    np.testing.assert_allclose(fit.points, (x - x.mean(0)) @ fit.axes.T, atol=1e-9)
+    cov = np.cov(fit.points, rowvar=False)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0.0, atol=1e-8)  # uncorrelated components
+    assert analysis.pca(x[:2], components=5).points.shape == (2, 2)  # at most as many as the points
+    with pytest.raises(DreamerError, match="at least two points"):
+        analysis.pca(x[:1])
+
+
+# --- latent views ----------------------------------------------------------------------------------
+
+
+def test_latent_pca_projects_every_row_of_the_episodes(trained):
+    data, run = trained
+    wm, _ = runs.load_world_model(run)
+    ds = Dataset(data)
+    ids = [0, 3]
+    latent = analysis.latent_pca(wm, ds, ids, seed=4)
+    eps = [ds.load_episode(i) for i in ids]
+    M = sum(ep.rows for ep in eps)
+    assert latent.points.shape == (M, 2) and latent.explained.shape == (2,)
+    assert latent.step.tolist() == [t for ep in eps for t in range(ep.rows)]
+    assert latent.episode.tolist() == [i for i, ep in zip(ids, eps) for _ in range(ep.rows)]
+    # the features of a seeded posterior pass per episode, projected by pca
+    feats = []
+    for i, ep in zip(ids, eps):
+        torch.manual_seed(4 + i)
+        with torch.no_grad():
+            feats.append(wm.features(wm.observe(analysis.episode_to_batch(ep)))[0].numpy())
+    fit = analysis.pca(np.concatenate(feats))
+    np.testing.assert_allclose(latent.points, fit.points, atol=1e-5)
+    assert latent.feat_dim == wm.feat_dim
+    # the plain return still to come, and the action taken from each state (none at the last row)
+    np.testing.assert_allclose(latent.return_to_go, np.concatenate(
+        [[ep.reward[t + 1:].sum() for t in range(ep.rows)] for ep in eps]), atol=1e-5)
+    np.testing.assert_array_equal(latent.action, np.concatenate([np.append(ep.action[1:], np.nan) for ep in eps]))
+    with pytest.raises(DreamerError, match="at least one episode"):
+        analysis.latent_pca(wm, ds, [])
+
+
+def _window_batch(episode, start, stop, first=True):
+    batch = analysis.episode_to_batch(episode, start, stop)
+    if not first:
+        batch.is_first[:, 0] = False
+    return batch
+
+
+def _cat_batches(parts, dim):
+    fields = ("action", "reward", "is_first", "is_last", "is_terminal")
+    return Batch(obs={k: torch.cat([b.obs[k] for b in parts], dim) for k in parts[0].obs},
+                 **{f: torch.cat([getattr(b, f) for b in parts], dim) for f in fields})
+
+
+def test_kl_surprise_is_the_kl_between_the_models_own_posterior_and_prior():
+    """Two windows: one with an episode start at row 6, one starting mid-episode (row 0 not
+    first). The prior each row gets through the interface is the one ``observe`` pairs with
+    the posterior, so the KL equals the model's own pass, and its mean the loss's diagnostic."""
+    torch.manual_seed(0)
+    wm = tiny_world_model("dict", "discrete")
+    a, b, c = (make_episode(OBS_SPACES["dict"], ACTION_SPACES["discrete"], 11, terminated=True, episode_id=i)
+               for i in range(3))
+    first = _cat_batches([_window_batch(a, 6, 12), _window_batch(b, 0, 6)], 1)  # [1, 12], start at row 6
+    batch = _cat_batches([first, _window_batch(c, 0, 12, first=False)], 0)  # [2, 12]
+    assert batch.is_first.tolist()[0] == [True] + [False] * 5 + [True] + [False] * 5
+    assert not batch.is_first[1].any()
+    kl = analysis.kl_surprise(wm, batch, seed=3)
+    assert kl.shape == (2, 12) and (kl >= -1e-9).all()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        post, prior = wm._observe(batch)
+        want = dists.kl_categorical(post.logits, prior.logits).numpy()
+    np.testing.assert_allclose(kl, want, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        _, metrics, _ = wm.loss(batch)
+    assert kl.mean() == pytest.approx(float(metrics["kl"]), rel=1e-4)
+    # a Gaussian model: no prior probabilities through the interface
+    gaussian = WorldModel(tiny_world_model_config("gaussian"), OBS_SPACES["dict"], ACTION_SPACES["discrete"]).eval()
+    assert analysis.kl_surprise(gaussian, batch) is None
+
+
+@pytest.mark.parametrize("action", ["discrete", "box"])
+def test_value_vs_return_against_the_critic_and_the_returns(action):
+    torch.manual_seed(0)
+    wm = tiny_world_model("vector", action)
+    agent = tiny_agent(wm)
+    with torch.no_grad():  # the critic's output layer starts at zero: make its values differ
+        for param in agent.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    ended = make_episode(OBS_SPACES["vector"], ACTION_SPACES[action], 12, terminated=True, episode_id=1)
+    cut = make_episode(OBS_SPACES["vector"], ACTION_SPACES[action], 9, terminated=False, episode_id=2)
+    check = analysis.value_vs_return(wm, agent, [ended, cut], seed=5)
+    assert len(check.value) == ended.rows - 1 + cut.rows  # the terminal row is left out
+    assert check.gamma == agent.cfg.gamma
+    for i, ep in enumerate((ended, cut)):
+        torch.manual_seed(5 + i)
+        with torch.no_grad():
+            value = agent.value(wm.features(wm.observe(analysis.episode_to_batch(ep)))).mean[0].double().numpy()
+        keep = ~ep.is_terminal
+        rows = check.episode == i
+        np.testing.assert_allclose(check.value[rows], value[keep], rtol=1e-6)
+        ret = analysis.discounted_returns(ep.reward, 1.0 - ep.is_terminal, agent.cfg.gamma)
+        np.testing.assert_allclose(check.ret[rows], ret[keep])
+        np.testing.assert_array_equal(check.step[rows], np.arange(ep.rows)[keep])
+    # gamma 0.997: only the terminated episode's returns are complete
+    np.testing.assert_array_equal(check.exact, check.episode == 0)
+    exact = check.exact
+    assert np.isfinite(check.correlation) and np.std(check.value) > 0
+    assert check.correlation == pytest.approx(np.corrcoef(check.value[exact], check.ret[exact])[0, 1], rel=1e-9)
+    assert check.correlation_all == pytest.approx(np.corrcoef(check.value, check.ret)[0, 1], rel=1e-9)
+    # gamma 0.5: rows of the cut episode with 7 or more rows left lose less than 1% of their return
+    half = analysis.value_vs_return(wm, agent, [ended, cut], gamma=0.5, seed=5)
+    left = cut.rows - 1 - half.step[half.episode == 1]
+    np.testing.assert_array_equal(half.exact[half.episode == 1], left >= 7)
+    with pytest.raises(DreamerError, match="at least one episode"):
+        analysis.value_vs_return(wm, agent, [])
+
+
+# --- a run's metrics ---------------------------------------------------------------------------------
+
+
+def _write_run(path, sections=None, metrics=(), behavior=(), reports=(), legacy=None):
+    path.mkdir(parents=True)
+    if sections:
+        (path / "config.yaml").write_text(config_lib.dump_sections(sections))
+    if legacy:
+        (path / legacy[0]).write_text(json.dumps(legacy[1]))  # YAML reads JSON
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if behavior:
+        (path / "behavior_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in behavior))
+    for name, report in reports:
+        (path / "eval" / name).mkdir(parents=True)
+        (path / "eval" / name / "report.json").write_text(report if isinstance(report, str) else json.dumps(report))
+    return path
+
+
+def test_run_metrics_and_return_curves_of_an_online_run(tmp_path):
+    records = [{"step": 25, "train/return": 9.0}, {"step": 50, "train/return": 12.0},
+               {"step": 100, "wm/loss": 3.0, "imag/return": 0.5, "actor/entropy": 1.0},
+               {"step": 200, "wm/loss": 2.0, "imag/return": "nan"},  # non-finite values are logged as text
+               {"step": 200, "eval/return": 11.0, "eval/return_std": 2.0},
+               {"step": 300, "imag/return": 0.9, "eval/return": 15.0, "eval/return_std": 1.0}]
+    run = _write_run(tmp_path / "online", {"train": {"config": {"steps": 300}}}, records)
+    assert analysis.run_kind(run) == "online"
+    metrics = analysis.run_metrics(run)
+    assert metrics.kind == "online" and metrics.behavior is metrics.world_model
+    assert metrics.world_model_unit == metrics.behavior_unit == "env steps"
+    assert metrics.has("wm/loss") and not metrics.has("val/wm/loss") and metrics.has("actor/entropy", "behavior")
+    curves = analysis.return_curves(metrics)
+    np.testing.assert_array_equal(curves["imagined"], [[100, 300], [0.5, 0.9]])
+    np.testing.assert_array_equal(curves["train"], [[25, 50], [9.0, 12.0]])
+    np.testing.assert_array_equal(curves["eval"], [[200, 300], [11.0, 15.0]])
+    np.testing.assert_array_equal(curves["eval_std"], [2.0, 1.0])
+    # a run of dreamer-core 0.3.0 and earlier: its own train_config.yaml
+    legacy = _write_run(tmp_path / "legacy", metrics=records,
+                        legacy=("train_config.yaml", {"stage": "train", "config": {"steps": 300}}))
+    assert analysis.run_kind(legacy) == "online"
+
+
+def test_run_metrics_and_return_curves_of_a_staged_run(tmp_path):
+    reports = [("2026-01-02", {"behavior_update": 40, "return_mean": 20.0, "return_std": 3.0}),
+               ("2026-01-01", {"behavior_update": 10, "return_mean": 5.0, "return_std": 1.0}),
+               ("2026-01-03", "{torn"),  # unreadable: skipped
+               ("2026-01-04", {"returns": [1.0]})]  # no update recorded: not on the curve
+    run = _write_run(tmp_path / "staged", {"train-world-model": {"config": {"updates": 20}},
+                                           "train-behavior": {"config": {"updates": 50}}},
+                     [{"step": 5, "wm/loss": 3.0}, {"step": 10, "val/wm/loss": 2.5}],
+                     [{"step": 2, "imag/return": 0.1}, {"step": 4, "imag/return": 0.3}], reports)
+    assert analysis.run_kind(run) == "staged"
+    metrics = analysis.run_metrics(run)
+    assert (metrics.world_model_unit, metrics.behavior_unit) == ("world-model updates", "behavior updates")
+    assert metrics.has("val/wm/loss") and not metrics.has("imag/return") and metrics.has("imag/return", "behavior")
+    assert len(metrics.evaluations) == 3
+    curves = analysis.return_curves(metrics)
+    np.testing.assert_array_equal(curves["imagined"], [[2, 4], [0.1, 0.3]])
+    assert curves["train"].shape == (2, 0)
+    np.testing.assert_array_equal(curves["eval"], [[10, 40], [5.0, 20.0]])
+    np.testing.assert_array_equal(curves["eval_std"], [1.0, 3.0])
+    assert analysis.run_kind(_write_run(tmp_path / "bare")) == "staged"
+    assert analysis.metric_series([], "x").shape == (2, 0)

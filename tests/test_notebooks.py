@@ -1,10 +1,16 @@
 """The notebooks: stored without outputs and in sync with their generator, and every cell runs
 headless (nbclient, kernel ``python3`` on this interpreter, working directory notebooks/ so
-that ``demo.py`` beside them imports) against one tiny run with image and vector observations
-and an agent, passed in through DREAMER_RUN / DREAMER_DATASET. ``demo.demo_run``, which builds
-the notebooks' own small run when none is given, is tested here on a toy env."""
+that ``demo.py`` beside them imports) against two tiny runs with image and vector observations
+and an agent, passed in through DREAMER_RUN / DREAMER_DATASET: one built stage by stage, one
+from ``dreamer train``. After the last cell, ``PANEL_CHECK`` goes over every figure the
+notebook drew (Agg backend: none is closed) and lists the panels with nothing in them: no
+line or point with a finite value, no image, bar or filled area (an ``axvline`` alone does
+not count). Such a panel fails the test; a panel holding only a note (text) is reported.
+``demo.demo_run``, which builds the notebooks' own small run when none is given, is tested
+here on a toy env."""
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +27,63 @@ from dreamer_core.runs import load_agent
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_dataset.ipynb", "02_world_model_dreams.ipynb", "03_behavior_in_imagination.ipynb"]
+# The least number of figures each notebook draws on the tiny runs (a check over no figure
+# would pass vacuously).
+MIN_FIGURES = {"01_dataset.ipynb": 3, "02_world_model_dreams.ipynb": 8, "03_behavior_in_imagination.ipynb": 7}
 runner = CliRunner()
+
+# Run in the kernel after the notebook's own cells; prints one JSON line.
+PANEL_CHECK = '''\
+import json as _json
+
+import matplotlib.pyplot as _plt
+import numpy as _np
+
+
+def _finite_points(xy):
+    xy = _np.ma.filled(_np.ma.asarray(xy, dtype=float), _np.nan).reshape(-1, 2)
+    return bool(_np.isfinite(xy).all(1).any())
+
+
+def _has_data(ax):
+    """Lines in data coordinates with a finite point, points, filled areas, images or bars."""
+    for line in ax.lines:
+        if line.get_transform() == ax.transData and _finite_points(_np.column_stack(
+                [_np.ravel(line.get_xdata()).astype(float), _np.ravel(line.get_ydata()).astype(float)])):
+            return True
+    for collection in ax.collections:
+        offsets = collection.get_offsets()
+        if len(offsets) and _finite_points(offsets):
+            return True
+        if not len(offsets) and len(collection.get_paths()):
+            return True
+    if ax.images:
+        return True
+    for patch in ax.patches:
+        height = getattr(patch, "get_height", lambda: 1.0)()
+        if _np.isfinite(height) and height != 0:
+            return True
+    return False
+
+
+def _panel_report():
+    empty, notes, panels = [], [], 0
+    for number in _plt.get_fignums():
+        figure = _plt.figure(number)
+        title = figure.get_suptitle()
+        for ax in figure.axes:
+            if not ax.get_visible() or getattr(ax, "_colorbar", None) is not None:
+                continue
+            panels += 1
+            name = f"figure {number} {title!r}: panel {ax.get_title()!r}"
+            if _has_data(ax):
+                continue
+            (notes if any(t.get_text().strip() for t in ax.texts) else empty).append(name)
+    return {"figures": len(_plt.get_fignums()), "panels": panels, "empty": empty, "notes": notes}
+
+
+print("PANELS " + _json.dumps(_panel_report()))
+'''
 
 
 def dreamer(*args):
@@ -103,6 +165,7 @@ def test_notebook_runs_headless(name, tiny_run, monkeypatch):
     monkeypatch.setenv("DREAMER_DATASET", str(data))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PANEL_CHECK))
     # the kernel must be this interpreter (the venv), not some other python3 on the machine
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
     client = NotebookClient(nb, kernel_name="python3", timeout=240,
@@ -113,3 +176,59 @@ def test_notebook_runs_headless(name, tiny_run, monkeypatch):
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     assert os.path.realpath(printed.strip()) == os.path.realpath(sys.executable)
     assert str(run) in "".join(o.get("text", "") for o in nb.cells[1].outputs)  # the env vars were used
+    report = panel_report(nb.cells[-2])
+    assert report["figures"] >= MIN_FIGURES[name], report
+    assert report["empty"] == [], report
+    # every panel of these runs has data: notes are for runs that lack a kind of metric altogether
+    assert report["notes"] == [], report
+
+
+def panel_report(cell) -> dict:
+    """The JSON line ``PANEL_CHECK`` printed in ``cell``."""
+    text = "".join(o.get("text", "") for o in cell.outputs)
+    line = next(line for line in text.splitlines() if line.startswith("PANELS "))
+    return json.loads(line.removeprefix("PANELS "))
+
+
+def test_the_panel_check_finds_empty_panels():
+    """PANEL_CHECK flags a panel without data (bare, an axvline alone, only NaN points, an empty
+    scatter, a histogram of nothing), passes panels with lines, points, images or bars, skips
+    colorbars and tells a panel holding only a note apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    plt.close("all")
+    try:
+        fig, axes = plt.subplots(2, 5)
+        good, bare, vline, nan, noted = axes[0]
+        scatter_nan, hist_empty, image, bars, points = axes[1]
+        good.plot([0, 1], [1, 2])
+        good.axvline(0.5)
+        good.set_title("good")
+        bare.set_title("bare")
+        vline.axvline(3)
+        vline.axhline(1)
+        vline.set_title("vline")
+        nan.plot([0, 1], [np.nan, np.nan])
+        nan.set_title("nan")
+        noted.text(0.5, 0.5, "no held-out split", transform=noted.transAxes)
+        noted.set_title("noted")
+        scatter_nan.scatter([np.nan], [1.0])
+        scatter_nan.set_title("scatter_nan")
+        hist_empty.hist(np.zeros(0), bins=3)
+        hist_empty.set_title("hist_empty")
+        fig.colorbar(image.imshow(np.zeros((2, 2))), ax=image)
+        bars.bar([0, 1], [0.0, 2.0])
+        points.scatter([1.0], [2.0])
+        namespace: dict = {}
+        exec(PANEL_CHECK.replace('print("PANELS " + _json.dumps(_panel_report()))', ""), namespace)
+        report = namespace["_panel_report"]()
+    finally:
+        plt.close("all")
+    assert report["figures"] == 1 and report["panels"] == 10
+    assert [n.split("panel ")[1] for n in report["empty"]] == ["'bare'", "'vline'", "'nan'", "'scatter_nan'",
+                                                               "'hist_empty'"]
+    assert [n.split("panel ")[1] for n in report["notes"]] == ["'noted'"]
