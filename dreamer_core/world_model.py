@@ -1,6 +1,6 @@
 """The DreamerV3 world model: encoder + RSSM + heads (+ optional inverse-dynamics head).
 
-``WorldModel`` implements :class:`~dreamer_core.interfaces.WorldModelInterface`, the only way
+``WorldModel`` implements ``dreamer_core.interfaces.WorldModelInterface``, the only way
 callers reach it: ``initial_state``, ``observe``, ``step``, ``imagine``, ``features``,
 ``decode`` / ``reward_dist`` / ``cont_dist``, ``loss``, ``save`` / ``load`` (self-describing:
 ``WorldModel.load(path)`` needs nothing but the file). ``loss(batch)`` returns
@@ -15,6 +15,12 @@ inverse head predicts a_{t+1} from (s_t, s_{t+1}) where row t+1 is not an episod
 
 Variants (``WorldModelConfig.kl``): v3 (dyn/rep with free nats), v2 (KL balancing), v1
 (Gaussian latents, one KL with free nats); reward heads: two-hot (v3) or MSE (v1/v2).
+
+Encoder and decoder are built by name (``EncoderConfig.name`` / ``.decoder``, registered with
+``nets.encoders.register_encoder`` / ``register_decoder``; ``default``: ``MultiEncoder`` /
+``MultiDecoder``). ``save`` stores the names as ``module:name`` so ``load`` (stages 03, 04)
+imports the module that registers a user's own networks; files without names (written before
+the registry) load with the default ones.
 
 Imports: nets, losses, types, config (dict <-> dataclass), checkpoint, errors.
 """
@@ -37,8 +43,9 @@ from dreamer_core import checkpoint, losses
 from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
 from dreamer_core.nets import distributions as dists
+from dreamer_core.nets import encoders
 from dreamer_core.nets.actions import ActionSpace
-from dreamer_core.nets.encoders import MultiDecoder, MultiEncoder, preprocess_image
+from dreamer_core.nets.encoders import preprocess_image
 from dreamer_core.nets.layers import MLP
 from dreamer_core.nets.rssm import RSSM, RSSMConfig, RSSMState
 from dreamer_core.types import Batch
@@ -48,6 +55,21 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """The observation networks: which encoder and decoder, and the options they are built with.
+
+    Attributes:
+        name: the registered encoder (``default``: ``MultiEncoder``; ``module:name`` or
+            ``path/to/file.py:name`` imports the module that registers it first).
+        decoder: the registered decoder, named the same way (``default``: ``MultiDecoder``).
+        cnn_depth: channels of the first CNN stage (stage i has ``cnn_depth * cnn_mults[i]``).
+        cnn_mults: channel multipliers per CNN stage.
+        mlp_units: width of the vector MLPs.
+        mlp_layers: depth of the vector MLPs.
+        symlog_inputs: symlog the vector inputs of the encoder (DreamerV3).
+    """
+
+    name: str = "default"  # encoders.DEFAULT
+    decoder: str = "default"
     cnn_depth: int = 32
     cnn_mults: tuple[int, ...] = (1, 2, 4, 8)
     mlp_units: int = 512
@@ -93,6 +115,20 @@ class InverseConfig:
 
 @dataclass(frozen=True)
 class WorldModelConfig:
+    """Everything that defines a world model (DreamerV3 2023 at size S by default; the stages'
+    ``--preset`` names set groups of these fields, e.g. ``tiny`` or ``dreamerv2``).
+
+    Attributes:
+        rssm: the recurrent state-space model (sizes, latent kind, GRU variant).
+        encoder: which encoder and decoder (by registered name) and their options.
+        heads: reward and continue heads (width, depth, two-hot or MSE reward).
+        kl: the KL variant (``v3`` dyn/rep with free nats, ``v2`` balancing, ``v1`` Gaussian).
+        scales: the weight of each loss term.
+        inverse: the optional inverse-dynamics head.
+        norm: the normalisation of hidden layers (``layer``, ``rms``, ``none``).
+        act: the activation of hidden layers (``silu``, ``elu``, ...).
+    """
+
     rssm: RSSMConfig = field(default_factory=RSSMConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)
@@ -103,8 +139,35 @@ class WorldModelConfig:
     act: str = "silu"
 
 
+def qualify_networks(cfg: WorldModelConfig) -> WorldModelConfig:
+    """``cfg`` with its encoder and decoder names as a checkpoint or a run's config stores them:
+    ``module:name`` (``encoders.qualified_name``), so another process imports the module that
+    registers them; the built-in names stay as they are."""
+    enc = cfg.encoder
+    named = dataclasses.replace(enc, name=encoders.qualified_name("encoder", enc.name),
+                                decoder=encoders.qualified_name("decoder", enc.decoder))
+    return cfg if named == enc else dataclasses.replace(cfg, encoder=named)
+
+
+def network_problems(cfg: WorldModelConfig) -> list[str]:
+    """What is wrong with the encoder and decoder names of ``cfg`` (empty when both name a
+    registered network); imports the modules that ``module:name`` names, as building does."""
+    return [problem.rstrip(".") for problem in encoders.network_problems(cfg.encoder.name, cfg.encoder.decoder)]
+
+
 class WorldModel(nn.Module):
-    """Encoder, RSSM, decoder, reward, continue (and inverse) heads; see the module docstring."""
+    """Encoder, RSSM, decoder, reward, continue (and inverse) heads; see the module docstring.
+
+    Args:
+        cfg: the model's config.
+        observation_space: a ``gymnasium.spaces.Dict`` of image keys (uint8 ``[Hi, Wi, C]``
+            Boxes) and vector keys (float Boxes of rank 0 or 1).
+        action_space: the env's action space (Discrete, Box, MultiBinary, MultiDiscrete).
+
+    Raises:
+        DreamerError: latents and KL that do not go together, or an encoder or decoder name
+            that nobody registered.
+    """
 
     def __init__(self, cfg: WorldModelConfig, observation_space: gym.spaces.Dict, action_space: gym.Space):
         super().__init__()
@@ -119,13 +182,16 @@ class WorldModel(nn.Module):
         self.action_space = action_space
         self.actions = ActionSpace(action_space)
         enc = cfg.encoder
-        self.encoder = MultiEncoder(observation_space, cnn_depth=enc.cnn_depth, cnn_mults=enc.cnn_mults,
-                                    mlp_units=enc.mlp_units, mlp_layers=enc.mlp_layers, norm=cfg.norm,
-                                    act=cfg.act, symlog_inputs=enc.symlog_inputs)
-        self.rssm = RSSM(cfg.rssm, self.encoder.embed_dim, self.actions.dim)
+        options = dict(cnn_depth=enc.cnn_depth, cnn_mults=enc.cnn_mults, mlp_units=enc.mlp_units,
+                       mlp_layers=enc.mlp_layers, norm=cfg.norm, act=cfg.act)
+        self.encoder = encoders.make_encoder(enc.name, observation_space, symlog_inputs=enc.symlog_inputs,
+                                             **options)
+        self.rssm = RSSM(cfg.rssm, int(self.encoder.embed_dim), self.actions.dim)
         feat = self.rssm.feat_dim
-        self.decoder = MultiDecoder(feat, observation_space, cnn_depth=enc.cnn_depth, cnn_mults=enc.cnn_mults,
-                                    mlp_units=enc.mlp_units, mlp_layers=enc.mlp_layers, norm=cfg.norm, act=cfg.act)
+        self.decoder = encoders.make_decoder(enc.decoder, feat, observation_space, **options)
+        # Keys whose observations are frames (uint8 [Hi, Wi, C]): decoded in [-0.5, 0.5], shown in [0, 1].
+        self._image_keys = frozenset(k for k, s in observation_space.spaces.items()
+                                     if s.dtype == np.uint8 and len(s.shape) == 3)
         heads = cfg.heads
         reward_out = heads.bins if heads.reward == "twohot" else 1
         onehot = self.rssm.feat_onehot  # heads read RSSM features: gather-sum first layers
@@ -188,8 +254,8 @@ class WorldModel(nn.Module):
 
     def reconstruct(self, feat: Tensor) -> dict[str, Tensor]:
         """Decoded observations in display units: images float in [0, 1], vectors as they are."""
-        image_keys = set(self.decoder.image_keys)
-        return {k: (d.mode + 0.5).clamp(0, 1) if k in image_keys else d.mode for k, d in self.decode(feat).items()}
+        return {k: (d.mode + 0.5).clamp(0, 1) if k in self._image_keys else d.mode
+                for k, d in self.decode(feat).items()}
 
     def categorical_latents(self, state: RSSMState) -> tuple[Tensor, Tensor] | None:
         """``(samples, probabilities)`` ``[..., S, K]`` of categorical latents; None for Gaussian ones."""
@@ -201,16 +267,22 @@ class WorldModel(nn.Module):
 
     def save(self, path: Path | str, stage_config: dict[str, Any] | None = None, **meta: Any) -> None:
         """Write ``world_model.pt``: config, spaces and weights, the writing stage's config and
-        ``meta`` (update, calibration, datasets, batch_size, seq_len: checkpoint.WorldModelArtifact)."""
+        ``meta`` (update, calibration, datasets, batch_size, seq_len: checkpoint.WorldModelArtifact).
+
+        The encoder and decoder names are stored as ``module:name`` (``qualify_networks``), so
+        ``load`` in another process imports the module that registers them."""
         checkpoint.save(path, checkpoint.WorldModelArtifact(
             **checkpoint.spaces_json(self.observation_space, self.action_space),
-            stage_config=stage_config or {}, model_config=config_lib.to_dict(self.cfg),
+            stage_config=stage_config or {}, model_config=config_lib.to_dict(qualify_networks(self.cfg)),
             weights=self.state_dict(), **meta))
 
     @classmethod
     def load(cls, path: Path | str, device: str | torch.device = "cpu",
              ) -> tuple[WorldModel, checkpoint.WorldModelArtifact]:
-        """Rebuild the model from a ``world_model.pt`` alone; returns it with its artifact."""
+        """Rebuild the model from a ``world_model.pt`` alone; returns it with its artifact.
+
+        A user's encoder or decoder is rebuilt by the name the file stores (``module:name``:
+        the module is imported first); a DreamerError says what to do when it cannot be."""
         artifact = checkpoint.load(path, checkpoint.WorldModelArtifact, map_location=device)
         cfg = config_lib.from_dict(WorldModelConfig, artifact.model_config)
         model = cls(cfg, *artifact.spaces()).to(device)
@@ -346,12 +418,13 @@ class WorldModel(nn.Module):
         feat = prior.feat()
         mse = torch.zeros(horizon, device=feat.device)
         base = torch.zeros(horizon, device=feat.device)
-        for key, dist in self.decoder(feat).items():
+        decoded = self.decoder(feat)
+        for key, dist in decoded.items():
             truth = batch.obs[key][:, context:context + horizon]
             pred = dist.mode + 0.5 if truth.dtype == torch.uint8 else dist.mode  # images in [0, 1]
             mse += _per_step_mse(pred, truth)
             base += _per_step_mse(batch.obs[key][:, context - 1:context].expand_as(truth), truth)
-        n = len(self.decoder.image_keys) + len(self.decoder.vector_keys)
+        n = len(decoded)
         reward = self.reward_dist(feat).mode
         reward_mse = (reward - batch.reward[:, context:context + horizon]).pow(2).mean(0)
         return {"mse": mse / n, "baseline": base / n, "reward_mse": reward_mse}

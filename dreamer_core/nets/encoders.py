@@ -10,29 +10,53 @@ MLP) and return an embedding or one distribution per key.
 All leading axes are batch axes: ``[B, T, ...]`` inputs are flattened to ``[B*T, ...]``, run
 through the networks in one call, and unflattened (never a loop over time).
 
-Imports: torch, gymnasium, and nets.layers / nets.distributions. Must not import anything
-else from dreamer_core.
+Also here: the registry of encoders and decoders by name (``register_encoder``,
+``register_decoder``, ``make_encoder``, ``make_decoder``). The world model's config names
+the pair it is built with (``model.encoder.name``, ``model.encoder.decoder``; ``default`` is
+``MultiEncoder`` / ``MultiDecoder``), and ``world_model.pt`` stores the names, so every stage
+rebuilds a user's own networks from the checkpoint: a name may be ``module:name`` (or
+``path/to/file.py:name``), and the module is imported first.
+
+Imports: torch, gymnasium, nets.layers / nets.distributions, and errors (DreamerError for a
+name nobody registered). Must not import anything else from dreamer_core.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from dreamer_core.errors import DreamerError
 from dreamer_core.nets.distributions import MSEDist, SymlogMSEDist, symlog
 from dreamer_core.nets.layers import MLP, ChannelNorm, init_weights, make_act
 
 __all__ = [
+    "DEFAULT",
     "ConvDecoder",
     "ConvEncoder",
     "MultiDecoder",
     "MultiEncoder",
+    "decoder_names",
+    "encoder_names",
+    "make_decoder",
+    "make_encoder",
+    "network_problems",
     "preprocess_image",
+    "qualified_name",
+    "register_decoder",
+    "register_encoder",
     "split_keys",
 ]
 
@@ -144,7 +168,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: Linear to the smallest feature map, transposed convs up.
+    """Mirror of ``ConvEncoder``: Linear to the smallest feature map, transposed convs up.
 
     Every stage but the last has a channel norm and an activation; the last one outputs
     ``out_channels`` with a bias and no activation.
@@ -191,17 +215,20 @@ class ConvDecoder(nn.Module):
 class MultiEncoder(nn.Module):
     """Encode a dict of observations into one embedding per step.
 
-    Image keys (uint8) are scaled by :func:`preprocess_image`, concatenated on channels and
-    run through one :class:`ConvEncoder`; vector keys are flattened, concatenated, symlog'd
-    (if ``symlog_inputs``) and run through one :class:`MLP`. The embedding is the
+    Image keys (uint8) are scaled by ``preprocess_image``, concatenated on channels and
+    run through one ``ConvEncoder``; vector keys are flattened, concatenated, symlog'd
+    (if ``symlog_inputs``) and run through one ``MLP``. The embedding is the
     concatenation ``[cnn_out, mlp_out]``.
 
     Args:
-        obs_space: Dict space; see :func:`split_keys` for how keys are routed.
-        cnn_depth, cnn_mults: stage i has ``cnn_depth * cnn_mults[i]`` channels.
-        mlp_units, mlp_layers: vector MLP width and depth (0 layers: symlog'd vector as is).
-        norm, act: as in :class:`MLP`.
-        symlog_inputs: apply :func:`symlog` to vector inputs (DreamerV3).
+        obs_space: Dict space; see ``split_keys`` for how keys are routed.
+        cnn_depth: channels of the first CNN stage (stage i has ``cnn_depth * cnn_mults[i]``).
+        cnn_mults: channel multipliers per CNN stage.
+        mlp_units: vector MLP width.
+        mlp_layers: vector MLP depth (0 layers: the symlog'd vector as is).
+        norm: normalisation of hidden layers, as in ``MLP``.
+        act: activation of hidden layers, as in ``MLP``.
+        symlog_inputs: apply ``symlog`` to vector inputs (DreamerV3).
         kernel: conv kernel size (4 as in DreamerV3 2023; 5 as in 2025).
 
     Shapes:
@@ -271,14 +298,20 @@ class MultiEncoder(nn.Module):
 class MultiDecoder(nn.Module):
     """Decode features into one distribution per observation key.
 
-    Images: one :class:`ConvDecoder` predicts all image keys stacked on channels; each key
-    gets an :class:`MSEDist` over ``[Hi, Wi, C]`` in :func:`preprocess_image` scale. Vectors:
-    one :class:`MLP` trunk, a Linear output per key, a :class:`SymlogMSEDist` per key.
+    Images: one ``ConvDecoder`` predicts all image keys stacked on channels; each key
+    gets an ``MSEDist`` over ``[Hi, Wi, C]`` in ``preprocess_image`` scale. Vectors:
+    one ``MLP`` trunk, a Linear output per key, a ``SymlogMSEDist`` per key.
 
     Args:
         feat_dim: input feature size F.
         obs_space: the same Dict space the encoder was built with.
-        other arguments: as in :class:`MultiEncoder`.
+        cnn_depth: as in ``MultiEncoder``.
+        cnn_mults: as in ``MultiEncoder``.
+        mlp_units: as in ``MultiEncoder``.
+        mlp_layers: as in ``MultiEncoder``.
+        norm: as in ``MultiEncoder``.
+        act: as in ``MultiEncoder``.
+        kernel: as in ``MultiEncoder``.
 
     Shapes:
         feat: ``[..., F]``
@@ -336,3 +369,258 @@ class MultiDecoder(nn.Module):
                 pred = self.vector_out[key](hidden).reshape(*lead, *shape)  # [..., *shape]
                 dists[key] = SymlogMSEDist(pred, dims=len(shape))
         return dists
+
+
+# --- encoders and decoders by name -------------------------------------------------------------
+
+DEFAULT = "default"  # MultiEncoder / MultiDecoder
+_KINDS = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., nn.Module]
+    module: str  # the module that registered it: how another process finds it again
+
+
+_REGISTRY: dict[str, dict[str, _Entry]] = {kind: {} for kind in _KINDS}
+
+
+def register_encoder(name: str, factory: Callable[..., nn.Module] | None = None) -> Any:
+    """Register an observation encoder under ``name``, for ``model.encoder.name``.
+
+    Use it as a decorator, ``@register_encoder("mine")`` on a class or function, or call
+    ``register_encoder("mine", MyEncoder)``; either returns the factory unchanged.
+
+    The factory is called as ``factory(observation_space, **options)`` with the options
+    ``cnn_depth``, ``cnn_mults``, ``mlp_units``, ``mlp_layers``, ``norm``, ``act`` and
+    ``symlog_inputs`` of the world model's config (accept ``**kwargs`` for those you do not
+    use). It returns a ``torch.nn.Module`` with an int attribute ``embed_dim`` whose forward
+    maps a dict of observations ``key -> [..., *space.shape]`` (images uint8, vectors float32)
+    to ``[..., embed_dim]``, flattening any leading axes itself.
+
+    The module that calls ``register_encoder`` is recorded: ``world_model.pt`` stores the name
+    as ``module:name`` (a file path when the module is not importable by name), so stages 03
+    and 04 import that module before they rebuild the model. Registering in a script run as
+    ``__main__`` works within that process only. Registering a taken name from another module
+    is refused; the same module may register it again (a reloaded module or notebook cell).
+
+    Args:
+        name: the name; not empty, without ``:`` (it separates a module from a name).
+        factory: the class or function that builds the encoder; None to use as a decorator.
+
+    Returns:
+        ``factory``, or a decorator that registers and returns its argument.
+
+    Raises:
+        DreamerError: an invalid name, or a name another module registered.
+    """
+    return _register("encoder", name, factory, _caller_module())
+
+
+def register_decoder(name: str, factory: Callable[..., nn.Module] | None = None) -> Any:
+    """Register an observation decoder under ``name``, for ``model.encoder.decoder``.
+
+    As ``register_encoder``, but the factory is called as ``factory(feat_dim,
+    observation_space, **options)`` (options as there, without ``symlog_inputs``) and returns
+    a ``torch.nn.Module`` whose forward maps features ``[..., feat_dim]`` to a dict with one
+    distribution per observation key. Each distribution has ``log_prob(target) -> [...]`` and
+    ``mode`` (``[..., *space.shape]``); image keys are scored against
+    ``preprocess_image`` targets (floats in ``[-0.5, 0.5]``), vector keys against the
+    float observations. The world model's reconstruction loss is the sum of the negative
+    log-probabilities over the keys.
+
+    Args:
+        name: the name; not empty, without ``:``.
+        factory: the class or function that builds the decoder; None to use as a decorator.
+
+    Returns:
+        ``factory``, or a decorator that registers and returns its argument.
+
+    Raises:
+        DreamerError: an invalid name, or a name another module registered.
+    """
+    return _register("decoder", name, factory, _caller_module())
+
+
+def encoder_names() -> list[str]:
+    """The encoder names registered in this process, sorted."""
+    return sorted(_REGISTRY["encoder"])
+
+
+def decoder_names() -> list[str]:
+    """The decoder names registered in this process, sorted."""
+    return sorted(_REGISTRY["decoder"])
+
+
+def make_encoder(name: str, observation_space: gym.spaces.Dict, **options: Any) -> nn.Module:
+    """Build the encoder registered as ``name`` (``module:name`` imports ``module`` first).
+
+    Raises:
+        DreamerError: the name is unknown or its module cannot be imported, or the factory
+            returned something that is not an encoder (see ``register_encoder``).
+    """
+    entry = _lookup("encoder", name)
+    encoder = entry.factory(observation_space, **options)
+    dim = getattr(encoder, "embed_dim", None)
+    if not isinstance(encoder, nn.Module) or isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) \
+            or dim < 1:
+        raise DreamerError(
+            f"The encoder {name!r} ({_describe(entry)}) built a {type(encoder).__name__} with embed_dim={dim!r}: "
+            "an encoder factory must return a torch.nn.Module with a positive int attribute embed_dim, the "
+            "size of the embedding its forward returns (see dreamer_core.register_encoder)."
+        )
+    return encoder
+
+
+def make_decoder(name: str, feat_dim: int, observation_space: gym.spaces.Dict, **options: Any) -> nn.Module:
+    """Build the decoder registered as ``name`` (``module:name`` imports ``module`` first).
+
+    Raises:
+        DreamerError: the name is unknown or its module cannot be imported, or the factory
+            returned no ``torch.nn.Module``.
+    """
+    entry = _lookup("decoder", name)
+    decoder = entry.factory(feat_dim, observation_space, **options)
+    if not isinstance(decoder, nn.Module):
+        raise DreamerError(
+            f"The decoder {name!r} ({_describe(entry)}) built a {type(decoder).__name__}: a decoder factory "
+            "must return a torch.nn.Module (see dreamer_core.register_decoder)."
+        )
+    return decoder
+
+
+def network_problems(encoder: str, decoder: str) -> list[str]:
+    """What is wrong with an encoder and a decoder name (empty when both resolve); imports the
+    modules that ``module:name`` names, as building the model would."""
+    problems = []
+    for kind, name in (("encoder", encoder), ("decoder", decoder)):
+        try:
+            _lookup(kind, name)
+        except DreamerError as error:
+            problems.append(str(error))
+    return problems
+
+
+def qualified_name(kind: str, name: str) -> str:
+    """``name`` as a checkpoint stores it: ``module:name`` for a network registered by an
+    importable module (or ``/path/to/file.py:name`` for one imported from a file), so that
+    another process finds it. A file path in ``name`` becomes absolute (the stages may run
+    elsewhere); built-in names, other names that say their module, and names registered by
+    ``__main__`` stay as they are."""
+    if ":" in name:
+        module, _, short = name.rpartition(":")
+        return f"{Path(module).expanduser().resolve()}:{short}" if _is_file(module) else name
+    entry = _REGISTRY[kind].get(name)
+    if entry is None or entry.module in ("", "__main__", __name__):
+        return name
+    where = _import_spec(entry.module)
+    return f"{where}:{name}" if where else name
+
+
+def _caller_module() -> str:
+    """The module that called the function calling this one."""
+    return str(sys._getframe(2).f_globals.get("__name__", ""))
+
+
+def _register(kind: str, name: str, factory: Callable[..., nn.Module] | None, module: str) -> Any:
+    if not isinstance(name, str) or not name.strip() or ":" in name or name != name.strip():
+        raise DreamerError(
+            f"{kind.capitalize()} names are non-empty strings without ':' or surrounding spaces (got {name!r}); "
+            "':' separates a module from the name in 'module:name'."
+        )
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(fn):
+            raise DreamerError(f"register_{kind}({name!r}, ...) needs a class or function that builds the "
+                               f"{kind}, got {fn!r}.")
+        found = _REGISTRY[kind].get(name)
+        if found is not None and found.module != module:
+            raise DreamerError(
+                f"The {kind} name {name!r} is taken: {found.module} registered {_describe(found)}. Register "
+                f"the one in {module or 'your module'} under another name."
+            )
+        _REGISTRY[kind][name] = _Entry(fn, module)
+        return fn
+
+    return add if factory is None else add(factory)
+
+
+def _lookup(kind: str, spec: str) -> _Entry:
+    """The entry ``spec`` names: ``name``, or ``module:name`` (the module is imported first; if
+    that fails, a ``name`` registered by other means is used, else a DreamerError)."""
+    table = _REGISTRY[kind]
+    if not isinstance(spec, str) or not spec.strip():
+        raise DreamerError(f"model.encoder.{'name' if kind == 'encoder' else 'decoder'} must name a registered "
+                           f"{kind} (registered: {', '.join(sorted(table))}), got {spec!r}.")
+    module, _, name = spec.strip().rpartition(":")
+    if module:
+        try:
+            _import(module)
+        except (ImportError, OSError) as error:
+            if name not in table:
+                raise DreamerError(
+                    f"The {kind} {spec!r} names the module {module!r}, which cannot be imported ({error}). "
+                    "Make it importable (install it, or put its folder on PYTHONPATH) or name the .py file "
+                    f"that registers it ('path/to/file.py:{name}'); or import it yourself before the world "
+                    "model is built."
+                ) from error
+    if name not in table:
+        where = (f"the module {module!r} was imported but registers no {kind} {name!r}" if module else
+                 f"no {kind} is registered as {name!r} in this process")
+        raise DreamerError(
+            f"Unknown {kind} {spec!r}: {where} (registered: {', '.join(sorted(table))}). Register yours with "
+            f"dreamer_core.register_{kind}({name!r}, factory) in a module, and name it as 'module:{name}' "
+            f"(or 'path/to/file.py:{name}') so that every stage imports that module first."
+        )
+    return table[name]
+
+
+def _describe(entry: _Entry) -> str:
+    fn = entry.factory
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _is_file(module: str) -> bool:
+    return module.endswith(".py") or "/" in module or os.sep in module
+
+
+def _import(module: str) -> None:
+    """Import a dotted module name, or a ``.py`` file under its stem (once per file)."""
+    if _is_file(module):
+        path = Path(module).expanduser().resolve()
+        existing = sys.modules.get(path.stem)
+        if existing is not None and getattr(existing, "__file__", None) == str(path):
+            return
+        if not path.is_file():
+            raise ImportError(f"no file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path} as a Python module")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = loaded
+        try:
+            spec.loader.exec_module(loaded)
+        except BaseException:
+            del sys.modules[path.stem]
+            raise
+    else:
+        importlib.import_module(module)
+
+
+def _import_spec(module_name: str) -> str | None:
+    """How another process imports ``module_name``: its dotted name when the module was found
+    on ``sys.path`` under that name, else the path of its file; None for neither."""
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return module_name if module is not None else None
+    path = Path(file).resolve()
+    depth = module_name.count(".") + (path.name == "__init__.py")
+    root = path.parents[depth] if depth < len(path.parents) else None
+    roots = {Path(p or os.getcwd()).resolve() for p in sys.path if isinstance(p, str)}
+    return module_name if root in roots else str(path)
+
+
+register_encoder(DEFAULT, MultiEncoder)
+register_decoder(DEFAULT, MultiDecoder)

@@ -15,8 +15,9 @@
 - ``StopRequest``: Ctrl-C / SIGTERM become a flag the loops check between steps.
 - ``TrainLoop``: the training loop helper of stage 02, stage 03 and ``dreamer train``: the
   schedule (a counter of updates or env steps up to a total, optionally a time limit), metric
-  averaging between log records, the non-finite guard, the progress display, the metrics sink
-  and the checkpoint cadence (every N counts or every S seconds).
+  averaging between log records, the non-finite guard, the progress display, the metrics sink,
+  the checkpoint cadence (every N counts or every S seconds) and the user's ``Callback`` hooks
+  (``on_update``, ``on_eval``, ``on_checkpoint``).
 - the progress display (``logging.ProgressDisplay``: a live bar in a terminal, plain lines anywhere
   else: nohup, SLURM, CI), shared with collect and evaluate.
 
@@ -35,7 +36,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -363,6 +364,45 @@ class NonFiniteGuard:
         return finite
 
 
+class Callback:
+    """Hooks the training loops call: stage 02, stage 03 and ``dreamer train``.
+
+    Subclass it and override the hooks you need (these do nothing), or pass any object with
+    some of the three methods. ``step`` is the counter the run logs its metrics at (the
+    ``step`` of ``metrics.jsonl``): updates in stages 02 and 03, env steps in ``dreamer
+    train`` (where several updates can share one env step).
+
+    An exception raised by a hook is not caught: it ends the run like any other error (the
+    last checkpoint stays, and ``resume`` continues from it; ``dreamer train`` loses the
+    episodes not yet written to a shard, as after a crash). A failing hook is a bug to see,
+    not to skip, and raising is the way to stop a run from a hook.
+
+    Example:
+        ```python
+        class PrintLoss(Callback):
+            def on_update(self, step, metrics):
+                if step % 100 == 0:
+                    print(step, metrics["wm/loss"])
+        ```
+    """
+
+    def on_update(self, step: int, metrics: dict[str, float]) -> None:
+        """After every update that counted: its metrics as floats, keyed as ``metrics.jsonl``
+        keys them (``wm/*`` world model; ``actor/*``, ``critic/*``, ``imag/*`` behavior), not
+        averaged. Stage 02 skips a non-finite update (it does not count); ``dreamer train``
+        counts it and reports ``{"wm/nonfinite": 1.0}``."""
+
+    def on_eval(self, step: int, result: dict[str, float]) -> None:
+        """After every evaluation: stage 02's held-out metrics (``val/wm/*``; none without a
+        held-out split), ``dreamer train``'s evaluation episodes (``eval/*``). Stage 03 does
+        not evaluate."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After every checkpoint: ``path`` is the resume checkpoint just written
+        (``RUN/checkpoints/*latest.pt``); the run's artifacts (``world_model.pt``,
+        ``behavior.pt``) were written with it."""
+
+
 class TrainLoop:
     """The skeleton every training stage runs in (see the module docstring).
 
@@ -383,12 +423,16 @@ class TrainLoop:
             (0: only when the stage asks at the end).
         max_seconds: also stop after this much wall-clock time (0: no limit).
         handle_signals: turn SIGINT/SIGTERM into ``stopped`` (the loop ends cleanly).
+        callbacks: ``Callback``-like objects; the stage reports through ``updated``,
+            ``evaluated`` and ``checkpointed``, which call their hooks in order.
     """
 
     def __init__(self, run_dir: Path, total: int, count: int, description: str, progress: bool | float = True,
                  metrics_name: str = "metrics.jsonl", log_every: int = 0, checkpoint_every: int = 0,
-                 checkpoint_seconds: float = 0.0, max_seconds: float = 0.0, handle_signals: bool = False):
+                 checkpoint_seconds: float = 0.0, max_seconds: float = 0.0, handle_signals: bool = False,
+                 callbacks: Sequence[Any] = ()):
         self.run_dir, self.total = run_dir, total
+        self.callbacks = list(callbacks)
         self.start_count, self.start_time = count, time.perf_counter()
         self.metrics_name, self.description, self.progress = metrics_name, description, progress
         self.mean = MetricMean()
@@ -457,6 +501,26 @@ class TrainLoop:
         record.update(extra)
         self.sink.log(step, record)
         return record
+
+    # --- callbacks (exceptions propagate: see Callback) -----------------------------------------
+
+    def updated(self, step: int, metrics: dict[str, float]) -> None:
+        """Call every callback's ``on_update`` (each gets its own copy of ``metrics``)."""
+        self._call("on_update", step, metrics)
+
+    def evaluated(self, step: int, result: dict[str, float]) -> None:
+        """Call every callback's ``on_eval``."""
+        self._call("on_eval", step, result)
+
+    def checkpointed(self, step: int, path: Path) -> None:
+        """Call every callback's ``on_checkpoint`` with the resume checkpoint just written."""
+        self._call("on_checkpoint", step, path)
+
+    def _call(self, hook: str, step: int, value: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(int(step), dict(value) if isinstance(value, dict) else value)
 
     def show(self, count: int, status: Callable[[], str] | None = None, force: bool = False) -> None:
         """Redraw the progress bar, or print a plain line, when due (``status`` is only called

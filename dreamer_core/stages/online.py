@@ -87,7 +87,13 @@ from dreamer_core.stages.common import (
 )
 from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update, world_model_update
-from dreamer_core.world_model import ReplayContext, WorldModel, WorldModelConfig, network_problems
+from dreamer_core.world_model import (
+    ReplayContext,
+    WorldModel,
+    WorldModelConfig,
+    network_problems,
+    qualify_networks,
+)
 
 LATEST = ONLINE_LATEST
 MAX_NONFINITE = 5  # non-finite world-model losses in a row before the run stops
@@ -150,7 +156,8 @@ def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, 
     base = config_lib.apply_overrides(TrainConfig(out=out), ONLINE_DEFAULTS)
     cfg = config_lib.resolve(base, "train", presets, flags, sets)
     validate(cfg)
-    return cfg
+    # A user's encoder or decoder as module:name, so a resume in another process imports its module.
+    return replace(cfg, model=qualify_networks(cfg.model))
 
 
 FLAGS = {"steps": "--steps", "num_envs": "--num-envs", "train_ratio": "--train-ratio", "prefill": "--prefill",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.runs import WORLD_MODEL, WORLD_MODEL_CONFIG, WORLD_MODEL_LATEST
 from dreamer_core.stages.common import (
+    Callback,
     Every,
     NonFiniteGuard,
     RunLock,
@@ -46,7 +48,13 @@ from dreamer_core.stages.common import (
 from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import world_model_update
 from dreamer_core.types import Batch
-from dreamer_core.world_model import LossScales, WorldModel, WorldModelConfig
+from dreamer_core.world_model import (
+    LossScales,
+    WorldModel,
+    WorldModelConfig,
+    network_problems,
+    qualify_networks,
+)
 
 LATEST = WORLD_MODEL_LATEST
 HEADLINE = ("wm/loss", "val/wm/loss")  # the metric columns of TensorBoard's hparams view
@@ -92,7 +100,8 @@ def make_config(datasets: list[str], out: str, presets: list[str], sets: list[st
     base = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
     cfg = config_lib.resolve(base, "train-world-model", presets, flags, sets)
     validate(cfg)
-    return cfg
+    # A user's encoder or decoder as module:name, so a resume in another process imports its module.
+    return dataclasses.replace(cfg, model=qualify_networks(cfg.model))
 
 
 FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq-len", "balance": "--balance",
@@ -122,6 +131,8 @@ def validate(cfg: TrainWorldModelConfig) -> None:
     p.at_least("max_nonfinite", cfg.max_nonfinite, 1)
     p.at_least("memory_budget", cfg.memory_budget, 0)
     p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
+    for problem in network_problems(cfg.model):
+        p.add(problem)
     p.raise_any()
     trackers.check(cfg.loggers, FLAGS["loggers"])  # a tracker whose package is missing: how to install it
 
@@ -181,11 +192,14 @@ class Trainer:
     """One world-model training run (fresh or resumed)."""
 
     def __init__(self, cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
-                 resume_updates: int | None = None, loggers: str | None = None):
+                 resume_updates: int | None = None, loggers: str | None = None,
+                 callbacks: Sequence[Callback] = ()):
         """``resume_updates``: the new total when resuming (None: the run's own target);
-        ``loggers``: new trackers for a resumed run (None: the run's own)."""
+        ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: the
+        hooks of ``stages.common.Callback`` (step = updates)."""
         self.run_dir = Path(cfg.out)
         self.progress = progress
+        self.callbacks = list(callbacks)
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / WORLD_MODEL], resume, "choose another --out",
                                       keep=lambda stored, given: _keep_on_resume(stored, given, resume_updates),
@@ -242,7 +256,8 @@ class Trainer:
         self._write_config()
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "world model", self.progress,
-                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every) as loop:
+                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                       callbacks=self.callbacks) as loop:
             loop.sink.track(cfg.loggers, "train-world-model", config_lib.to_dict(self.cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(cfg.max_nonfinite, self._nonfinite_message)
             evaluation = Every(cfg.eval_every, self.update)
@@ -254,14 +269,19 @@ class Trainer:
                     continue
                 self.update += 1
                 loop.mean.add(metrics)
+                loop.updated(self.update, {f"wm/{k}": v for k, v in metrics.items()})
                 final = self.update == cfg.updates
                 if loop.log_due(self.update, final):
                     last = loop.log_mean(self.update, "wm/", **{"wm/updates_per_second": loop.rate(self.update)})
                 if evaluation(self.update) or final:
-                    last.update(self.evaluate())
+                    held_out = self.evaluate()
+                    last.update(held_out)
                     loop.log(self.update, {k: v for k, v in last.items() if k.startswith("val/")})
+                    if held_out:
+                        loop.evaluated(self.update, held_out)
                 if loop.checkpoint_due(self.update, final):
                     self.save()
+                    loop.checkpointed(self.update, self.run_dir / LATEST)
                 loop.show(self.update, lambda last=last: self._status(last, loop.start_count))
             loop.show(self.update, force=True)
         return {"updates": self.update, **last}
@@ -426,10 +446,13 @@ def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> 
 
 
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
-        resume_updates: int | None = None, loggers: str | None = None) -> dict[str, Any]:
+        resume_updates: int | None = None, loggers: str | None = None,
+        callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train (or resume) and return the final metrics; one writer per run directory.
-    ``loggers``: new trackers for a resumed run (None: the run's own)."""
+    ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: hooks
+    called after each update, evaluation and checkpoint (``stages.common.Callback``)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
     check_run_dir(cfg.out, "--out")
     with RunLock(Path(cfg.out)):
-        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers).run()
+        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers,
+                       callbacks=callbacks).run()
