@@ -69,7 +69,9 @@ TRAINING_COMMANDS = ("train", "train_world_model", "train_behavior")
 # commands it is for (config.commands_for); imported only then.
 COMMAND_CONFIGS = {
     "collect": ("collect", "CollectConfig"), "train-world-model": ("train_world_model", "TrainWorldModelConfig"),
-    "train-behavior": ("train_behavior", "TrainBehaviorConfig"), "evaluate": ("evaluate", "EvaluateConfig"),
+    "train-behavior": ("train_behavior", "TrainBehaviorConfig"),
+    "train-controller": ("train_controller", "TrainControllerConfig"),  # train-behavior on a World Models run
+    "evaluate": ("evaluate", "EvaluateConfig"),
     "train": ("online", "TrainConfig"), "dream": ("dream", "DreamConfig"),
 }
 
@@ -497,6 +499,13 @@ def train_behavior(
     horizon: Annotated[int | None, typer.Option(help="Imagination horizon H (default 15).")] = None,
     actor_grad: Annotated[str | None, typer.Option("--actor-grad", help="auto | reinforce | dynamics.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    generations: Annotated[int | None, typer.Option(help="World Models runs: CMA-ES generations in total (default 20; with --resume: a new total).")] = None,
+    population: Annotated[int | None, typer.Option(help="World Models runs: CMA-ES population (default 16).")] = None,
+    scorer: Annotated[str | None, typer.Option(help="World Models runs: real (default: episodes in the env) | dream (rollouts of M).")] = None,
+    tau: Annotated[float | None, typer.Option(help="World Models runs, --scorer dream: M's temperature (default 1.0).")] = None,
+    workers: Annotated[int | None, typer.Option(help="World Models runs: processes scoring candidates (default 0 = one per CPU; 1 = none).")] = None,
+    rollouts: Annotated[int | None, typer.Option(help="World Models runs: episodes or dreams per candidate (default 4).")] = None,
+    hidden: Annotated[int | None, typer.Option(help="World Models runs: the controller's tanh hidden layer (default 0 = linear).")] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
@@ -508,12 +517,26 @@ def train_behavior(
     device: DeviceOpt = None,
     logger: LoggerOpt = None,
 ) -> None:
-    """Stage 03: train the actor-critic in imagination from the run's frozen world model."""
+    """Stage 03: train the actor-critic in imagination from the run's frozen world model (a World Models run: the CMA-ES controller search)."""
     from dreamer_core import runs
     from dreamer_core.stages import train_behavior as stage
 
     command = "train-behavior"
     progress = _progress(quiet, progress_seconds)
+    controller_flags = {"generations": generations, "search.population": population, "scorer": scorer, "tau": tau,
+                        "search.workers": workers, "rollouts": rollouts, "controller.hidden": hidden}
+    rssm_flags = {"--updates": updates, "--batch-size": batch_size, "--seq-len": seq_len, "--horizon": horizon,
+                  "--actor-grad": actor_grad, "--device": device}
+    if _behavior_command(run, config) == "train-controller":
+        return _train_controller(run, dataset, resume, seed, skip_corrupt, quiet, progress, threads, config,
+                                 print_config, preset, set_, logger, controller_flags, rssm_flags)
+    given_controller = [f"--{k.rpartition('.')[2]}" for k, v in controller_flags.items() if v is not None]
+    if given_controller:
+        raise DreamerError(
+            f"{', '.join(given_controller)} {'is' if len(given_controller) == 1 else 'are'} for the controller search "
+            f"of a World Models run (train-world-model --preset worldmodels), but {run_dir_text(run, config)} holds an "
+            "RSSM world model, whose stage 03 trains the actor-critic (--updates, --horizon, --actor-grad, ...). "
+            "Drop those options; nothing was written.")
     file = _config_file(config, command)
     run_dir = Path(_required(run, file, "run", "--run", "the run directory (with world_model.pt)"))
     given = [str(d) for d in dataset]
@@ -541,6 +564,64 @@ def train_behavior(
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
     typer.echo(f"trained {result['updates']} behavior updates -> {run_dir / runs.BEHAVIOR}"
                + (f" ({', '.join(parts)})" if parts else ""))
+
+
+def run_dir_text(run: Path | None, config: Path | None) -> str:
+    return str(run) if run is not None else f"the run of {config}"
+
+
+def _behavior_command(run: Path | None, config: Path | None) -> str:
+    """``train-controller`` when stage 03 of the run is the World Models controller search (its
+    world_model.pt is of that family; without --run: a --config file with that section)."""
+    from dreamer_core import runs
+
+    if run is not None:
+        return "train-controller" if runs.world_model_family(run) == "worldmodels" else "train-behavior"
+    if config is not None and config.is_file():
+        found = config_lib.sections(config_lib.read_yaml(config)) or {}
+        if "train-controller" in found and "train-behavior" not in found:
+            return "train-controller"
+    return "train-behavior"
+
+
+def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed: int | None, skip_corrupt: bool,
+                      quiet: bool, progress: bool | float, threads: int | None, config: Path | None,
+                      print_config: bool, preset: list[str], set_: list[str], logger: str | None,
+                      controller_flags: dict[str, Any], rssm_flags: dict[str, Any]) -> None:
+    """`dreamer train-behavior` on a World Models run: the CMA-ES controller search."""
+    from dreamer_core import runs
+    from dreamer_core.stages import train_controller as stage
+
+    command = stage.COMMAND
+    given_rssm = [flag for flag, value in rssm_flags.items() if value is not None]
+    if given_rssm:
+        raise DreamerError(
+            f"{', '.join(given_rssm)} {'is' if len(given_rssm) == 1 else 'are'} for the actor-critic of an RSSM run, "
+            f"but {run_dir_text(run, config)} holds a World Models (VAE + MDN-RNN) world model, whose stage 03 is the "
+            "CMA-ES controller search: use --generations, --population, --scorer real|dream, --tau, --workers, "
+            "--rollouts and --hidden (or --set KEY=VALUE of its config). Drop those options; nothing was written.")
+    file = _config_file(config, command)
+    run_dir = Path(_required(run, file, "run", "--run", "the run directory (with world_model.pt)"))
+    given = [str(d) for d in dataset]
+    flags = {"run": None if run is None else str(run), "datasets": given or None, "search.seed": seed,
+             "threads": threads, "skip_corrupt": skip_corrupt or None, "loggers": logger, **controller_flags}
+    if resume:
+        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "run", "loggers"), preset,
+                                  set_, "--generations, the new total, and --logger", file)
+        if print_config:
+            return _print_config(command, _resumed_config(command, run_dir, {"generations": controller_flags["generations"]}))
+    with config_lib.using_file(file):
+        cfg = stage.make_config(str(run_dir), given, preset, set_, flags)
+    if print_config:
+        return _print_config(command, cfg)
+    _show_config(command, cfg, run_dir, quiet, resume, {"generations": controller_flags["generations"],
+                                                        "loggers": logger})
+    result = stage.run(cfg, resume=resume, progress=progress, resume_generations=controller_flags["generations"],
+                       loggers=logger if resume else None)
+    best = result.get("best_score")
+    typer.echo(f"searched {result['generations']} controller generations -> {run_dir / runs.BEHAVIOR}"
+               + (f" (best mean return {best:.4g}, last generation's best {result['cma/best']:.4g})"
+                  if "cma/best" in result else f" (best mean return {best:.4g})"))
 
 
 @app.command()
@@ -724,13 +805,14 @@ def dream(
     actor: Annotated[bool, typer.Option("--actor", help="Also dream under the actor's own actions (needs behavior.pt).")] = False,
     fps: Annotated[int | None, typer.Option(help="Frames per second (default 15).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the dream's latent samples (default 0).")] = None,
+    tau: Annotated[list[float], typer.Option("--tau", help="World Models runs: M's sampling temperature; repeat for one video per temperature (<stem>_tau<T>).")] = [],
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
     preset: PresetOpt = [],
     set_: SetOpt = [],
     device: DeviceOpt = None,
 ) -> None:
-    """Video of real | reconstruction | open-loop dream along a recorded episode, plus error vs horizon."""
+    """Video of real | reconstruction | open-loop dream along a recorded episode, plus error vs horizon (World Models runs: per --tau, with M's uncertainty)."""
     from dreamer_core.stages import dream as stage
 
     file = _config_file(config, "dream")
@@ -738,7 +820,8 @@ def dream(
     out_file = _required(out, file, "out", "--out", "the video to write (.gif or .mp4)")
     flags = {"run": None if run is None else str(run), "out": None if out is None else str(out),
              "dataset": None if dataset is None else str(dataset), "episode": episode, "context": context,
-             "horizon": horizon, "actor": actor or None, "fps": fps, "seed": seed, "device": device}
+             "horizon": horizon, "actor": actor or None, "fps": fps, "seed": seed, "device": device,
+             "tau": tuple(tau) or None}
     with config_lib.using_file(file):
         cfg = stage.make_config(run_dir, out_file, preset, set_, flags)
     if print_config:

@@ -75,6 +75,9 @@ no-op starts), ``atari100k`` (the same without sticky actions), ``dmc_vision`` (
 64x64 pixels), ``dmc_proprio`` (action repeat 2, the state vector). ``tiny`` is a small model for
 tests and CPU smoke runs.
 
+Families (``train-world-model``): ``worldmodels`` trains the original World Models (VAE + MDN-RNN,
+``family=worldmodels``; its settings are ``worldmodels.*``) instead of the RSSM.
+
 Imports: dataclasses, yaml, the errors module; nothing of the package above it (the commands'
 config classes reach it through :func:`register_commands`, which the CLI calls).
 """
@@ -210,6 +213,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "100m": _size_2025(deter=6144, hidden=768, classes=48, depth=48, units=768),
     "200m": _size_2025(deter=8192, hidden=1024, classes=64, depth=64, units=1024),
     "400m": _size_2025(deter=12288, hidden=1536, classes=96, depth=96, units=1536),
+    # Model families: the original World Models (VAE + MDN-RNN, worldmodels.py) for stage 02; its
+    # stage 03 is the CMA-ES controller search, chosen by the run's family (train-behavior).
+    "worldmodels": {"family": "worldmodels"},
 }
 
 # Each command's config class, by command name, only to name in a refusal the commands a preset
@@ -617,8 +623,9 @@ def describe_changes(cfg: Any, base: Any) -> list[str]:
 
 # The commands that have a config (the sections a config file may have; cli.COMMAND_CONFIGS
 # registers their classes) and what a section holds.
-COMMAND_NAMES = ("collect", "train-world-model", "train-behavior", "evaluate", "train", "dream")
-RUN_COMMANDS = ("train-world-model", "train-behavior", "train")  # those that save their section in the run
+COMMAND_NAMES = ("collect", "train-world-model", "train-behavior", "train-controller", "evaluate", "train", "dream")
+# train-controller: `dreamer train-behavior` on a World Models run (the CMA-ES controller search).
+RUN_COMMANDS = ("train-world-model", "train-behavior", "train-controller", "train")  # those that save their section in the run
 SECTION_PARTS = ("config", "records")
 RUN_HEADER = ("# The resolved config of each dreamer command that wrote into this run, one section per command.\n"
               "# `dreamer COMMAND --config THIS_FILE` runs COMMAND with its section (flags still override it).\n")
@@ -846,8 +853,11 @@ def _class_keys(cls: type, prefix: str = "", groups: bool = False) -> list[str]:
 
 
 def commands_with_key(key: str) -> list[str]:
-    """The registered commands whose config has the setting (or group of settings) ``key``."""
-    return [command for command, load in COMMANDS.items() if key in _class_keys(load(), "", True)]
+    """The registered commands whose config has the setting (or group of settings) ``key``
+    (``train-controller``, `dreamer train-behavior` on a World Models run, only where
+    ``train-behavior`` itself does not have it)."""
+    found = [command for command, load in COMMANDS.items() if key in _class_keys(load(), "", True)]
+    return [c for c in found if not (c == "train-controller" and "train-behavior" in found)]
 
 
 def _unknown_key(key: str, cls: type, where: str, command: str) -> str:

@@ -20,7 +20,13 @@ earlier have one file per command (``LEGACY_CONFIGS``: ``config.yaml``, ``behavi
 batched policy, checking that the env's spaces fit; ``run_dataset(run)`` opens the data a
 run's world model was trained on.
 
-Imports: world_model, behavior, policies, checkpoint, config, data, runtime, errors, files.
+Both world-model families load here: ``world_model.pt`` is read once and rebuilt as a
+``worldmodels.VaeMdnWorldModel`` when its ``model_config`` says so (``worldmodels.is_family``),
+else as the RSSM ``WorldModel``; ``behavior.pt`` as a ``controller.Controller`` (the World Models
+family's stage 03) or an ``ActorCritic``. ``world_model_family(run)`` names a run's family.
+
+Imports: world_model, worldmodels, behavior, controller, policies, checkpoint, config, data,
+runtime, errors, files.
 """
 
 from __future__ import annotations
@@ -30,15 +36,16 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, controller, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
+from dreamer_core.interfaces import WorldModelInterface
 from dreamer_core.policies import AgentPolicy, Policy, RandomPolicy
 from dreamer_core.runtime import resolve_device
-from dreamer_core.world_model import WorldModel
+from dreamer_core.world_model import WorldModel, WorldModelConfig
 
 WORLD_MODEL = "world_model.pt"
 BEHAVIOR = "behavior.pt"
@@ -121,9 +128,31 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def world_model_from_file(path: Path | str, device: str | torch.device = "cpu",
+                          ) -> tuple[WorldModelInterface, checkpoint.WorldModelArtifact]:
+    """Any family's world model from a ``world_model.pt`` (read once), and its artifact."""
+    artifact = checkpoint.load(path, checkpoint.WorldModelArtifact, map_location=device)
+    if worldmodels.is_family(artifact.model_config):
+        return worldmodels.VaeMdnWorldModel.from_artifact(artifact, device, path), artifact
+    cfg = config_lib.from_dict(WorldModelConfig, artifact.model_config)
+    model = WorldModel(cfg, *artifact.spaces()).to(device)
+    model.load_state_dict(artifact.weights)
+    return model, artifact
+
+
+def world_model_family(run: Path | str) -> str:
+    """``rssm`` or ``worldmodels``: the family of ``RUN/world_model.pt`` (``rssm`` when the
+    run has none yet: the stages say what is missing)."""
+    path = Path(run) / WORLD_MODEL
+    if not path.is_file():
+        return "rssm"
+    artifact = checkpoint.load(path, checkpoint.WorldModelArtifact)
+    return worldmodels.FAMILY if worldmodels.is_family(artifact.model_config) else "rssm"
+
+
 def load_world_model(run: Path | str, device: str | torch.device = "cpu",
-                     ) -> tuple[WorldModel, checkpoint.WorldModelArtifact]:
-    """The world model of ``RUN/world_model.pt`` in eval mode, and its artifact."""
+                     ) -> tuple[WorldModelInterface, checkpoint.WorldModelArtifact]:
+    """The world model of ``RUN/world_model.pt`` (either family) in eval mode, and its artifact."""
     run = Path(run)
     if not run.is_dir():
         raise DreamerError(
@@ -135,14 +164,14 @@ def load_world_model(run: Path | str, device: str | torch.device = "cpu",
             f"The run {run} has no {WORLD_MODEL}, so there is no world model to use. "
             f"Train one with `dreamer train-world-model DATASET --out {run}`."
         )
-    model, artifact = WorldModel.load(run / WORLD_MODEL, device)
+    model, artifact = world_model_from_file(run / WORLD_MODEL, device)
     return model.eval(), artifact
 
 
 def load_agent(run: Path | str, device: str | torch.device = "cpu",
-               ) -> tuple[WorldModel, ActorCritic, checkpoint.BehaviorArtifact]:
-    """The frozen world model and the actor-critic (eval mode) of a run, and the behavior
-    artifact (its ``env_config``, ``update`` and spaces)."""
+               ) -> tuple[WorldModelInterface, ActorCritic | controller.Controller, checkpoint.BehaviorArtifact]:
+    """The frozen world model and the agent (eval mode) of a run: an actor-critic, or the
+    World Models controller; and the behavior artifact (its ``env_config``, ``update``, spaces)."""
     run = Path(run)
     path = run / BEHAVIOR
     if not path.exists():
@@ -150,9 +179,13 @@ def load_agent(run: Path | str, device: str | torch.device = "cpu",
             f"The run {run} has no {BEHAVIOR}, so it has no agent. Train one with "
             f"`dreamer train-behavior --run {run}` (after `dreamer train-world-model`)."
         )
-    world_model, wm_artifact = WorldModel.load(run / WORLD_MODEL, device)
+    world_model, wm_artifact = world_model_from_file(run / WORLD_MODEL, device)
     freeze(world_model)
-    agent, artifact = ActorCritic.load(path, world_model, device)
+    behavior = checkpoint.load(path, checkpoint.BehaviorArtifact, map_location=device)
+    if controller.is_controller(behavior.behavior_config):
+        agent, artifact = controller.Controller.load(path, world_model, device)
+    else:
+        agent, artifact = ActorCritic.load(path, world_model, device)
     if artifact.world_model_update != wm_artifact.update:
         raise DreamerError(
             f"The agent in {path} was trained against the world model at update {artifact.world_model_update}, "

@@ -207,6 +207,11 @@ def _trace_series(result: DreamResult, max_dims: int) -> list[tuple[str, list[np
         rewards.append(result.reward_actor)
     out.append(("reward", rewards, None))
     out.append(("continue", [result.cont, result.cont_recon, result.cont_dream], (0.0, 1.0)))
+    dream_std = getattr(result, "dream_std", None)  # World Models: the std of M's mixture behind each row
+    if dream_std is not None:
+        std = np.asarray(dream_std, np.float64)
+        top = float(np.nanmax(std)) * 1.1 if np.isfinite(std).any() and np.nanmax(std) > 0 else 1.0
+        out.append(("M std", [None, None, std], (0.0, top)))
     return out
 
 
@@ -229,7 +234,7 @@ def _make_traces(result: DreamResult, width: int, plot_height: int = 42, margin:
         top = i * (plot_height + gap)
         bottom = top + plot_height - 1
         traces.rows.append((top, bottom))
-        lo, hi = fixed or _value_range(series[:2])
+        lo, hi = fixed or _value_range([v for v in series[:2] if v is not None])
         for canvas in (traces.base, traces.full):
             canvas[top:bottom + 1, margin - 1] = (170, 170, 170)
             canvas[bottom, margin - 1:] = (170, 170, 170)
@@ -240,6 +245,8 @@ def _make_traces(result: DreamResult, width: int, plot_height: int = 42, margin:
                                          (bottom - 10, f"{lo:.3g}", (150, 150, 150), 11)):
                 canvas[y:y + size, 2:margin - 4] = _text_strip(margin - 6, [(0, text, color)], size)
         for values, color in zip(series, colors):
+            if values is None:  # a series this plot does not have (M std: the dream's only)
+                continue
             v = np.clip((np.asarray(values, np.float64) - lo) / (hi - lo), 0, 1)
             ys = (bottom - 1 - np.round(np.nan_to_num(v, nan=0.5) * (bottom - top - 2))).astype(int)
             _polyline(traces.full, xs, ys, color)

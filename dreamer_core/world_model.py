@@ -284,6 +284,12 @@ class WorldModel(nn.Module):
         A user's encoder or decoder is rebuilt by the name the file stores (``module:name``:
         the module is imported first); a DreamerError says what to do when it cannot be."""
         artifact = checkpoint.load(path, checkpoint.WorldModelArtifact, map_location=device)
+        family = artifact.model_config.get("family")
+        if family is not None:  # another family's world_model.pt (e.g. worldmodels: VAE + MDN-RNN)
+            raise DreamerError(
+                f"{path} holds a {family} world model, not a DreamerV3 (RSSM) one, so WorldModel.load cannot "
+                "rebuild it. Load it with runs.load_world_model(RUN), which picks the loader of its family "
+                "(worldmodels.VaeMdnWorldModel.load for World Models runs).")
         cfg = config_lib.from_dict(WorldModelConfig, artifact.model_config)
         model = cls(cfg, *artifact.spaces()).to(device)
         model.load_state_dict(artifact.weights)

@@ -69,7 +69,7 @@ from dreamer_core.data.store import is_dataset_dir
 from dreamer_core.data.writer import DatasetWriter, EpisodeRecorder
 from dreamer_core.envs import EnvConfig, make_env, make_env_pool
 from dreamer_core.envs.pool import BACKENDS
-from dreamer_core.errors import DatasetError
+from dreamer_core.errors import DatasetError, DreamerError
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.policies import AgentPolicy, RandomPolicy, play_episode
 from dreamer_core.runs import BEHAVIOR, ONLINE_CONFIG, ONLINE_LATEST, REPLAY, WORLD_MODEL
@@ -150,9 +150,19 @@ ONLINE_DEFAULTS: dict[str, Any] = {
 }
 
 
+WORLDMODELS_REFUSAL = (
+    "`dreamer train` (online) trains the DreamerV3 RSSM only; the World Models family (VAE + MDN-RNN with a "
+    "CMA-ES controller) trains in stages, as in the paper: collect rollouts with `dreamer collect --env ID --out "
+    "DATA`, train V and M with `dreamer train-world-model DATA --out RUN --preset worldmodels`, search the "
+    "controller with `dreamer train-behavior --run RUN` (--scorer real or dream), then `dreamer evaluate --run "
+    "RUN`; to iterate, collect more with `--policy RUN` and train again. Nothing was written.")
+
+
 def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> TrainConfig:
     """The online defaults (ONLINE_DEFAULTS over TrainConfig), then presets in order, then the
-    flags given (None = not given), then --set."""
+    flags given (None = not given), then --set. The World Models family is refused (``WORLDMODELS_REFUSAL``)."""
+    if "worldmodels" in presets or any(s.replace(" ", "").startswith(("family=", "worldmodels.")) for s in sets):
+        raise DreamerError(WORLDMODELS_REFUSAL)
     base = config_lib.apply_overrides(TrainConfig(out=out), ONLINE_DEFAULTS)
     cfg = config_lib.resolve(base, "train", presets, flags, sets)
     validate(cfg)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dreamer_core import checkpoint, runtime, trackers
+from dreamer_core import checkpoint, runtime, trackers, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset, skipped_shards
@@ -89,6 +89,12 @@ class TrainBehaviorConfig:
 def world_model_defaults(run: Path) -> tuple[dict[str, Any], list[str]]:
     """Overrides and variant preset implied by the run's world model (see the module docstring)."""
     artifact = checkpoint.load(run / WORLD_MODEL, checkpoint.WorldModelArtifact)
+    if worldmodels.is_family(artifact.model_config):
+        raise DreamerError(
+            f"{run / WORLD_MODEL} is a World Models (VAE + MDN-RNN) world model, whose stage 03 is the CMA-ES "
+            f"controller search, not the actor-critic: run `dreamer train-behavior --run {run}` (it picks the "
+            "controller search for this family; options --generations, --population, --scorer, ...), or "
+            "stages.train_controller from Python.")
     model = config_lib.from_dict(WorldModelConfig, artifact.model_config)
     heads = model.heads
     overrides = {

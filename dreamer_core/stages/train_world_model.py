@@ -9,6 +9,13 @@ spaces, what stage 03 loads), ``checkpoints/latest.pt`` (everything needed to re
 ``metrics.jsonl``, and what the trackers ``loggers`` names keep (``--logger``: ``tb/`` by
 default; W&B, MLflow: see trackers.py), which also get the resolved config.
 
+Two model families (``family``): ``rssm`` (DreamerV3, ``model.*``) and ``worldmodels`` (the
+original World Models, ``--preset worldmodels``: VAE + MDN-RNN, ``worldmodels.*``). The latter
+trains staged (V alone for ``vae_updates`` updates with ``vae_optim``, then M on V's latents
+with ``memory_optim``; ``model.set_phase`` before each update) or joint (one ``vae_optim``
+over everything; ``--balance calibrate`` implies it: ``worldmodels.calibrate``). Its held-out
+metrics score every term with ``loss_terms(phase="joint")`` whatever the phase.
+
 Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, and
 the stage kit (stages.common: resume, config files, the training loop; stages.outputs: the
 --out check; stages.updates).
@@ -27,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_core import checkpoint, runtime, trackers
+from dreamer_core import checkpoint, runtime, trackers, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset, skipped_shards
 from dreamer_core.data.sampler import SequenceSampler
+from dreamer_core.errors import DreamerError
 from dreamer_core.optim import OptimConfig, make_optimizer
 from dreamer_core.runs import WORLD_MODEL, WORLD_MODEL_CONFIG, WORLD_MODEL_LATEST
 from dreamer_core.stages.common import (
@@ -55,9 +63,11 @@ from dreamer_core.world_model import (
     network_problems,
     qualify_networks,
 )
+from dreamer_core.worldmodels import VaeMdnWorldModel, WorldModelsConfig
 
 LATEST = WORLD_MODEL_LATEST
 HEADLINE = ("wm/loss", "val/wm/loss")  # the metric columns of TensorBoard's hparams view
+FAMILIES = ("rssm", "worldmodels")
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,13 @@ class TrainWorldModelConfig:
 
     datasets: tuple[str, ...] = ()
     out: str = "runs/world_model"
+    family: str = "rssm"  # rssm (DreamerV3: model, optim) | worldmodels (VAE + MDN-RNN: worldmodels, *_optim)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    worldmodels: WorldModelsConfig = field(default_factory=WorldModelsConfig)
+    vae_updates: int = 0  # worldmodels, staged: updates of V before M's (0: half of updates, fixed when resolved)
+    vae_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, clip=1.0))  # V (and joint training)
+    memory_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, clip=1.0))  # M + inverse (staged)
     batch_size: int = 16
     seq_len: int = 64
     updates: int = 5000
@@ -96,9 +111,21 @@ class TrainWorldModelConfig:
 
 def make_config(datasets: list[str], out: str, presets: list[str], sets: list[str],
                 flags: dict[str, Any]) -> TrainWorldModelConfig:
-    """Defaults, then presets in order, then the flags given (None = not given), then --set."""
+    """Defaults, then presets in order, then the flags given (None = not given), then --set.
+
+    For the worldmodels family, ``--inverse-model`` (``model.inverse.enabled``) means
+    ``worldmodels.inverse.enabled``, ``--balance calibrate`` implies joint training (refused
+    with an explicit ``worldmodels.training=staged``), ``vae_updates`` 0 becomes half the
+    updates, and the RSSM's options are refused (and the other way round)."""
     base = TrainWorldModelConfig(datasets=tuple(datasets), out=out)
     cfg = config_lib.resolve(base, "train-world-model", presets, flags, sets)
+    if cfg.family == "worldmodels":
+        flags = dict(flags)
+        inverse = flags.pop("model.inverse.enabled", None)
+        if inverse is not None:
+            flags["worldmodels.inverse.enabled"] = inverse
+        cfg = config_lib.resolve(base, "train-world-model", presets, flags, sets)
+        cfg = _worldmodels_defaults(cfg, flags, sets)
     validate(cfg)
     # A user's encoder or decoder as module:name, so a resume in another process imports its module.
     return dataclasses.replace(cfg, model=qualify_networks(cfg.model))
@@ -108,9 +135,63 @@ FLAGS = {"updates": "--updates", "batch_size": "--batch-size", "seq_len": "--seq
          "optim.name": "--optimizer", "precision": "--precision", "device": "--device", "loggers": "--logger"}
 
 
+RSSM_ONLY = ("model", "optim", "priority")  # what the worldmodels family does not read
+WORLDMODELS_ONLY = ("worldmodels", "vae_updates", "vae_optim", "memory_optim")
+
+
+def _worldmodels_defaults(cfg: TrainWorldModelConfig, flags: dict[str, Any], sets: list[str],
+                          ) -> TrainWorldModelConfig:
+    """The worldmodels family's reading of the shared options (see ``make_config``)."""
+    if cfg.balance == "calibrate" and cfg.worldmodels.training == "staged":
+        if any(s.replace(" ", "").startswith("worldmodels.training=") for s in sets):
+            raise DreamerError(
+                "--balance calibrate weights the terms of one joint loss, but worldmodels.training=staged trains V "
+                "and M apart with their own losses, so there is nothing to balance. Drop --balance calibrate for "
+                "staged training, or use --set worldmodels.training=joint; nothing was written.")
+        cfg = dataclasses.replace(cfg, worldmodels=dataclasses.replace(cfg.worldmodels, training="joint"))
+    if cfg.worldmodels.training == "staged":
+        cfg = dataclasses.replace(cfg, vae_updates=_vae_updates(cfg))
+    return cfg
+
+
+def _family_problems(cfg: TrainWorldModelConfig, p: config_lib.Problems) -> None:
+    """A setting the run's family does not read is an error (an unused flag is a mistake)."""
+    default = TrainWorldModelConfig()
+    if cfg.family not in FAMILIES:
+        return
+    unused, own, flag = ((RSSM_ONLY, "worldmodels.*, vae_updates, vae_optim.*, memory_optim.*", "--preset worldmodels")
+                         if cfg.family == "worldmodels" else (WORLDMODELS_ONLY, "model.*, optim.*",
+                                                           "add --preset worldmodels for the World Models family"))
+    changed = [k for k in unused if getattr(cfg, k) != getattr(default, k)]
+    changed = [f"{k} ({p.name('optim.name')})" if k == "optim" and cfg.optim.name != default.optim.name else k
+               for k in changed]
+    if changed:
+        p.add(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} not read by the {cfg.family} family "
+              f"(family={cfg.family}, {flag}), whose model settings are {own}")
+    if cfg.family == "worldmodels":
+        wm = cfg.worldmodels
+        p.one_of("worldmodels.training", wm.training, worldmodels.TRAININGS)
+        for key in ("vae.latent", "mdn.hidden", "mdn.mixtures"):
+            p.at_least(f"worldmodels.{key}", config_lib.get_field(wm, key), 1)
+        p.at_least("worldmodels.mdn.temperature", wm.mdn.temperature, 0)
+        p.optimizer("vae_optim", cfg.vae_optim)
+        p.optimizer("memory_optim", cfg.memory_optim)
+        if wm.training == "staged":
+            p.require(0 < _vae_updates(cfg) < cfg.updates,
+                      f"vae_updates must be between 1 and --updates - 1 for staged training, so that V and then M "
+                      f"both train (got {cfg.vae_updates} of {cfg.updates})")
+
+
+def _vae_updates(cfg: TrainWorldModelConfig) -> int:
+    """Staged training's updates of V: ``vae_updates``, or half the updates when it is 0."""
+    return cfg.vae_updates or max(1, cfg.updates // 2)
+
+
 def validate(cfg: TrainWorldModelConfig) -> None:
     """Every problem of a resolved config in one DreamerError (see ``config_lib.Problems``)."""
     p = config_lib.Problems("train-world-model", FLAGS)
+    p.one_of("family", cfg.family, FAMILIES)
+    _family_problems(cfg, p)
     p.at_least("updates", cfg.updates, 1)
     p.at_least("batch_size", cfg.batch_size, 1)
     p.at_least("seq_len", cfg.seq_len, 1)
@@ -217,8 +298,22 @@ class Trainer:
         if state is not None:
             state.check_spaces(self.observation_space, self.action_space, "The dataset", latest)
         self._make_samplers(datasets)
-        self.model = WorldModel(cfg.model, self.observation_space, self.action_space).to(self.device)
-        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.family = cfg.family
+        if self.family == "worldmodels" and cfg.worldmodels.training == "staged" and not cfg.vae_updates:
+            cfg = self.cfg = dataclasses.replace(cfg, vae_updates=_vae_updates(cfg))  # fixed for resumes
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.family == "worldmodels":
+            self.model = VaeMdnWorldModel(cfg.worldmodels, self.observation_space, self.action_space).to(self.device)
+            if cfg.worldmodels.training == "staged":
+                groups = self.model.parameter_groups()
+                self.optimizers = {"vae": make_optimizer(groups["vae"], cfg.vae_optim),
+                                   "memory": make_optimizer(groups["memory"], cfg.memory_optim)}
+            else:
+                self.optimizers = {"joint": make_optimizer(self.model.parameters(), cfg.vae_optim)}
+            self.optimizer = next(iter(self.optimizers.values()))
+        else:
+            self.model = WorldModel(cfg.model, self.observation_space, self.action_space).to(self.device)
+            self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.update = 0
         self.calibration: dict[str, Any] | None = None
         if state is not None:
@@ -298,8 +393,28 @@ class Trainer:
 
     def train_step(self, batch: Batch, scales: LossScales | None = None) -> tuple[bool, dict[str, float]]:
         """One update. Returns (finite, metrics as floats); a non-finite loss changes nothing."""
+        if self.family == "worldmodels":
+            return self._worldmodels_step(batch)
         ok, metrics, _ = world_model_update(self.model, self.optimizer, self.cfg.optim, self.update,
                                             batch.to(self.device), self.cfg.precision)
+        return ok, metrics
+
+    def phase(self, update: int | None = None) -> str:
+        """The worldmodels phase of ``update`` (default: the next one): vae, memory or joint."""
+        update = self.update if update is None else update
+        if self.cfg.worldmodels.training == "joint":
+            return "joint"
+        return "vae" if update < self.cfg.vae_updates else "memory"
+
+    def _worldmodels_step(self, batch: Batch) -> tuple[bool, dict[str, float]]:
+        phase = self.phase()
+        self.model.set_phase(phase)
+        optim = {"vae": self.cfg.vae_optim, "memory": self.cfg.memory_optim, "joint": self.cfg.vae_optim}[phase]
+        start = self.cfg.vae_updates if phase == "memory" else 0  # each optimizer warms up from its own start
+        ok, metrics, _ = world_model_update(self.model, self.optimizers[phase], optim, self.update - start,
+                                            batch.to(self.device), self.cfg.precision)
+        if ok:
+            metrics["phase_memory"] = float(phase == "memory")
         return ok, metrics
 
     # --- evaluation ---------------------------------------------------------------------
@@ -315,6 +430,8 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
+        if self.family == "worldmodels":
+            return self._evaluate_worldmodels()
         out: dict[str, float] = {}
         self.model.eval()
         sums: dict[str, float] = {}
@@ -333,6 +450,29 @@ class Trainer:
         self.val_sampler.load_state_dict(state)  # the same held-out windows every time
         out.update({f"val/wm/{k}": v / self.cfg.val_batches for k, v in sums.items()})
         out["val/wm/latent_usage"] = float(np.mean(usage))
+        out.update(self._openloop())
+        return out
+
+    def _evaluate_worldmodels(self) -> dict[str, float]:
+        """Every term of the joint loss (whatever the phase: held-out reconstruction, dynamics
+        NLL, ...), the loss under the run's weights, inverse accuracy and the open-loop error."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        state = self.val_sampler.state_dict()
+        for _ in range(self.cfg.val_batches):
+            batch = self.val_sampler.sample().to(self.device)
+            terms, post, metrics = self.model.loss_terms(batch, phase="joint")
+            weights = self.model.loss_weights(terms)
+            values = {f"loss/{k}": float(v.mean()) for k, v in terms.items()}
+            values["loss"] = sum(weights[k] * values[f"loss/{k}"] for k in terms)
+            values.update({k: float(v) for k, v in metrics.items()})
+            acc = self.model.inverse_accuracy(self.model.features(post), batch)
+            if acc is not None:
+                values["inverse_metric"] = float(acc)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.val_sampler.load_state_dict(state)  # the same held-out windows every time
+        out = {f"val/wm/{k}": v / self.cfg.val_batches for k, v in sums.items()}
         out.update(self._openloop())
         return out
 
@@ -374,6 +514,8 @@ class Trainer:
         does not change what the real run sees for a fixed seed.
         """
         cfg = self.cfg
+        if self.family == "worldmodels":
+            return self._calibrate_worldmodels()
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
                  torch.get_rng_state(), self.sampler.state_dict())
         unit = dataclasses.replace(cfg.model.scales, **{f.name: 1.0 for f in dataclasses.fields(LossScales)})
@@ -402,6 +544,22 @@ class Trainer:
             print(f"calibrated loss weights ({cfg.calibrate_updates} updates): {lines}")
         return self.calibration
 
+    def _calibrate_worldmodels(self) -> dict[str, Any]:
+        """``worldmodels.calibrate`` on a few training batches (a throwaway copy warms up for
+        ``calibrate_updates`` updates); the sampler continues as if it had not run."""
+        cfg = self.cfg
+        saved = self.sampler.state_dict()
+        batches = [self.sampler.sample().to(self.device) for _ in range(max(1, min(cfg.calibrate_updates, 8)))]
+        self.sampler.load_state_dict(saved)
+        record = worldmodels.calibrate(self.model, batches, warmup_updates=cfg.calibrate_updates,
+                                       lr=cfg.vae_optim.lr)
+        self.cfg = dataclasses.replace(cfg, worldmodels=self.model.cfg)  # the chosen weights, saved with the config
+        self.calibration = {"magnitudes": record["magnitudes"], "weights": record["weights"]}
+        if self.progress:
+            print(f"calibrated loss weights ({cfg.calibrate_updates} warm-up updates): "
+                  f"{worldmodels.describe_calibration(record)}")
+        return self.calibration
+
     # --- checkpoints ----------------------------------------------------------------------
 
     def _write_config(self) -> None:
@@ -412,18 +570,26 @@ class Trainer:
 
     def save(self) -> None:
         cfg, cfg_dict = self.cfg, config_lib.to_dict(self.cfg)
+        optimizers = ({name: opt.state_dict() for name, opt in self.optimizers.items()} if self.family == "worldmodels"
+                      else {"model": self.optimizer.state_dict()})
+        counters = {"update": self.update, "calibration": self.calibration}
+        if self.family == "worldmodels":
+            counters["phase"] = self.phase()
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
             stage="train-world-model", run_id=self.run_id, modules={"model": self.model.state_dict()},
-            optimizers={"model": self.optimizer.state_dict()},
-            counters={"update": self.update, "calibration": self.calibration},
+            optimizers=optimizers, counters=counters,
             rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
         self.model.save(self.run_dir / WORLD_MODEL, cfg_dict, update=self.update, calibration=self.calibration,
                         datasets=list(cfg.datasets), batch_size=cfg.batch_size, seq_len=cfg.seq_len)
 
     def _restore(self, state: checkpoint.TrainState) -> None:
         self.model.load_state_dict(state.modules["model"])
-        self.optimizer.load_state_dict(state.optimizers["model"])
+        if self.family == "worldmodels":
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state.optimizers[name])
+        else:
+            self.optimizer.load_state_dict(state.optimizers["model"])
         self.update = int(state.counters["update"])
         self.calibration = state.counters.get("calibration")
         self.sampler.load_state_dict(state.rng["sampler"])

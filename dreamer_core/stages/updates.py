@@ -6,7 +6,7 @@ optimizers, gradient clipping, the learning-rate warm-up, autocast, and the non-
 (a non-finite loss or gradient changes nothing). Stage 02 calls ``world_model_update``,
 stage 03 ``behavior_update``, ``dreamer train`` both on the same batch.
 
-Imports: world_model, behavior, optim, types, stages.common (autocast).
+Imports: interfaces, behavior, optim, types, stages.common (autocast).
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ from dreamer_core.interfaces import WorldModelInterface
 from dreamer_core.optim import OptimConfig, clip_gradients, warmup_factor
 from dreamer_core.stages.common import autocast
 from dreamer_core.types import Batch
-from dreamer_core.world_model import WorldModel
 
 
-def world_model_update(model: WorldModel, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
+def world_model_update(model: WorldModelInterface, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
                        batch: Batch, precision: str = "float32", state: Any = None,
                        ) -> tuple[bool, dict[str, float], Any]:
     """One world-model update on a batch (on the model's device).
 
     ``state``: the latent state before each window's first row (None: the initial state).
     Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
-    loss or gradient changes nothing and returns (False, {}, None)."""
+    loss or gradient changes nothing and returns (False, {}, None). Any world-model family
+    (``WorldModel``, ``worldmodels.VaeMdnWorldModel``: an ``nn.Module`` with ``loss``); the
+    optimizer may cover part of the model (a training phase), the rest keeps its weights."""
     model.train()
     with autocast(batch.reward.device, precision):
         loss, metrics, post = model.loss(batch, state)
