@@ -29,12 +29,11 @@ import difflib
 import importlib
 import importlib.util
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import gymnasium as gym
 
+from dreamer_core import files
 from dreamer_core.envs import atari, dmc, retro, wrappers
 from dreamer_core.envs.config import DMC_PREFIX, RETRO_PREFIX, EnvConfig
 from dreamer_core.errors import DreamerError, MissingDependencyError, UnknownEnvError
@@ -98,7 +97,7 @@ def import_env_module(module: str | None) -> None:
         return
     try:
         if module.endswith(".py") or os.sep in module:
-            _import_file(Path(module))
+            files.import_file(module)
         else:
             importlib.import_module(module)
     except (ImportError, OSError) as error:
@@ -108,25 +107,6 @@ def import_env_module(module: str | None) -> None:
             f"PYTHONPATH=. for my_envs.py in the current folder) or a path to a .py file as "
             f"--env-module (EnvConfig.env_module)."
         ) from error
-
-
-def _import_file(path: Path) -> None:
-    path = path.resolve()
-    existing = sys.modules.get(path.stem)
-    if existing is not None and getattr(existing, "__file__", None) == str(path):
-        return
-    if not path.is_file():
-        raise ImportError(f"no file {path}")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path} as a Python module")
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = loaded
-    try:
-        spec.loader.exec_module(loaded)
-    except BaseException:
-        del sys.modules[path.stem]
-        raise
 
 
 def make_gym(cfg: EnvConfig, render_mode: str | None) -> gym.Env:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dreamer_core import files
 from dreamer_core.errors import DreamerError
 from dreamer_core.nets.distributions import MSEDist, SymlogMSEDist, symlog
 from dreamer_core.nets.layers import MLP, ChannelNorm, init_weights, make_act
@@ -588,22 +589,7 @@ def _is_file(module: str) -> bool:
 def _import(module: str) -> None:
     """Import a dotted module name, or a ``.py`` file under its stem (once per file)."""
     if _is_file(module):
-        path = Path(module).expanduser().resolve()
-        existing = sys.modules.get(path.stem)
-        if existing is not None and getattr(existing, "__file__", None) == str(path):
-            return
-        if not path.is_file():
-            raise ImportError(f"no file {path}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path} as a Python module")
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = loaded
-        try:
-            spec.loader.exec_module(loaded)
-        except BaseException:
-            del sys.modules[path.stem]
-            raise
+        files.import_file(module)
     else:
         importlib.import_module(module)
 
