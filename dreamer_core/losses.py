@@ -26,6 +26,8 @@ Imports: torch, nets.distributions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from dreamer_core.nets.distributions import kl_categorical, kl_gaussian
@@ -125,3 +127,27 @@ def percentile_range(values: Tensor, low: float, high: float) -> tuple[Tensor, T
     q = torch.tensor([low / 100.0, high / 100.0], device=flat.device)
     lo, hi = torch.quantile(flat, q)
     return lo, hi
+
+
+def balance_weights(magnitudes: Mapping[str, float], priority: Sequence[str],
+                    tied: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Calibrated loss weights: the weighted terms fall in ``priority`` order, spread evenly
+    over one order of magnitude (the first at the top; for n terms the i-th weighted term is
+    ``10^(-i/n)`` of the first), with their total magnitude unchanged. Terms not in
+    ``priority`` come last, by name; a term in ``tied`` takes the weight of the term it is
+    tied to (e.g. a VAE's KL tied to its reconstruction) and is not balanced itself.
+
+    Example: magnitudes {recon: 2000, reward: 3, cont: 0.1} -> weighted values in the ratio
+    1 : 10^(-1/3) : 10^(-2/3), summing to 2003.1.
+    """
+    tied = tied or {}
+    free = {k: v for k, v in magnitudes.items() if k not in tied}
+    order = [k for k in priority if k in free] + sorted(k for k in free if k not in priority)
+    n = len(order)
+    targets = {k: 10.0 ** (-i / n) for i, k in enumerate(order)}
+    scale = sum(free.values()) / sum(targets.values())
+    weights = {k: scale * targets[k] / max(free[k], 1e-8) for k in order}
+    for term, anchor in tied.items():
+        if term in magnitudes:
+            weights[term] = weights.get(anchor, 1.0)
+    return weights

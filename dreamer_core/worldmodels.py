@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer_core import checkpoint
+from dreamer_core import checkpoint, losses
 from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
 from dreamer_core.nets.actions import ActionSpace
@@ -563,25 +563,9 @@ def _per_step_mse(pred: Tensor, truth: Tensor) -> Tensor:
 
 def balance_weights(magnitudes: dict[str, float], priority: Sequence[str] = PRIORITY,
                     tied: dict[str, str] | None = None) -> dict[str, float]:
-    """Weights so that the weighted terms fall in ``priority`` order, spread evenly over one
-    order of magnitude (the first at the top), with their total magnitude unchanged; terms in
-    ``tied`` (default :data:`TIED`) take the weight of the term they are tied to.
-
-    The same rule as stage 02's RSSM calibration: for n balanced terms the i-th weighted term
-    is ``10^(-i/n)`` of the first. Example: {recon: 2000, dyn: 30, inverse: 1} -> weighted
-    values in the ratio 1 : 10^(-1/3) : 10^(-2/3).
-    """
-    tied = TIED if tied is None else tied
-    free = {k: v for k, v in magnitudes.items() if k not in tied}
-    order = [k for k in priority if k in free] + sorted(k for k in free if k not in priority)
-    n = len(order)
-    targets = {k: 10.0 ** (-i / n) for i, k in enumerate(order)}
-    scale = sum(free.values()) / sum(targets.values())
-    weights = {k: scale * targets[k] / max(free[k], 1e-8) for k in order}
-    for term, anchor in tied.items():
-        if term in magnitudes:
-            weights[term] = weights.get(anchor, 1.0)
-    return weights
+    """:func:`losses.balance_weights` (the rule of stage 02's RSSM calibration) with this
+    family's priority and its KL tied to the reconstruction (default :data:`TIED`)."""
+    return losses.balance_weights(magnitudes, priority, TIED if tied is None else tied)
 
 
 @torch.no_grad()
