@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dreamer_core"
 # Layers from the bottom; a module may import modules of its own layer group or below.
 LAYERS: list[tuple[str, ...]] = [
     ("dreamer_core", "dreamer_core.errors", "dreamer_core.files", "dreamer_core.types"),
-    ("dreamer_core.runtime", "dreamer_core.config", "dreamer_core.logging", "dreamer_core.trackers",
-     "dreamer_core.optim"),
+    ("dreamer_core.runtime", "dreamer_core.distributed", "dreamer_core.config", "dreamer_core.logging",
+     "dreamer_core.trackers", "dreamer_core.optim"),
     ("dreamer_core.nets", "dreamer_core.data", "dreamer_core.envs"),
     ("dreamer_core.checkpoint", "dreamer_core.losses"),
     ("dreamer_core.interfaces",),

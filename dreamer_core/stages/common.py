@@ -23,7 +23,7 @@
 
 Artifact names live in ``dreamer_core.runs`` (a library module: the notebooks use it too).
 
-Imports: checkpoint, config, data, errors, files, logging, runs (config file names); rich.
+Imports: checkpoint, config, data, distributed, errors, files, logging, runs (config file names); rich.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from dreamer_core import checkpoint, runs
+from dreamer_core import checkpoint, distributed, runs
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
@@ -327,6 +327,33 @@ class EverySeconds:
         return True
 
 
+class NullSink:
+    """The metrics sink of a rank other than 0 in a data-parallel run: it writes nothing."""
+
+    media = False
+
+    def track(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def image(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def video(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def __enter__(self) -> NullSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 class MetricMean:
     """Averages float metrics between two log records."""
 
@@ -425,13 +452,19 @@ class TrainLoop:
         handle_signals: turn SIGINT/SIGTERM into ``stopped`` (the loop ends cleanly).
         callbacks: ``Callback``-like objects; the stage reports through ``updated``,
             ``evaluated`` and ``checkpointed``, which call their hooks in order.
+        dist: a data-parallel run's ``distributed.Context``: rank 0 alone writes metrics, shows
+            progress and calls the hooks (the other ranks get a ``NullSink``), and ``running``
+            stops every rank at the same count when any rank is asked to stop.
     """
 
     def __init__(self, run_dir: Path, total: int, count: int, description: str, progress: bool | float = True,
                  metrics_name: str = "metrics.jsonl", log_every: int = 0, checkpoint_every: int = 0,
                  checkpoint_seconds: float = 0.0, max_seconds: float = 0.0, handle_signals: bool = False,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), dist: distributed.Context = distributed.SINGLE):
         self.run_dir, self.total = run_dir, total
+        self.dist = dist
+        if not dist.is_main:  # rank 0 alone writes metrics, shows progress and calls the hooks
+            progress, callbacks = False, ()
         self.callbacks = list(callbacks)
         self.start_count, self.start_time = count, time.perf_counter()
         self.metrics_name, self.description, self.progress = metrics_name, description, progress
@@ -441,11 +474,11 @@ class TrainLoop:
         self._checkpoint_timer = EverySeconds(checkpoint_seconds) if checkpoint_seconds > 0 else None
         self.max_seconds = max_seconds
         self._stop = StopRequest() if handle_signals else None
-        self.sink: MetricsSink | None = None
+        self.sink: MetricsSink | NullSink | None = None
         self.display: ProgressDisplay | None = None
 
     def __enter__(self) -> TrainLoop:
-        self.sink = MetricsSink(self.run_dir, name=self.metrics_name).__enter__()
+        self.sink = (MetricsSink(self.run_dir, name=self.metrics_name) if self.dist.is_main else NullSink()).__enter__()
         if self.progress:
             seconds = PROGRESS_SECONDS if self.progress is True else float(self.progress)
             self.display = ProgressDisplay(self.total, self.description, self.start_count, seconds).__enter__()
@@ -469,7 +502,8 @@ class TrainLoop:
         return timed_out or (self._stop is not None and self._stop.requested)
 
     def running(self, count: int) -> bool:
-        return count < self.total and not self.stopped
+        """Below the total and no stop asked for (on any rank: all ranks stop together)."""
+        return count < self.total and not self.dist.any(self.stopped)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start_time
@@ -485,7 +519,7 @@ class TrainLoop:
 
     def checkpoint_due(self, count: int, final: bool = False) -> bool:
         by_count = self._checkpoint(count)
-        by_time = self._checkpoint_timer is not None and self._checkpoint_timer()
+        by_time = self._checkpoint_timer is not None and self.dist.any(self._checkpoint_timer())  # ranks agree
         return by_count or by_time or final
 
     # --- records --------------------------------------------------------------------------

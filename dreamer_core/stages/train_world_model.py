@@ -16,13 +16,19 @@ with ``memory_optim``; ``model.set_phase`` before each update) or joint (one ``v
 over everything; ``--balance calibrate`` implies it: ``worldmodels.calibrate``). Its held-out
 metrics score every term with ``loss_terms(phase="joint")`` whatever the phase.
 
-Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, and
+Data-parallel under ``torchrun --nproc-per-node N`` (``distributed.py``): every rank samples its
+own windows (the sampler's rank streams) with ``--batch-size`` windows per rank, the gradients
+are averaged before clipping, and rank 0 alone writes the run; the checkpoint keeps every rank's
+sampler and RNG state, so a resume with the same N continues each rank's streams.
+
+Imports: world_model, optim, data, checkpoint, config, runs (artifact names), runtime, distributed, and
 the stage kit (stages.common: resume, config files, the training loop; stages.outputs: the
 --out check; stages.updates).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import sys
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamer_core import checkpoint, runtime, trackers, worldmodels
+from dreamer_core import checkpoint, distributed, losses, runtime, trackers, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset, skipped_shards
 from dreamer_core.data.sampler import SequenceSampler
@@ -290,7 +296,8 @@ class Trainer:
         trackers.check(cfg.loggers, FLAGS["loggers"])  # a stored config's trackers may be missing here
         self.cfg = cfg
         self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
-        self.device = runtime.resolve_device(cfg.device)
+        self.dist = distributed.init(runtime.resolve_device(cfg.device))  # SINGLE without torchrun
+        self.device = self.dist.device(runtime.resolve_device(cfg.device))  # cuda: this rank's GPU
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         datasets = open_datasets(cfg.datasets, cfg.skip_corrupt)
@@ -314,11 +321,14 @@ class Trainer:
         else:
             self.model = WorldModel(cfg.model, self.observation_space, self.action_space).to(self.device)
             self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.dist.broadcast_module(self.model)  # every rank starts from rank 0's weights
+        if self.dist.rank > 0:  # its own latent-sampling noise; rank 0 keeps a one-process run's
+            torch.manual_seed(self.dist.seed(cfg.seed))
         self.update = 0
         self.calibration: dict[str, Any] | None = None
         if state is not None:
             self._restore(state)
-        else:
+        elif self.dist.is_main:
             truncate_metrics(self.run_dir, 0)  # a run restarted before its first checkpoint logs anew
 
     def _make_samplers(self, datasets: list[Dataset]) -> None:
@@ -326,7 +336,8 @@ class Trainer:
         cfg = self.cfg
         train, val = split_episodes(datasets, cfg.val_fraction, cfg.seed)
         self.sampler = SequenceSampler(train, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
-                                       memory_budget=cfg.memory_budget)
+                                       memory_budget=cfg.memory_budget, rank=self.dist.rank,
+                                       world_size=self.dist.world_size)  # each rank its own stream
         val_rows = sum(v.num_rows for v in val)
         self.val_sampler = None
         if val and val_rows >= cfg.seq_len:
@@ -342,17 +353,25 @@ class Trainer:
     # --- loop -------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        self.run_id = self.run_id or run_id(self.run_dir, create=True)
-        for shard in self.skipped:  # what --skip-corrupt left out, before any update
-            print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.run_id = self.run_id or run_id(self.run_dir, create=True)
+            for shard in self.skipped:  # what --skip-corrupt left out, before any update
+                print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
         if self.update == 0 and cfg.balance == "calibrate" and self.calibration is None:
             self.calibrate()
-        self._write_config()
+            if self.dist.active:  # rank 0's weights on every rank
+                self.cfg, self.calibration = self.dist.broadcast_object((self.cfg, self.calibration))
+                self.model.cfg = self.cfg.worldmodels if self.family == "worldmodels" else self.cfg.model
+        if main:
+            self._write_config()
+        if main and self.dist.active:
+            print(f"data-parallel: {self.dist.world_size} ranks ({self.dist.backend}) x batch {cfg.batch_size} = "
+                  f"global batch {self.dist.world_size * cfg.batch_size}", file=sys.stderr)
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "world model", self.progress,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                       callbacks=self.callbacks) as loop:
+                       callbacks=self.callbacks, dist=self.dist) as loop:
             loop.sink.track(cfg.loggers, "train-world-model", config_lib.to_dict(self.cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(cfg.max_nonfinite, self._nonfinite_message)
             evaluation = Every(cfg.eval_every, self.update)
@@ -369,7 +388,7 @@ class Trainer:
                 if loop.log_due(self.update, final):
                     last = loop.log_mean(self.update, "wm/", **{"wm/updates_per_second": loop.rate(self.update)})
                 if evaluation(self.update) or final:
-                    held_out = self.evaluate()
+                    held_out = self.evaluate() if main else {}  # rank 0 alone logs it
                     last.update(held_out)
                     loop.log(self.update, {k: v for k, v in last.items() if k.startswith("val/")})
                     if held_out:
@@ -396,7 +415,7 @@ class Trainer:
         if self.family == "worldmodels":
             return self._worldmodels_step(batch)
         ok, metrics, _ = world_model_update(self.model, self.optimizer, self.cfg.optim, self.update,
-                                            batch.to(self.device), self.cfg.precision)
+                                            batch.to(self.device), self.cfg.precision, dist=self.dist)
         return ok, metrics
 
     def phase(self, update: int | None = None) -> str:
@@ -412,7 +431,7 @@ class Trainer:
         optim = {"vae": self.cfg.vae_optim, "memory": self.cfg.memory_optim, "joint": self.cfg.vae_optim}[phase]
         start = self.cfg.vae_updates if phase == "memory" else 0  # each optimizer warms up from its own start
         ok, metrics, _ = world_model_update(self.model, self.optimizers[phase], optim, self.update - start,
-                                            batch.to(self.device), self.cfg.precision)
+                                            batch.to(self.device), self.cfg.precision, dist=self.dist)
         if ok:
             metrics["phase_memory"] = float(phase == "memory")
         return ok, metrics
@@ -540,7 +559,7 @@ class Trainer:
         self.model.cfg = self.cfg.model
         self.calibration = {"magnitudes": magnitudes, "weights": weights}
         lines = ", ".join(f"{k}: |{magnitudes[k]:.4g}| x {weights[k]:.4g}" for k in weights)
-        if self.progress:
+        if self.progress and self.dist.is_main:
             print(f"calibrated loss weights ({cfg.calibrate_updates} updates): {lines}")
         return self.calibration
 
@@ -555,7 +574,7 @@ class Trainer:
                                        lr=cfg.vae_optim.lr)
         self.cfg = dataclasses.replace(cfg, worldmodels=self.model.cfg)  # the chosen weights, saved with the config
         self.calibration = {"magnitudes": record["magnitudes"], "weights": record["weights"]}
-        if self.progress:
+        if self.progress and self.dist.is_main:
             print(f"calibrated loss weights ({cfg.calibrate_updates} warm-up updates): "
                   f"{worldmodels.describe_calibration(record)}")
         return self.calibration
@@ -566,20 +585,31 @@ class Trainer:
         extra: dict[str, Any] = {} if self.calibration is None else {"calibration": self.calibration}
         if self.skipped:
             extra["skipped_shards"] = self.skipped
+        if self.dist.active:
+            extra["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                                    "global_batch": self.dist.world_size * self.cfg.batch_size}
         write_config(self.run_dir / WORLD_MODEL_CONFIG, "train-world-model", self.cfg, **extra)
 
     def save(self) -> None:
+        """Write the resume checkpoint and ``world_model.pt``. In a data-parallel run every rank
+        calls it (its sampler and torch RNG states go to rank 0) and rank 0 alone writes."""
+        ranks = (self.dist.gather_object({"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()})
+                 if self.dist.active else [])
+        if not self.dist.is_main:
+            return
         cfg, cfg_dict = self.cfg, config_lib.to_dict(self.cfg)
         optimizers = ({name: opt.state_dict() for name, opt in self.optimizers.items()} if self.family == "worldmodels"
                       else {"model": self.optimizer.state_dict()})
         counters = {"update": self.update, "calibration": self.calibration}
         if self.family == "worldmodels":
             counters["phase"] = self.phase()
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}
+        if ranks:
+            rng["ranks"] = ranks  # rank r resumes from ranks[r]
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
             stage="train-world-model", run_id=self.run_id, modules={"model": self.model.state_dict()},
-            optimizers=optimizers, counters=counters,
-            rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
+            optimizers=optimizers, counters=counters, rng=rng))
         self.model.save(self.run_dir / WORLD_MODEL, cfg_dict, update=self.update, calibration=self.calibration,
                         datasets=list(cfg.datasets), batch_size=cfg.batch_size, seq_len=cfg.seq_len)
 
@@ -592,33 +622,42 @@ class Trainer:
             self.optimizer.load_state_dict(state.optimizers["model"])
         self.update = int(state.counters["update"])
         self.calibration = state.counters.get("calibration")
-        self.sampler.load_state_dict(state.rng["sampler"])
-        torch.set_rng_state(state.rng["torch"])
-        truncate_metrics(self.run_dir, self.update)
+        ranks = state.rng.get("ranks") or [{"sampler": state.rng["sampler"], "torch": state.rng["torch"]}]
+        if self.dist.rank < len(ranks):  # a rank the saved run did not have keeps its fresh streams
+            self.sampler.load_state_dict(ranks[self.dist.rank]["sampler"])
+            torch.set_rng_state(ranks[self.dist.rank]["torch"])
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir, self.update)
 
 
 def balance_weights(magnitudes: dict[str, float], priority: tuple[str, ...]) -> dict[str, float]:
-    """Weights so that the weighted terms fall in ``priority`` order, spread evenly over one
-    order of magnitude (the first at the top), with the total loss magnitude unchanged.
-
-    Example: magnitudes {recon: 2000, reward: 3, cont: 0.1} -> weighted values in the ratio
-    1 : 10^(-1/3) : 10^(-2/3), summing to 2003.1.
-    """
-    order = [k for k in priority if k in magnitudes] + sorted(k for k in magnitudes if k not in priority)
-    n = len(order)
-    targets = {k: 10.0 ** (-i / n) for i, k in enumerate(order)}
-    scale = sum(magnitudes.values()) / sum(targets.values())
-    return {k: scale * targets[k] / max(magnitudes[k], 1e-8) for k in order}
+    """The calibration rule (:func:`losses.balance_weights`): weighted terms in ``priority``
+    order, spread evenly over one order of magnitude, total magnitude unchanged."""
+    return losses.balance_weights(magnitudes, priority)
 
 
 def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None, loggers: str | None = None,
         callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train (or resume) and return the final metrics; one writer per run directory.
+    """Train (or resume) and return the final metrics; one writer per run directory (rank 0 of
+    a ``torchrun`` launch, which alone checks and locks it; a refusal there stops every rank).
     ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: hooks
     called after each update, evaluation and checkpoint (``stages.common.Callback``)."""
-    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
-    check_run_dir(cfg.out, "--out")
-    with RunLock(Path(cfg.out)):
-        return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers,
-                       callbacks=callbacks).run()
+    dist = distributed.init(runtime.resolve_device(cfg.device))  # a torchrun launch: join its ranks
+    try:
+        with contextlib.ExitStack() as stack:
+            problem = None
+            if dist.is_main:  # rank 0 alone checks and locks the run directory it alone writes
+                try:
+                    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before any write
+                    check_run_dir(cfg.out, "--out")
+                    stack.enter_context(RunLock(Path(cfg.out)))
+                except DreamerError as error:
+                    problem = error
+            if not dist.all(problem is None):
+                raise problem or DreamerError(f"Rank 0 refused the run in {cfg.out} (its message says why); "
+                                              "nothing was written.")
+            return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers,
+                           callbacks=callbacks).run()
+    finally:
+        dist.close()

@@ -6,7 +6,7 @@ optimizers, gradient clipping, the learning-rate warm-up, autocast, and the non-
 (a non-finite loss or gradient changes nothing). Stage 02 calls ``world_model_update``,
 stage 03 ``behavior_update``, ``dreamer train`` both on the same batch.
 
-Imports: interfaces, behavior, optim, types, stages.common (autocast).
+Imports: interfaces, behavior, distributed, optim, types, stages.common (autocast).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
+from dreamer_core.distributed import Context
 from dreamer_core.interfaces import WorldModelInterface
 from dreamer_core.optim import OptimConfig, clip_gradients, warmup_factor
 from dreamer_core.stages.common import autocast
@@ -24,12 +25,16 @@ from dreamer_core.types import Batch
 
 def world_model_update(model: WorldModelInterface, optimizer: torch.optim.Optimizer, optim: OptimConfig, update: int,
                        batch: Batch, precision: str = "float32", state: Any = None,
-                       ) -> tuple[bool, dict[str, float], Any]:
+                       dist: Context | None = None) -> tuple[bool, dict[str, float], Any]:
     """One world-model update on a batch (on the model's device).
 
     ``state``: the latent state before each window's first row (None: the initial state).
     Returns (finite, metrics as floats, posterior states ``[B, T]`` detached). A non-finite
-    loss or gradient changes nothing and returns (False, {}, None). Any world-model family
+    loss or gradient changes nothing and returns (False, {}, None). ``dist``: a data-parallel
+    run's ``distributed.Context``; the gradients are then averaged over the ranks before clipping
+    (clipping sees the global gradient), a non-finite loss on any rank skips the update on all
+    of them, and the metrics are the ranks' means (those of the global batch); ``post`` stays
+    this rank's. Any world-model family
     (``WorldModel``, ``worldmodels.VaeMdnWorldModel``: an ``nn.Module`` with ``loss``); the
     optimizer may cover part of the model (a training phase), the rest keeps its weights."""
     model.train()
@@ -37,11 +42,16 @@ def world_model_update(model: WorldModelInterface, optimizer: torch.optim.Optimi
         loss, metrics, post = model.loss(batch, state)
     grads_ok = True
     optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
+    loss_ok = bool(torch.isfinite(loss))
+    if loss_ok:
         loss.backward()
+    if dist is not None and dist.active:  # the global gradient, and one decision for every rank
+        loss_ok, metrics = dist.average_gradients(model.parameters(), loss_ok, {"loss": loss, **metrics})
+        loss = metrics.pop("loss", loss)
+    if loss_ok:
         norm = clip_gradients(model.parameters(), optim)
         grads_ok = bool(torch.isfinite(norm))
-    if not (grads_ok and torch.isfinite(loss)):
+    if not (grads_ok and loss_ok):
         optimizer.zero_grad(set_to_none=True)
         return False, {}, None
     _warm_up(optimizer, optim, update)

@@ -1,0 +1,179 @@
+"""Data-parallel training over ``torch.distributed``: the process group a ``torchrun`` launch
+describes, and the few collectives the training stages need.
+
+    torchrun --nproc-per-node 2 -m dreamer_core train-world-model data/cartpole --out runs/ddp
+
+``init(device)`` reads the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and joins the process group: gloo on CPU,
+NCCL on CUDA with one GPU per rank (``cuda:LOCAL_RANK``). Without those variables (or with
+``WORLD_SIZE=1``) it returns ``SINGLE`` and nothing changes: every helper below is then a no-op,
+and the stages never call the collectives.
+
+Gradients are averaged by one explicit all-reduce of the flattened gradients (``Context.
+average_gradients``) between ``backward`` and clipping, instead of wrapping the model in
+``DistributedDataParallel``: the world model keeps its interface (``loss``, ``observe``, ...
+are methods, not ``forward``), clipping sees the global gradient, and one collective carries the
+finite flag and the loss metrics too, so every rank takes the same decision on a non-finite
+update and logs the global batch's means.
+
+Imports: torch only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in a data-parallel run (``SINGLE``: a run of one process).
+
+    ``owned``: ``init`` created the process group, so ``close`` destroys it."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+    owned: bool = False
+
+    @property
+    def active(self) -> bool:
+        """More than one rank: the collectives run."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the only rank that writes checkpoints, metrics, configs and progress."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """``cuda`` becomes this rank's GPU (``cuda:LOCAL_RANK``); anything else stays."""
+        if self.active and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def seed(self, seed: int) -> int:
+        """A torch seed for this rank: ``seed`` itself on rank 0 (a one-process run's stream),
+        an independent child of it on every other rank (as the sampler's rank streams)."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence(seed, spawn_key=(self.rank,)).generate_state(1, np.uint64)[0] >> 1)
+
+    # --- collectives (no-ops with one rank) -------------------------------------------------
+
+    def all(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on every rank."""
+        if not self.active:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item() > 0.5)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on some rank."""
+        return not self.all(not flag)
+
+    def average_gradients(self, params: Iterable[torch.Tensor], finite: bool,
+                          metrics: dict[str, torch.Tensor] | None = None,
+                          ) -> tuple[bool, dict[str, torch.Tensor]]:
+        """Average the gradients of ``params`` over the ranks, in place (one all-reduce).
+
+        ``finite``: this rank's loss was finite (and ``backward`` ran); a missing gradient counts
+        as zeros in the sum. Returns (finite on every rank, ``metrics`` averaged over the ranks):
+        every rank gets the same answer, so the ranks never diverge. A gradient that is None stays
+        None (which parameters get one is fixed by the model, the same on every rank). With the
+        same number of samples per rank, the average of the ranks' mean gradients is the mean
+        gradient of the global batch."""
+        metrics = dict(metrics or {})
+        if not self.active:
+            return finite, metrics
+        params = [p for p in params if p.requires_grad]
+        device = params[0].device
+        values = [torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(1) for v in metrics.values()]
+        parts = [(p.grad.reshape(-1).float() if finite and p.grad is not None
+                  else torch.zeros(p.numel(), device=device)) for p in params]
+        flag = torch.tensor([1.0 if finite else 0.0], device=device)
+        buffer = torch.cat([*parts, *values, flag])
+        dist.all_reduce(buffer)
+        if buffer[-1].item() < self.world_size - 0.5:  # some rank's loss was not finite
+            return False, {}
+        buffer.div_(self.world_size)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            if p.grad is not None:
+                p.grad.copy_(buffer[offset:offset + n].view_as(p.grad))
+            offset += n
+        averaged = {k: buffer[offset + i] for i, k in enumerate(metrics)}
+        return True, averaged
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (picklable)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on rank 0 (an empty list on the others)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size if self.is_main else []
+        dist.gather_object(obj, out if self.is_main else None, dst=0)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group when ``init`` joined it."""
+        if self.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+
+SINGLE = Context()
+
+
+def launched() -> bool:
+    """The environment describes a launch of more than one process (``torchrun``)."""
+    return all(k in os.environ for k in ENV) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init(device: torch.device) -> Context:
+    """This process's ``Context``: the process group already joined (by the caller), or the one
+    ``torchrun``'s environment describes (joined now: NCCL when ``device`` is CUDA, else gloo),
+    or ``SINGLE``. Idempotent."""
+    if dist.is_available() and dist.is_initialized():
+        return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                       dist.get_backend())
+    if not launched():
+        return SINGLE
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, backend, owned=True)
+
