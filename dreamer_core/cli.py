@@ -281,6 +281,11 @@ def _same_as_stored(stored: dict[str, Any], key: str, value: Any) -> bool:
     return node == value or (isinstance(value, (tuple, list)) and list(value) == node)
 
 
+def _main_rank() -> bool:
+    """False in the ranks of a torchrun launch other than rank 0 (they print nothing of their own)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _show_config(command: str, cfg: Any, run: Path, quiet: bool, resume: bool = False,
                  new: dict[str, Any] | None = None) -> None:
     """Print, unless ``quiet``, what the run's resolved config changes from the built-in defaults
@@ -290,7 +295,7 @@ def _show_config(command: str, cfg: Any, run: Path, quiet: bool, resume: bool = 
     progress bar."""
     from dreamer_core import runs
 
-    if quiet:
+    if quiet or not _main_rank():
         return
     if resume:
         try:
@@ -484,7 +489,8 @@ def train_world_model(
     labels = {"wm/loss": "train loss", "val/wm/loss": "held-out loss",
               "val/wm/openloop_mse_last": "open-loop MSE@15", "val/wm/openloop_baseline_mse_last": "repeat-last MSE@15"}
     parts = [f"{label} {result[key]:.4g}" for key, label in labels.items() if key in result]
-    typer.echo(f"trained {result['updates']} updates -> {out_dir / runs.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
+    if _main_rank():  # under torchrun the other ranks stay quiet
+        typer.echo(f"trained {result['updates']} updates -> {out_dir / runs.WORLD_MODEL}" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 @app.command("train-behavior")
