@@ -147,6 +147,13 @@ def _symmetric_dot(probs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return (probs[..., K - m:] - probs[..., :m].flip(-1)) @ bins[K - m:]  # [...]; a middle bin is 0
 
 
+def _mirrored(bins: torch.Tensor) -> bool:
+    """True when ``bins[i] == -bins[K-1-i]`` bit for bit (and a middle bin is 0), as
+    :func:`symexp_bins` builds them; only then is :func:`_symmetric_dot` the same sum."""
+    K, m = bins.shape[0], bins.shape[0] // 2
+    return bool(torch.equal(bins[:m].flip(0), -bins[K - m:])) and (K % 2 == 0 or bool(bins[m] == 0))
+
+
 def _symmetric_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum over the last axis, pairing element i with element K-1-i before adding.
 
@@ -179,9 +186,6 @@ class TwoHotDist:
         self.logits = _full(logits)
         self.bins = bins.to(device=self.logits.device, dtype=self.logits.dtype)
         self._logp: torch.Tensor | None = None
-        K, m = bins.shape[0], bins.shape[0] // 2
-        self._symmetric = bool(torch.equal(self.bins[:m].flip(0), -self.bins[K - m:])) and \
-            (K % 2 == 0 or bool(self.bins[m] == 0))
 
     @property
     def probs(self) -> torch.Tensor:
@@ -190,7 +194,7 @@ class TwoHotDist:
     @property
     def mean(self) -> torch.Tensor:
         """``symexp(E[bin])``: the expected bin in symlog space, mapped back (the prediction)."""
-        if self._symmetric:  # symexp_bins: the fast path
+        if _mirrored(self.bins):  # symexp_bins: the fast path
             return symexp(_symmetric_dot(self.probs, self.bins))  # [...]
         return symexp(_symmetric_sum(self.probs * self.bins))  # [...]
 
