@@ -32,6 +32,7 @@ Imports: nets, losses, optim, checkpoint, config, interfaces, types.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,11 +287,15 @@ class ActorCritic(nn.Module):
         return Scored(feat, reward, cont_dist, cont, disc, weight, critic_out, slow_value, value, returns)
 
     def loss(self, world_model: WorldModelInterface, post: LatentState, batch: Batch,
+             gather_returns: Callable[[Tensor], Tensor] | None = None,
              ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Actor and critic losses from the posterior states ``post`` ``[B, T]`` of ``batch``.
 
         The world model must be frozen by the caller (``requires_grad_(False)``); gradients of
         the actor loss reach the actor only, those of the critic loss the critic only.
+        ``gather_returns``: the returns the normaliser's percentiles are taken from, given this
+        process's (a data-parallel run passes every rank's, so that the scale is the global
+        batch's, the same on every rank); None: this process's own.
 
         Returns:
             actor_loss, critic_loss (scalars), metrics (detached tensors).
@@ -303,7 +308,7 @@ class ActorCritic(nn.Module):
         # The start's continue is the real one.
         first_cont = 1.0 - batch.is_terminal.flatten().float()  # [N]
         scored = self.score(world_model, world_model.features(states), first_cont, dynamics)
-        scale = self._return_scale(scored.returns)
+        scale = self._return_scale(scored.returns if gather_returns is None else gather_returns(scored.returns))
         advantage = (scored.returns - scored.value[:, :-1].detach()) / scale  # [N, H]
         actor_loss = self.actor_loss(scored, advantage, logp, entropy, dynamics)
         critic_loss = self.critic_loss(scored)

@@ -15,12 +15,26 @@ Defaults follow the world model: its batch shape, its MLP width and depth, and i
 (a DreamerV1/V2 world model gets the V1/V2 behavior settings); ``--preset`` and ``--set``
 override them.
 
+Data-parallel under ``torchrun --nproc-per-node N`` (``distributed.py``), as stage 02:
+
+    torchrun --nproc-per-node 2 -m dreamer_core -- train-behavior --run runs/cartpole
+
+(the ``--`` keeps torchrun from reading ``--run`` as an abbreviation of its ``--run-path``). Every
+rank loads the same world model, starts from rank 0's actor-critic, samples its own windows
+(the sampler's rank streams) with ``--batch-size`` windows per rank, and imagines with its own
+torch seed; the return normaliser reads every rank's returns, the gradients are averaged
+before clipping (``updates.behavior_update``), and rank 0 alone writes the run. The
+checkpoint keeps every rank's sampler and RNG state, so a resume with the same N continues each
+rank's streams. A World Models run's stage 03 (the CMA-ES controller search) is not
+data-parallel: it scores candidates over ``--workers`` processes (``refuse_data_parallel_controller``).
+
 Imports: behavior, world_model, optim, data, checkpoint, config, runs (artifact names and
-loading), runtime, and the stage kit (stages.common, stages.outputs, stages.updates).
+loading), runtime, distributed, and the stage kit (stages.common, stages.outputs, stages.updates).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -30,7 +44,7 @@ from typing import Any
 
 import torch
 
-from dreamer_core import checkpoint, runtime, trackers, worldmodels
+from dreamer_core import checkpoint, distributed, runtime, trackers, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data.dataset import Dataset, skipped_shards
@@ -47,6 +61,7 @@ from dreamer_core.runs import (
 )
 from dreamer_core.stages.common import (
     Callback,
+    NonFiniteGuard,
     RunLock,
     TrainLoop,
     open_datasets,
@@ -63,6 +78,7 @@ from dreamer_core.world_model import WorldModel, WorldModelConfig
 LATEST = BEHAVIOR_LATEST
 METRICS = BEHAVIOR_METRICS
 HEADLINE = ("imag/return", "actor/entropy")  # the metric columns of TensorBoard's hparams view
+MAX_NONFINITE = 5  # skipped updates in a row (data-parallel runs) before the run stops
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,18 @@ def world_model_defaults(run: Path) -> tuple[dict[str, Any], list[str]]:
         "behavior.critic.units": heads.units, "behavior.critic.layers": heads.layers,
     }
     return overrides, _variant_of(model)
+
+
+def refuse_data_parallel_controller(run: str) -> None:
+    """Refuse, under ``torchrun``, the World Models controller search of ``run`` (its stage 03),
+    before anything is written."""
+    if distributed.launched():
+        raise DreamerError(
+            f"{run} holds a World Models (VAE + MDN-RNN) world model, whose stage 03 is the CMA-ES controller "
+            "search, and that search does not run data-parallel under torchrun (every rank would run the whole "
+            "search). CMA-ES parallelises over --workers instead: processes that score each generation's "
+            "candidates. Run the same command without torchrun, with --workers N (0 = one per CPU). Nothing was "
+            "written.")
 
 
 def _variant_of(model: WorldModelConfig) -> list[str]:
@@ -187,7 +215,8 @@ class BehaviorTrainer:
         trackers.check(cfg.loggers, FLAGS["loggers"])  # a stored config's trackers may be missing here
         self.cfg = cfg
         self.run_id = run_id(self.run_dir)  # made at the first write (run) for a new run
-        self.device = runtime.resolve_device(cfg.device)
+        self.dist = distributed.init(runtime.resolve_device(cfg.device))  # SINGLE without torchrun
+        self.device = self.dist.device(runtime.resolve_device(cfg.device))  # cuda: this rank's GPU
         runtime.setup(cfg.threads)
         torch.manual_seed(cfg.seed)
         wm_path = self.run_dir / WORLD_MODEL
@@ -206,16 +235,20 @@ class BehaviorTrainer:
                                  wm_path)
         self.env_config = datasets[0].env_config
         self.sampler = SequenceSampler(datasets, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
-                                       memory_budget=cfg.memory_budget)
+                                       memory_budget=cfg.memory_budget, rank=self.dist.rank,
+                                       world_size=self.dist.world_size)  # each rank its own stream
         self.skipped = skipped_shards(datasets)  # --skip-corrupt: complete once loaded
         self.agent = ActorCritic.for_world_model(cfg.behavior, self.world_model).to(self.device)
         groups = self.agent.parameter_groups()
         self.actor_optim = make_optimizer(groups["actor"], cfg.behavior.actor_optim)
         self.critic_optim = make_optimizer(groups["critic"], cfg.behavior.critic_optim)
+        self.dist.broadcast_module(self.agent)  # every rank starts from rank 0's weights
+        if self.dist.rank > 0:  # its own imagination noise; rank 0 keeps a one-process run's
+            torch.manual_seed(self.dist.seed(cfg.seed))
         self.update = 0
         if state is not None:
             self._restore(state)
-        else:
+        elif self.dist.is_main:
             truncate_metrics(self.run_dir, 0, METRICS)  # a run restarted before its first checkpoint logs anew
 
     def _open_datasets(self, paths: tuple[str, ...]) -> list[Dataset]:
@@ -231,18 +264,26 @@ class BehaviorTrainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_id = self.run_id or run_id(self.run_dir, create=True)
-        for shard in self.skipped:  # what --skip-corrupt left out, before any update
-            print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
-        write_config(self.run_dir / BEHAVIOR_CONFIG, "train-behavior", cfg,
-                     **({"skipped_shards": self.skipped} if self.skipped else {}))
+        if self.dist.is_main:  # rank 0 alone writes the run
+            self.run_id = self.run_id or run_id(self.run_dir, create=True)
+            for shard in self.skipped:  # what --skip-corrupt left out, before any update
+                print(f"skipped corrupt shard {shard['path']}: {shard['reason']}", file=sys.stderr)
+            self._write_config()
+        if self.dist.is_main and self.dist.active:
+            print(f"data-parallel: {self.dist.world_size} ranks ({self.dist.backend}) x batch {cfg.batch_size} = "
+                  f"global batch {self.dist.world_size * cfg.batch_size}", file=sys.stderr)
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                       callbacks=self.callbacks) as loop:
+                       callbacks=self.callbacks, dist=self.dist) as loop:
             loop.sink.track(cfg.loggers, "train-behavior", config_lib.to_dict(cfg), cfg.project, HEADLINE)
+            guard = NonFiniteGuard(MAX_NONFINITE, self._nonfinite_message)
             while loop.running(self.update):
                 metrics = self.train_step(self.sampler.sample())
+                if not metrics:  # a data-parallel update every rank skipped (non-finite somewhere)
+                    loop.log(self.update, {"behavior/nonfinite": 1.0})
+                if not guard.check(bool(metrics)):  # raises after MAX_NONFINITE in a row
+                    continue
                 loop.mean.add(metrics)
                 self.update += 1
                 loop.updated(self.update, metrics)
@@ -257,40 +298,80 @@ class BehaviorTrainer:
         return {"updates": self.update, **last}
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One actor and one critic update on a replay batch; returns metrics as floats."""
+        """One actor and one critic update on a replay batch; returns metrics as floats ({}: a
+        data-parallel update that every rank skipped, see ``updates.behavior_update``)."""
         return behavior_update(self.world_model, self.agent, self.actor_optim, self.critic_optim,
-                               self.cfg.behavior, batch.to(self.device), update=self.update)
+                               self.cfg.behavior, batch.to(self.device), update=self.update, dist=self.dist)
+
+    def _nonfinite_message(self, count: int) -> str:
+        return (f"Stopped after {count} non-finite actor-critic updates in a row at update {self.update} (every "
+                f"rank skipped them). The last good checkpoint ({self.run_dir / LATEST}) is kept. Lower the learning "
+                "rates (--set behavior.actor_optim.lr=... --set behavior.critic_optim.lr=...) or check the world "
+                "model; then continue with --resume.")
 
     # --- checkpoints ----------------------------------------------------------------------
 
+    def _write_config(self) -> None:
+        extra: dict[str, Any] = {"skipped_shards": self.skipped} if self.skipped else {}
+        if self.dist.active:
+            extra["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                                    "global_batch": self.dist.world_size * self.cfg.batch_size}
+        write_config(self.run_dir / BEHAVIOR_CONFIG, "train-behavior", self.cfg, **extra)
+
     def save(self) -> None:
+        """Write the resume checkpoint and ``behavior.pt``. In a data-parallel run every rank
+        calls it (its sampler and torch RNG states go to rank 0) and rank 0 alone writes."""
+        ranks = (self.dist.gather_object({"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()})
+                 if self.dist.active else [])
+        if not self.dist.is_main:
+            return
         cfg_dict = config_lib.to_dict(self.cfg)
         meta = {"update": self.update, "world_model_update": self.world_model_update, "env_config": self.env_config}
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}
+        if ranks:
+            rng["ranks"] = ranks  # rank r resumes from ranks[r]
         checkpoint.save(self.run_dir / LATEST, checkpoint.TrainState(
             **checkpoint.spaces_json(self.observation_space, self.action_space), stage_config=cfg_dict,
             stage="train-behavior", run_id=self.run_id, modules={"agent": self.agent.state_dict()},
             optimizers={"actor": self.actor_optim.state_dict(), "critic": self.critic_optim.state_dict()},
-            counters=meta, rng={"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}))
+            counters=meta, rng=rng))
         self.agent.save(self.run_dir / BEHAVIOR, self.world_model, cfg_dict, **meta)
 
     def _restore(self, state: checkpoint.TrainState) -> None:
         self.agent.load_state_dict(state.modules["agent"])
         self.actor_optim.load_state_dict(state.optimizers["actor"])
         self.critic_optim.load_state_dict(state.optimizers["critic"])
-        self.sampler.load_state_dict(state.rng["sampler"])
-        torch.set_rng_state(state.rng["torch"])
+        ranks = state.rng.get("ranks") or [{"sampler": state.rng["sampler"], "torch": state.rng["torch"]}]
+        if self.dist.rank < len(ranks):  # a rank the saved run did not have keeps its fresh streams
+            self.sampler.load_state_dict(ranks[self.dist.rank]["sampler"])
+            torch.set_rng_state(ranks[self.dist.rank]["torch"])
         self.update = int(state.counters["update"])
-        truncate_metrics(self.run_dir, self.update, METRICS)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir, self.update, METRICS)
 
 
 def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
         resume_updates: int | None = None, loggers: str | None = None,
         callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train (or resume) the behavior and return the final metrics; one writer per run directory.
-    ``loggers``: new trackers for a resumed run (None: the run's own); ``callbacks``: hooks
-    called after each update and checkpoint (``stages.common.Callback``)."""
-    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before anything is written
-    check_run_dir(cfg.run, "--run")
-    with RunLock(Path(cfg.run)):
-        return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates,
-                               loggers=loggers, callbacks=callbacks).run()
+    """Train (or resume) the behavior and return the final metrics; one writer per run directory
+    (rank 0 of a ``torchrun`` launch, which alone checks and locks it; a refusal there stops
+    every rank). ``loggers``: new trackers for a resumed run (None: the run's own);
+    ``callbacks``: hooks called after each update and checkpoint (``stages.common.Callback``)."""
+    dist = distributed.init(runtime.resolve_device(cfg.device))  # a torchrun launch: join its ranks
+    try:
+        with contextlib.ExitStack() as stack:
+            problem = None
+            if dist.is_main:  # rank 0 alone checks and locks the run directory it alone writes
+                try:
+                    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before any write
+                    check_run_dir(cfg.run, "--run")
+                    stack.enter_context(RunLock(Path(cfg.run)))
+                except DreamerError as error:
+                    problem = error
+            if not dist.all(problem is None):
+                raise problem or DreamerError(f"Rank 0 refused the run in {cfg.run} (its message says why); "
+                                              "nothing was written.")
+            return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates,
+                                   loggers=loggers, callbacks=callbacks).run()
+    finally:
+        dist.close()
