@@ -16,7 +16,11 @@ are methods, not ``forward``), clipping sees the global gradient, and one collec
 finite flag and the loss metrics too, so every rank takes the same decision on a non-finite
 update and logs the global batch's means.
 
-Imports: torch only.
+The online loop (``dreamer train``) also exchanges data: every env step each rank's new replay
+rows go to every rank (``ArrayExchange``: one all-gather of row counts and bytes), so all ranks
+hold the same replay.
+
+Imports: torch and numpy only.
 """
 
 from __future__ import annotations
@@ -140,6 +144,14 @@ class Context:
         dist.gather_object(obj, out if self.is_main else None, dst=0)
         return out
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on every rank (picklable)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -154,6 +166,71 @@ class Context:
 
 
 SINGLE = Context()
+
+
+class ArrayExchange:
+    """Every rank's numpy arrays to every rank, in rank order, called again and again (the
+    online loop exchanges each env step's new replay rows with it).
+
+    Every rank passes the same keys in the same order, each array with the same dtype and
+    trailing shape on every rank; the first axis (rows) may differ between ranks and calls.
+    One all-gather per call: each rank sends its row counts (a header) and its bytes padded to
+    a capacity all ranks agree on. When some rank's bytes do not fit (every rank sees that in
+    the headers), a second all-gather sends the payloads again with room for the largest, and
+    the capacity stays that large, so rows of a steady size cost one collective.
+
+    Shapes:
+        arrays: {key: [n_rank, ...]}  ->  [{key: [n_r, ...]} for r in ranks]
+    """
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.capacity = 0  # payload bytes per rank, the same on every rank (grows, never shrinks)
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        ctx = self.context
+        if not ctx.active:
+            return [arrays]
+        keys = list(arrays)
+        mine = [np.ascontiguousarray(arrays[k]) for k in keys]
+        if any(a.ndim == 0 for a in mine):
+            raise ValueError("ArrayExchange needs arrays with a first axis (rows)")
+        row_bytes = np.array([a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in mine], np.int64)
+        counts = np.array([len(a) for a in mine], np.int64)
+        header = 8 * len(keys)
+        payload = np.concatenate([a.reshape(-1).view(np.uint8) for a in mine]) if mine else np.zeros(0, np.uint8)
+        send = np.zeros(header + self.capacity, np.uint8)
+        send[:header] = counts.view(np.uint8)
+        if len(payload) <= self.capacity:
+            send[header:header + len(payload)] = payload
+        received = self._all_gather(send)
+        every = [r[:header].view(np.int64).copy() for r in received]
+        need = max(int(c @ row_bytes) for c in every)
+        if need > self.capacity:  # some rank's rows did not fit: every rank saw it in the headers
+            self.capacity = need
+            send = np.zeros(need, np.uint8)
+            send[:len(payload)] = payload
+            received = self._all_gather(send)
+        else:
+            received = [r[header:] for r in received]
+        out = []
+        for r, (raw, rows) in enumerate(zip(received, every)):
+            if r == ctx.rank:
+                out.append(dict(zip(keys, mine)))
+                continue
+            part, offset = {}, 0
+            for key, a, n, b in zip(keys, mine, rows.tolist(), row_bytes.tolist()):
+                part[key] = raw[offset:offset + n * b].view(a.dtype).reshape(n, *a.shape[1:]).copy()
+                offset += n * b
+            out.append(part)
+        return out
+
+    def _all_gather(self, send: np.ndarray) -> list[np.ndarray]:
+        device = self.context._comm_device()
+        tensor = torch.from_numpy(send).to(device)
+        parts = [torch.empty_like(tensor) for _ in range(self.context.world_size)]
+        dist.all_gather(parts, tensor)
+        return [p.cpu().numpy() for p in parts]
 
 
 def launched() -> bool:

@@ -72,8 +72,10 @@ class SequenceSampler:
         online_queue: with rows added by :meth:`add_rows`, queue every ``T``-th window of each
             stream (the newest ``T`` rows, so the queued windows tile the stream) and fill batch
             slots from that queue before drawing uniformly: each new step is replayed once soon
-            after it arrives (DreamerV3 2025's ``replay.online``). The queue is not part of
-            :meth:`state_dict`.
+            after it arrives (DreamerV3 2025's ``replay.online``). Under DDP, where every rank's
+            replay holds the same rows, the ranks take the queued windows in turns (window ``i``
+            goes to rank ``i % world_size``), so each is replayed once by one rank. The queue is
+            not part of :meth:`state_dict`.
 
     Raises:
         DatasetError: no datasets, fewer rows than ``seq_len`` in the datasets, invalid
@@ -129,6 +131,7 @@ class SequenceSampler:
         self._prev: _Rows | None = None
         self.online_queue = bool(online_queue)
         self._queue: deque[np.ndarray] = deque()  # windows [T] waiting to be replayed once
+        self._windows_due = 0  # windows due for the queue so far, over all ranks
 
     # --- the rows (see ColumnStore) -------------------------------------------------------
 
@@ -230,7 +233,9 @@ class SequenceSampler:
         own.extend(rows)
         self._prev.extend(prev)  # rows arrive in global order, so _prev stays indexed by row
         if self.online_queue and stream != _EPISODES and len(own) >= self.seq_len and len(own) % self.seq_len == 0:
-            self._queue.append(own.values[-self.seq_len:].copy())
+            if self._windows_due % self.world_size == self.rank:  # DDP: the ranks take turns
+                self._queue.append(own.values[-self.seq_len:].copy())
+            self._windows_due += 1
 
     def _window_counts(self) -> np.ndarray:
         return np.array([max(len(rows) - self.seq_len + 1, 0) for rows in self._streams.values()], np.int64)
