@@ -57,15 +57,17 @@ from dreamer_core.nets.actions import ActionSpace
 from dreamer_core.nets.encoders import preprocess_image
 from dreamer_core.nets.layers import MLP
 from dreamer_core.nets.mdn import MDNRNN, MixtureDist
-from dreamer_core.nets.vae import VAE, kl_to_standard_normal
+from dreamer_core.nets.vae import CONVS, OUTPUTS, VAE, kl_to_standard_normal
 from dreamer_core.types import Batch
 
 Tensor = torch.Tensor
 
 FAMILY = "worldmodels"
-FAMILY_FORMAT = 1  # the layout of this family's weights and config inside world_model.pt
+FAMILY_FORMAT = 2  # the layout of this family's weights and config inside world_model.pt
+# 2: ``vae.output`` (format 1 had none and always used the paper's sigmoid, so it loads as sigmoid)
 PHASES = ("vae", "memory", "joint")
 TRAININGS = ("staged", "joint")
+VAE_CONVS, VAE_OUTPUTS = CONVS, OUTPUTS  # the choices of worldmodels.vae.conv and .output
 # Calibrated balancing: reconstruction first, then dynamics (M's terms), then inverse.
 PRIORITY = ("recon", "dyn", "reward", "cont", "inverse")
 TIED = {"kl": "recon"}  # the KL keeps the reconstruction's weight (V's ELBO stays an ELBO)
@@ -85,6 +87,7 @@ class VAEConfig:
     norm: str = "none"
     act: str = "relu"
     conv: str = "paper"  # paper (64x64 frames) | toolkit (the toolkit's CNN, any power-of-two size)
+    output: str = "linear"  # the paper CNN's pixels: linear | sigmoid (the paper's; saturates on white frames, nets/vae.py)
     kl_tolerance: float = 0.5  # KL floor per frame = kl_tolerance * latent nats (the paper's code)
 
 
@@ -212,7 +215,8 @@ class VaeMdnWorldModel(nn.Module):
         self.action_space = action_space
         self.actions = ActionSpace(action_space)
         v, m = cfg.vae, cfg.mdn
-        self.vae = VAE(observation_space, v.latent, v.depth, v.mlp_units, v.mlp_layers, v.norm, v.act, v.conv)
+        self.vae = VAE(observation_space, v.latent, v.depth, v.mlp_units, v.mlp_layers, v.norm, v.act, v.conv,
+                       v.output)
         self.memory = MDNRNN(v.latent, self.actions.dim, m.hidden, m.mixtures, m.mixture, m.min_log_std,
                              m.max_log_std, m.head_units, m.head_layers, v.norm, v.act)
         self.inverse_head = None
@@ -378,6 +382,8 @@ class VaeMdnWorldModel(nn.Module):
             raise DreamerError(
                 f"{path} holds a World Models world model of format {model_config['family_format']}, but this "
                 f"version reads format {FAMILY_FORMAT} at most. Load it with the dreamer-core version that wrote it.")
+        if model_config.get("family_format", 1) < 2:  # before vae.output existed: the sigmoid
+            model_config = {**model_config, "vae": {**model_config.get("vae", {}), "output": "sigmoid"}}
         cfg = config_lib.from_dict(WorldModelsConfig, model_config)
         model = cls(cfg, *artifact.spaces()).to(device)
         model.load_state_dict(artifact.weights)

@@ -272,7 +272,7 @@ def test_save_and_load_from_the_file_alone(tmp_path):
     path = tmp_path / "world_model.pt"
     wm.save(path, {"seed": 3}, update=7, calibration={"weights": {"recon": 1.0}})
     loaded, artifact = VaeMdnWorldModel.load(path)
-    assert is_family(artifact.model_config) and artifact.model_config["family_format"] == 1
+    assert is_family(artifact.model_config) and artifact.model_config["family_format"] == 2
     assert artifact.update == 7 and loaded.cfg == wm.cfg
     batch = batch_for("dict", "box")
     for model in (wm, loaded):
@@ -283,6 +283,37 @@ def test_save_and_load_from_the_file_alone(tmp_path):
     with pytest.raises(DreamerError, match="not a World Models"):
         VaeMdnWorldModel.load(tmp_path / "rssm.pt")
     assert not is_family(checkpoint.load(tmp_path / "rssm.pt", checkpoint.WorldModelArtifact).model_config)
+
+
+def test_the_paper_decoder_output_linear_by_default_sigmoid_on_request():
+    """Linear pixels by default (unbounded, what DreamerV3's decoders do); the paper's sigmoid
+    keeps every decoded pixel in [-0.5, 0.5]; both are the same logits underneath."""
+    z = torch.randn(6, 4) * 50  # far out: the logits are large
+    linear = VAE(FRAME64, latent=4, depth=4)
+    sigmoid = VAE(FRAME64, latent=4, depth=4, output="sigmoid")
+    sigmoid.load_state_dict(linear.state_dict())
+    logits = linear.decode(z)["image"].mode
+    squashed = sigmoid.decode(z)["image"].mode
+    torch.testing.assert_close(squashed, torch.sigmoid(logits) - 0.5)
+    assert logits.abs().max() > 0.5 >= squashed.abs().max()
+    with pytest.raises(ValueError, match="unknown output"):
+        VAE(FRAME64, output="relu")
+
+
+def test_a_format_1_world_model_loads_with_the_sigmoid_it_was_trained_with(tmp_path):
+    """World models written before ``vae.output`` existed (family format 1) always decoded
+    through the sigmoid: they must load as such, decoding exactly as before."""
+    wm = tiny_model("frame64", vae=VAEConfig(latent=4, depth=4, mlp_units=16, mlp_layers=1, output="sigmoid"))
+    path = tmp_path / "world_model.pt"
+    wm.save(path)
+    artifact = checkpoint.load(path, checkpoint.WorldModelArtifact)
+    old = dict(artifact.model_config, family_format=1, vae={k: v for k, v in artifact.model_config["vae"].items()
+                                                              if k != "output"})
+    checkpoint.save(path, dataclasses.replace(artifact, model_config=old))
+    loaded, _ = VaeMdnWorldModel.load(path)
+    assert loaded.cfg.vae.output == "sigmoid"
+    z = torch.randn(3, loaded.latent_dim)
+    torch.testing.assert_close(loaded.vae.decode(z)["image"].mode, wm.vae.decode(z)["image"].mode)
 
 
 # --- calibrated balancing -------------------------------------------------------------------------

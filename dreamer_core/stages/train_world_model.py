@@ -177,6 +177,8 @@ def _family_problems(cfg: TrainWorldModelConfig, p: config_lib.Problems) -> None
     if cfg.family == "worldmodels":
         wm = cfg.worldmodels
         p.one_of("worldmodels.training", wm.training, worldmodels.TRAININGS)
+        p.one_of("worldmodels.vae.conv", wm.vae.conv, worldmodels.VAE_CONVS)
+        p.one_of("worldmodels.vae.output", wm.vae.output, worldmodels.VAE_OUTPUTS)
         for key in ("vae.latent", "mdn.hidden", "mdn.mixtures"):
             p.at_least(f"worldmodels.{key}", config_lib.get_field(wm, key), 1)
         p.at_least("worldmodels.mdn.temperature", wm.mdn.temperature, 0)

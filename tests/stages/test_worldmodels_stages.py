@@ -192,6 +192,9 @@ def test_bad_input_is_refused_with_nothing_written(staged, data, tmp_path):
          ["not read by the rssm family", "--preset worldmodels"]),
         (["train-world-model", data, "--out", tmp_path / "a", "--preset", "worldmodels", "--balance", "calibrate",
           "--set", "worldmodels.training=staged"], ["nothing to balance"]),
+        (["train-world-model", data, "--out", tmp_path / "a", "--preset", "worldmodels", "--set",
+          "worldmodels.vae.output=relu", "--set", "worldmodels.vae.conv=big"],
+         ["worldmodels.vae.output", "linear, sigmoid", "worldmodels.vae.conv", "paper, toolkit"]),
         (["train", "--env", "dreamer/DummyDiscrete-v0", "--out", tmp_path / "a", "--preset", "worldmodels"],
          ["trains the DreamerV3 RSSM only", "train-world-model DATA --out RUN --preset worldmodels"]),
     ]:
