@@ -144,6 +144,16 @@ class Context:
         dist.gather_object(obj, out if self.is_main else None, dst=0)
         return out
 
+    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``values`` (the same shape on each) joined along the first axis in rank
+        order, detached, on every rank; ``values`` itself with one rank."""
+        values = values.detach().contiguous()
+        if not self.active:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.world_size)]
+        dist.all_gather(parts, values)
+        return torch.cat(parts)
+
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order, on every rank (picklable)."""
         if not self.active:

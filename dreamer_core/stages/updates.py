@@ -9,8 +9,7 @@ actor-critic updates of a data-parallel run). Stage 02 calls ``world_model_updat
 run's ``distributed.Context``: gradients averaged over the ranks before clipping, one decision
 on a non-finite update for every rank, the ranks' mean metrics.
 
-Imports: interfaces, behavior, distributed (and torch.distributed for the returns' all-gather),
-optim, types, stages.common (autocast).
+Imports: interfaces, behavior, distributed, optim, types, stages.common (autocast).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed
 
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.distributed import Context
@@ -93,7 +91,7 @@ def behavior_update(world_model: WorldModelInterface, agent: ActorCritic, actor_
             post = world_model.observe(batch)
     buffers = [b.clone() for b in agent.buffers()] if parallel else []  # the normaliser's state, for a skip
     actor_loss, critic_loss, metrics = agent.loss(world_model, post, batch,
-                                                  gather_returns=_every_rank if parallel else None)
+                                                  gather_returns=dist.gather_rows if parallel else None)
     actor_optim.zero_grad(set_to_none=True)
     actor_loss.backward()
     # Dynamics backprop also sends actor-loss gradients into the critic's weights through the
@@ -123,15 +121,6 @@ def behavior_update(world_model: WorldModelInterface, agent: ActorCritic, actor_
     out["actor/grad_norm"] = float(actor_norm)
     out["critic/grad_norm"] = float(critic_norm)
     return out
-
-
-def _every_rank(values: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``values`` (the same shape on each: ``--batch-size`` is per rank), joined
-    along the first axis in rank order, detached (what the return normaliser reads)."""
-    values = values.detach().contiguous()
-    parts = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(parts, values)
-    return torch.cat(parts)
 
 
 def _warm_up(optimizer: torch.optim.Optimizer, cfg: OptimConfig, update: int) -> None:
