@@ -2,7 +2,7 @@
 
     python benchmarks/bench_update.py [--sizes tiny XS S] [--obs vector image] [--repeats 5]
                                       [--threads 2] [--rounds 3] [--peer /work/peer-venv/bin/python]
-                                      [--breakdown XS] [--no-write]
+                                      [--breakdown XS] [--no-write] [--device cpu|cuda]
 
 One full update is what `dreamer train` runs per train step (``OnlineTrainer.train_step``):
 ``stages.updates.world_model_update`` on a B=16 x T=64 batch, then, with the world model frozen,
@@ -22,6 +22,9 @@ matmuls is shown beside), and the achieved fraction of the matmul rate.
 ``--peer PYTHON``: also time the same update of the peer library (``benchmarks/peer_update.py``
 run by that interpreter; set it up with ``benchmarks/setup_peer.sh``), interleaved with ours.
 ``--breakdown SIZE``: the parts of one vector update of that size, each timed on its own.
+``--device cuda``: time the update on the GPU (the models and the batch on the device, a
+synchronisation around each timed update; the matmul rate is then the GPU's). ``--threads``
+still sets the CPU threads. benchmarks/gpu_check.sh runs it that way.
 Writes the ``update-speed`` section of benchmarks/RESULTS.md (unless ``--no-write``).
 """
 
@@ -43,7 +46,7 @@ B, T = 16, 64
 # --- the worker: one size, one observation kind, one process ----------------------------------
 
 
-def build(size: str, obs: str, seed: int = 0, action: str = "discrete"):
+def build(size: str, obs: str, seed: int = 0, action: str = "discrete", device: str = "cpu"):
     """World model, actor-critic and their optimizers as stages 02 and 03 build them."""
     import gymnasium as gym
     import numpy as np
@@ -63,8 +66,8 @@ def build(size: str, obs: str, seed: int = 0, action: str = "discrete"):
     act_space = gym.spaces.Discrete(2) if action == "discrete" else gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     wm_cfg = config_lib.apply_presets(TrainWorldModelConfig(), "train-world-model", [size])
     bh_cfg = config_lib.apply_presets(TrainBehaviorConfig(), "train-behavior", [size])
-    world_model = WorldModel(wm_cfg.model, obs_space, act_space)
-    agent = ActorCritic.for_world_model(bh_cfg.behavior, world_model)
+    world_model = WorldModel(wm_cfg.model, obs_space, act_space).to(device)
+    agent = ActorCritic.for_world_model(bh_cfg.behavior, world_model).to(device)
     groups = agent.parameter_groups()
     return dict(world_model=world_model, agent=agent, wm_cfg=wm_cfg.optim, cfg=bh_cfg.behavior,
                 wm_optim=make_optimizer(world_model.parameters(), wm_cfg.optim),
@@ -109,17 +112,27 @@ def full_update(parts: dict, batch, update: int) -> dict[str, float]:
     return metrics
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """This CPU's float32 matmul rate with the current threads (best of ``repeats``)."""
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a CUDA timing without it measures only the launches)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """This CPU's (or GPU's) float32 matmul rate with the current threads (best of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3):
         a @ b
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -150,16 +163,18 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    parts = build(args.size, args.obs)
-    batch = make_batch(args.obs)
+    parts = build(args.size, args.obs, device=args.device)
+    batch = make_batch(args.obs).to(args.device)
     for i in range(2):
         full_update(parts, batch, i)
+    synchronize(args.device)
     ms = []
     for i in range(args.repeats):
         start = time.perf_counter()
         full_update(parts, batch, 2 + i)
+        synchronize(args.device)
         ms.append((time.perf_counter() - start) * 1000)
-    out = {"size": args.size, "obs": args.obs, "ms": ms, "threads": args.threads,
+    out = {"size": args.size, "obs": args.obs, "ms": ms, "threads": args.threads, "device": args.device,
            "params": sum(p.numel() for p in parts["world_model"].parameters()),
            "actor_critic_params": sum(p.numel() for p in parts["agent"].actor.parameters())
            + sum(p.numel() for p in parts["agent"].critic.parameters()),
@@ -167,7 +182,7 @@ def worker(args) -> None:
     if args.count_flops:
         out["gflop"] = count_gflop(parts, batch)
         out["gflop_dense"] = count_gflop(parts, batch, dense=True)
-        out["matmul_gflops"] = matmul_gflops()
+        out["matmul_gflops"] = matmul_gflops(device=args.device)
     print(json.dumps(out))
 
 
@@ -269,6 +284,7 @@ def main() -> None:
                              "too, interleaved with this one: an A/B of a change")
     parser.add_argument("--breakdown", default=None, help="size whose vector update is split into parts")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the update runs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="XS", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
@@ -290,7 +306,7 @@ def main() -> None:
             env = None
             if who in ("ours", "base"):
                 cmd = [sys.executable, __file__, "--worker", "--size", size, "--obs", obs,
-                       "--threads", str(args.threads), "--repeats", str(args.repeats)]
+                       "--threads", str(args.threads), "--repeats", str(args.repeats), "--device", args.device]
                 if r == 0 and who == "ours":
                     cmd.append("--count-flops")
                 if who == "base":
@@ -322,7 +338,8 @@ def main() -> None:
         f"Command: `python benchmarks/bench_update.py --sizes {' '.join(args.sizes)} --obs {' '.join(args.obs)} "
         f"--repeats {args.repeats} --rounds {args.rounds} --threads {args.threads}"
         + (f" --peer {args.peer}" if args.peer else "") + "`. "
-        f"torch {torch.__version__}, {args.threads} threads, float32, CPU. One full update = world-model update on "
+        f"torch {torch.__version__}, {args.threads} threads, float32, "
+        f"{'CPU' if args.device == 'cpu' else torch.cuda.get_device_name(0)}. One full update = world-model update on "
         f"B={B} x T={T}, then the actor-critic update from its {B * T} posterior states (H=15), as `dreamer train` "
         f"runs it. Median over {args.rounds} interleaved rounds (fresh process each) of the median of "
         f"{args.repeats} updates. Measured float32 matmul rate (2048 x 2048, {args.threads} threads, same run): "

@@ -372,11 +372,12 @@ def _progress(quiet: bool, seconds: float | None) -> bool | float:
 def collect(
     env: Annotated[str | None, typer.Option("--env", help="Env id: any gymnasium id, ALE/Pong-v5, retro:Airstriker-Genesis-v0, dmc:cartpole-balance (or env.id in --config).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Dataset directory (created, or appended to; or out in --config).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Env steps to collect (default 10000).")] = None,
-    episodes: Annotated[int | None, typer.Option(help="Finished episodes to collect (instead of --steps).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps to collect (default 10000; with --follow default 0 = until stopped).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Finished episodes to collect (instead of --steps; with --follow 0 = until stopped).")] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for envs and policy (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for envs and policy (default 0; with --follow default: drawn from the OS). Env i gets seed+i: give collectors seeds at least --num-envs apart.")] = None,
     policy: Annotated[str | None, typer.Option(help="'random' or a run directory with a trained agent.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep collecting with the newest agent of the run --policy RUN while it trains (waits for its first agent), appending to --out (e.g. RUN/replay); until Ctrl-C/SIGTERM unless --steps/--episodes.")] = False,
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
     obs: Annotated[str | None, typer.Option("--obs", help="default | pixels | both (image and vector).")] = None,
     size: Annotated[int | None, typer.Option(help="Image height and width (default 64).")] = None,
@@ -416,7 +417,7 @@ def collect(
         "env.time_limit": time_limit, "env.env_module": env_module[0] if env_module else None,
         "steps": steps, "episodes": episodes, "num_envs": num_envs, "seed": seed, "policy": policy,
         "backend": backend, "shard_episodes": shard_episodes, "shard_seconds": shard_seconds,
-        "compression": compression, "device": device,
+        "compression": compression, "device": device, "follow": True if follow else None,
     }
     if file is not None and steps is None and episodes is None and file.get("steps") is None and file.get("episodes"):
         flags["steps"] = 0  # a file's episodes budget alone replaces the default step budget (as --episodes does)
@@ -534,6 +535,7 @@ def train_behavior(
     rssm_flags = {"--updates": updates, "--batch-size": batch_size, "--seq-len": seq_len, "--horizon": horizon,
                   "--actor-grad": actor_grad, "--device": device}
     if _behavior_command(run, config) == "train-controller":
+        stage.refuse_data_parallel_controller(run_dir_text(run, config))  # under torchrun
         return _train_controller(run, dataset, resume, seed, skip_corrupt, quiet, progress, threads, config,
                                  print_config, preset, set_, logger, controller_flags, rssm_flags)
     given_controller = [f"--{k.rpartition('.')[2]}" for k, v in controller_flags.items() if v is not None]
@@ -568,8 +570,9 @@ def train_behavior(
                        loggers=logger if resume else None)
     parts = [f"{label} {result[key]:.4g}" for key, label in
              (("imag/return", "imagined return"), ("actor/entropy", "entropy"), ("critic/value", "value")) if key in result]
-    typer.echo(f"trained {result['updates']} behavior updates -> {run_dir / runs.BEHAVIOR}"
-               + (f" ({', '.join(parts)})" if parts else ""))
+    if _main_rank():  # under torchrun the other ranks stay quiet
+        typer.echo(f"trained {result['updates']} behavior updates -> {run_dir / runs.BEHAVIOR}"
+                   + (f" ({', '.join(parts)})" if parts else ""))
 
 
 def run_dir_text(run: Path | None, config: Path | None) -> str:
@@ -685,6 +688,7 @@ def train(
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
     action_repeat: Annotated[int | None, typer.Option("--action-repeat", help="0 = suite default (Atari 4, DMC 2, else 1).")] = None,
     env_module: Annotated[list[str], typer.Option("--env-module", help="Import this module first (it registers your envs).")] = [],
+    learner_only: Annotated[bool | None, typer.Option("--learner-only/--no-learner-only", help="Step no envs: learn from the shards collectors (`dreamer collect --policy RUN --follow --out RUN/replay`) write into RUN/replay, up to --steps of theirs (learner_only; may change on --resume).")] = None,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
@@ -695,7 +699,9 @@ def train(
     device: DeviceOpt = None,
     logger: LoggerOpt = None,
 ) -> None:
-    """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating)."""
+    """Online Dreamer: act, store, update the world model and the behavior, repeat (stages 01-03 alternating).
+
+    Under `torchrun --nproc-per-node N` data-parallel (each rank its own envs, --batch-size per rank)."""
     from dreamer_core.stages import online as stage
 
     progress = _progress(quiet, progress_seconds)
@@ -712,15 +718,17 @@ def train(
         "train_ratio": train_ratio, "prefill": prefill, "batch_size": batch_size, "seq_len": seq_len,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "eval_mode": eval_mode,
         "checkpoint_seconds": checkpoint_seconds, "seed": seed, "threads": threads, "device": device,
-        "loggers": logger,
+        "loggers": logger, "learner_only": learner_only,
     }
     _refuse_resume_of_nothing(out_dir, resume)
     if resume:
-        _refuse_changes_on_resume(out_dir, "train", flags, ("steps", "threads", "out", "loggers"), preset, set_,
-                                  "--steps, the new total, --threads and --logger", file, pixels=pixels)
+        _refuse_changes_on_resume(out_dir, "train", flags, ("steps", "threads", "out", "loggers", "learner_only"),
+                                  preset, set_, "--steps, the new total, --threads, --logger and --learner-only",
+                                  file, pixels=pixels)
         if print_config:
             return _print_config("train", _resumed_config("train", out_dir, {"steps": steps, "threads": threads,
-                                                                              "out": str(out_dir)}))
+                                                                              "out": str(out_dir),
+                                                                              "learner_only": learner_only}))
         cfg = stage.TrainConfig(out=str(out_dir))
     else:
         with config_lib.using_file(file):
@@ -728,10 +736,12 @@ def train(
         if print_config:
             return _print_config("train", cfg)
     _show_config("train", cfg, out_dir, quiet, resume, {"steps": steps, "threads": threads, "out": str(out_dir),
-                                                        "loggers": logger})
+                                                        "loggers": logger, "learner_only": learner_only})
     result = stage.run(cfg, resume=resume, progress=progress, steps=steps if resume else None,
-                       threads=threads if resume else None, loggers=logger if resume else None)
-    typer.echo(stage.summary_line(result))
+                       threads=threads if resume else None, loggers=logger if resume else None,
+                       learner_only=learner_only if resume else None)
+    if _main_rank():  # under torchrun the other ranks stay quiet
+        typer.echo(stage.summary_line(result))
     if result["interrupted"]:
         raise typer.Exit(code=130)
 

@@ -7,6 +7,8 @@ returns one action per env in the action space's dtype. ``RandomPolicy`` samples
 into a latent state per env and the actor picks the action. Building either from a
 ``--policy`` string (``random`` or a run directory) is ``runs.load_policy``;
 ``play_episode`` plays one episode and keeps it in the dataset's row layout.
+``PolicySwitch`` changes the policy of K envs episode by episode (a collector following a
+training run: each env takes the newest agent when its next episode starts).
 
 Imports: numpy, gymnasium, torch, errors, interfaces, data.schema.
 """
@@ -20,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dreamer_core.data.schema import Episode
+from dreamer_core.data.schema import Episode, PolicyVersion
 from dreamer_core.errors import DreamerError
 from dreamer_core.interfaces import ActorCriticInterface, LatentState, WorldModelInterface
 
@@ -47,6 +49,7 @@ class RandomPolicy:
     """
 
     name = "random"
+    version: PolicyVersion | None = None  # no agent checkpoint
 
     def __init__(self, action_space: gym.Space, num_envs: int, seed: int | None = None, block: int = 1024):
         self.action_space = action_space
@@ -106,6 +109,7 @@ class AgentPolicy:
     """
 
     name = "agent"
+    version: PolicyVersion | None = None  # the run's checkpoint, set by runs.load_run_policy
 
     def __init__(self, world_model: WorldModelInterface, agent: ActorCriticInterface, num_envs: int,
                  mode: str = "sample",
@@ -146,6 +150,58 @@ class AgentPolicy:
         actions = self.world_model.actions
         self.last_action = actions.to_model(action)
         return actions.to_env(action)
+
+
+class PolicySwitch:
+    """K envs that change policy between episodes: env i acts with the policy that was the
+    newest when its current episode began, so every episode is played by one policy.
+
+    ``offer(policy)`` makes ``policy`` the newest; each env takes it at its next episode start
+    (``is_first``). While the envs disagree, every policy in use acts on all K envs (a
+    stateful agent filters each env's latent state only if it sees every step; it resets an
+    env's state where ``is_first`` is set, so an env that switches starts clean) and each env
+    takes its own policy's action: the cost of two policies for at most one episode. A policy
+    no env uses any more is dropped.
+    """
+
+    def __init__(self, policy: Policy, num_envs: int):
+        self.name = policy.name
+        self._policies: dict[int, Policy] = {0: policy}
+        self._newest = 0
+        self._env_policy = np.zeros(num_envs, dtype=np.int64)  # the policy id of each env's episode
+
+    @property
+    def newest(self) -> Policy:
+        return self._policies[self._newest]
+
+    def offer(self, policy: Policy) -> None:
+        """Make ``policy`` the newest: envs start their next episodes with it."""
+        self._newest += 1
+        self._policies[self._newest] = policy
+        self._drop_unused()
+
+    def policy_of(self, env: int) -> Policy:
+        """The policy playing env ``env``'s current (or just finished) episode."""
+        return self._policies[int(self._env_policy[env])]
+
+    def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+        self._env_policy[np.asarray(is_first, dtype=bool)] = self._newest
+        self._drop_unused()
+        used = np.unique(self._env_policy)
+        if len(used) == 1:
+            return self._policies[int(used[0])].act(obs, is_first)
+        actions = None
+        for key in used:
+            chosen = self._policies[int(key)].act(obs, is_first)
+            if actions is None:
+                actions = chosen.copy()
+            mask = self._env_policy == key
+            actions[mask] = chosen[mask]
+        return actions
+
+    def _drop_unused(self) -> None:
+        keep = {int(k) for k in self._env_policy} | {self._newest}
+        self._policies = {k: p for k, p in self._policies.items() if k in keep}
 
 
 @dataclass

@@ -20,6 +20,15 @@ earlier have one file per command (``LEGACY_CONFIGS``: ``config.yaml``, ``behavi
 batched policy, checking that the env's spaces fit; ``run_dataset(run)`` opens the data a
 run's world model was trained on.
 
+A run that is still training (``dreamer train``, or stages 02 and 03 run again) replaces its
+``world_model.pt`` and then its ``behavior.pt``, each atomically. ``load_run_policy`` loads the
+agent a collector follows (``dreamer collect --follow``): it names the checkpoint it loaded
+(``PolicyVersion``: the counters and a digest of ``behavior.pt``, recorded with every episode)
+and raises ``AgentNotReady`` when the run has no agent yet, when its ``behavior.pt`` does not
+match its ``world_model.pt`` (a write in progress, or a world model trained further and its
+behavior not yet), or when a file was replaced while it was read: the caller waits and tries
+again. ``agent_stamp(run)`` is the cheap test for "the files changed" (two ``stat`` calls).
+
 Both world-model families load here: ``world_model.pt`` is read once and rebuilt as a
 ``worldmodels.VaeMdnWorldModel`` when its ``model_config`` says so (``worldmodels.is_family``),
 else as the RSSM ``WorldModel``; ``behavior.pt`` as a ``controller.Controller`` (the World Models
@@ -31,6 +40,8 @@ runtime, errors, files.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -40,6 +51,7 @@ from dreamer_core import checkpoint, controller, worldmodels
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.dataset import Dataset
+from dreamer_core.data.schema import POLICY_DIGEST_CHARS, PolicyVersion
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
 from dreamer_core.interfaces import WorldModelInterface
@@ -187,7 +199,7 @@ def load_agent(run: Path | str, device: str | torch.device = "cpu",
     else:
         agent, artifact = ActorCritic.load(path, world_model, device)
     if artifact.world_model_update != wm_artifact.update:
-        raise DreamerError(
+        raise AgentMismatchError(artifact.world_model_update, wm_artifact.update,
             f"The agent in {path} was trained against the world model at update {artifact.world_model_update}, "
             f"but {run / WORLD_MODEL} is now at update {wm_artifact.update} (it was trained further), so the "
             f"agent's latent inputs no longer mean what it learned. Train the behavior again: delete {path} "
@@ -195,6 +207,91 @@ def load_agent(run: Path | str, device: str | torch.device = "cpu",
         )
     agent.eval()
     return world_model, agent, artifact
+
+
+class AgentNotReady(DreamerError):
+    """A run has no agent to act with yet, but may have one later: a file is missing, the
+    behavior does not match the world model, or a file was replaced while it was read."""
+
+
+class AgentMismatchError(AgentNotReady):
+    """``behavior.pt`` was trained against another update of ``world_model.pt`` than the one
+    in the run (a write in progress, or the world model trained further)."""
+
+    def __init__(self, trained_against: int, world_model_update: int, message: str):
+        super().__init__(message)
+        self.trained_against, self.world_model_update = trained_against, world_model_update
+
+
+class AgentChangedError(AgentNotReady):
+    """An agent file of the run was replaced (or written) while it was read."""
+
+
+# (inode, size, mtime in ns) of world_model.pt and of behavior.pt
+AgentStamp = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def agent_stamp(run: Path | str) -> AgentStamp | None:
+    """What identifies the agent files of ``run`` now, or None while either is missing. Both
+    are replaced by renaming a new file over them (checkpoint.save), so every write changes
+    the stamp; two ``stat`` calls, cheap enough to poll every few seconds."""
+    stamps = []
+    for name in (WORLD_MODEL, BEHAVIOR):
+        try:
+            st = (Path(run) / name).stat()
+        except OSError:
+            return None
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return stamps[0], stamps[1]
+
+
+@dataclass
+class RunPolicy:
+    """A run's agent as a batched policy, with the checkpoint it was loaded from."""
+
+    policy: AgentPolicy
+    version: PolicyVersion
+    stamp: AgentStamp  # agent_stamp(run) of the files it was loaded from
+
+
+def load_run_policy(run: Path | str, observation_space: gym.spaces.Dict, action_space: gym.Space, num_envs: int,
+                    seed: int | None = None, device: str = "auto", mode: str = "sample") -> RunPolicy:
+    """The agent of ``run`` as a policy for ``num_envs`` envs, and which checkpoint it is.
+
+    Raises:
+        AgentNotReady: no agent yet, a behavior that does not match the world model, or a
+            file replaced while it was read (try again later).
+        DreamerError: the agent does not fit the env's spaces (or another lasting problem).
+    """
+    run = Path(run)
+    before = agent_stamp(run)
+    if before is None:
+        missing = [name for name in (WORLD_MODEL, BEHAVIOR) if not (run / name).is_file()]
+        where = f"the run {run}" if run.is_dir() else f"{run} (the directory does not exist yet)"
+        raise AgentNotReady(
+            f"There is no {' and no '.join(missing)} in {where}, so it has no agent yet. Train one with "
+            f"`dreamer train-world-model DATASET --out {run}` and `dreamer train-behavior --run {run}`, or "
+            f"`dreamer train --out {run}`."
+        )
+    try:
+        digest = hashlib.sha256((run / BEHAVIOR).read_bytes()).hexdigest()[:POLICY_DIGEST_CHARS]
+    except OSError as exc:
+        raise AgentNotReady(f"{run / BEHAVIOR} could not be read ({exc.strerror}).") from None
+    dev = resolve_device(device)
+    try:
+        world_model, agent, artifact = load_agent(run, dev)
+    except DreamerError as exc:
+        if isinstance(exc, AgentNotReady) or agent_stamp(run) == before:
+            raise
+        raise AgentChangedError(f"The agent files of {run} changed while they were read (the run is training).") from None
+    if agent_stamp(run) != before:
+        raise AgentChangedError(f"The agent files of {run} changed while they were read (the run is training).")
+    artifact.check_spaces(observation_space, action_space, "The environment", run / BEHAVIOR)
+    policy = AgentPolicy(world_model, agent, num_envs, mode=mode, seed=seed, device=dev)
+    version = PolicyVersion(int(artifact.update), int(artifact.world_model_update), digest)
+    policy.name = f"agent:{run}"  # recorded in the dataset as the policy that produced it
+    policy.version = version
+    return RunPolicy(policy, version, before)
 
 
 def load_policy(spec: str, observation_space: gym.spaces.Dict, action_space: gym.Space, num_envs: int,
@@ -209,12 +306,11 @@ def load_policy(spec: str, observation_space: gym.spaces.Dict, action_space: gym
             "Use --policy random, or --policy runs/NAME for an agent trained with "
             "`dreamer train-behavior --run runs/NAME`."
         )
-    dev = resolve_device(device)
-    world_model, agent, artifact = load_agent(run, dev)
-    artifact.check_spaces(observation_space, action_space, "The environment", run / BEHAVIOR)
-    policy = AgentPolicy(world_model, agent, num_envs, mode=mode, seed=seed, device=dev)
-    policy.name = f"agent:{run}"  # recorded in the dataset as the policy that produced it
-    return policy
+    if not (run / WORLD_MODEL).exists():
+        load_world_model(run)  # says what is missing and how to train it
+    if not (run / BEHAVIOR).exists():
+        load_agent(run)
+    return load_run_policy(run, observation_space, action_space, num_envs, seed, device, mode).policy
 
 
 def run_dataset(run: Path | str, dataset: Path | str | None = None,

@@ -26,13 +26,18 @@ from dreamer_core.errors import DatasetError, SpacesMismatchError
 
 @dataclass(frozen=True)
 class EpisodeRef:
-    """Where one episode lives: rows ``start : start + rows`` of ``shard``'s ``steps/`` columns."""
+    """Where one episode lives: rows ``start : start + rows`` of ``shard``'s ``steps/`` columns.
+
+    ``policy``: the agent checkpoint that collected it (``dreamer collect --policy RUN``,
+    ``--follow``), or None (a random policy, or a shard that records none).
+    """
 
     shard: Path
     start: int
     rows: int
     ret: float
     terminated: bool
+    policy: schema.PolicyVersion | None = None
 
     @property
     def steps(self) -> int:
@@ -90,9 +95,9 @@ class Dataset:
                     "dataset directory."
                 )
         self.refs = [
-            EpisodeRef(self.path / s.name, start, r, ret, term)
+            EpisodeRef(self.path / s.name, start, r, ret, term, policy)
             for s in self.shards
-            for start, r, ret, term in zip(s.starts, s.rows, s.returns, s.terminated)
+            for start, r, ret, term, policy in zip(s.starts, s.rows, s.returns, s.terminated, s.policies())
         ]
 
     # --- sizes ----------------------------------------------------------------------------
@@ -175,6 +180,7 @@ class Dataset:
         """Figures for ``dreamer data info`` (JSON-able)."""
         returns = np.array([r.ret for r in self.refs], dtype=np.float64)
         lengths = np.array([r.steps for r in self.refs], dtype=np.int64)
+        agent_updates = [r.policy.update for r in self.refs if r.policy is not None]
         return {
             "path": str(self.path),
             "env_ids": self.env_ids,
@@ -188,6 +194,9 @@ class Dataset:
             "return_min": float(returns.min()),
             "return_max": float(returns.max()),
             "length_mean": float(lengths.mean()),
+            # episodes collected by a trained agent, and the range of its checkpoints' updates
+            "agent_episodes": len(agent_updates),
+            "agent_updates": [min(agent_updates), max(agent_updates)] if agent_updates else None,
             "observation_space": {k: str(s) for k, s in self.observation_space.spaces.items()},
             "action_space": str(self.action_space),
             "size_bytes": store.dir_size(self.path),

@@ -35,6 +35,14 @@ is one slice per column, and writing an episode costs no HDF5 metadata of its ow
         rows                    int64 [E]   its rows (= env steps + 1)
         return                  float64 [E]
         terminated              bool [E]
+        policy_update           int64 [E]   optional (``POLICY_COLUMNS``): the agent checkpoint
+        policy_world_model_update  int64 [E]    that collected each episode (-1: none, e.g. a
+        policy_digest           bytes16 [E]  random policy); see :class:`PolicyVersion`
+
+The ``policy_*`` columns are written only into shards holding an episode collected by a
+trained agent (``dreamer collect --policy RUN``); shards without them (random data, and every
+shard written before the columns existed) read as "no agent recorded". Adding them changed
+nothing else, so the schema version stays 1 and older readers ignore them.
 
 Imports: numpy and gymnasium only (no torch, nothing from dreamer_core above data/).
 """
@@ -59,6 +67,10 @@ STEPS_GROUP = "steps"
 EPISODES_GROUP = "episodes"
 OBS_GROUP = "obs"
 EPISODE_INDEX = ("start", "rows", "return", "terminated")
+# Optional per-episode columns in episodes/: which agent checkpoint collected the episode.
+POLICY_UPDATE, POLICY_WORLD_MODEL_UPDATE, POLICY_DIGEST = "policy_update", "policy_world_model_update", "policy_digest"
+POLICY_COLUMNS = (POLICY_UPDATE, POLICY_WORLD_MODEL_UPDATE, POLICY_DIGEST)
+POLICY_DIGEST_CHARS = 16  # hex digits of SHA-256 kept (64 bits: enough to tell checkpoints apart)
 ACTION = "action"
 REWARD = "reward"
 IS_FIRST = "is_first"
@@ -253,6 +265,47 @@ def first_nonfinite(episode: Episode) -> tuple[str, int, float] | None:
             if found is None or row < found[1]:
                 found = (name, row, float(value))
     return found
+
+
+# --- the agent that collected an episode ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """The agent checkpoint an episode was collected with (stored per episode in a shard).
+
+    Attributes:
+        update: the update counter of the run's ``behavior.pt`` (the actor-critic's updates;
+            in an online run, the run's updates).
+        world_model_update: the update counter of the world model the agent acted with.
+        digest: the first ``POLICY_DIGEST_CHARS`` hex digits of the SHA-256 of that
+            ``behavior.pt`` file, which tell two checkpoints with equal counters apart (a
+            behavior trained again from scratch).
+    """
+
+    update: int
+    world_model_update: int
+    digest: str
+
+    def __str__(self) -> str:
+        return f"update {self.update} (world model {self.world_model_update}, behavior.pt {self.digest[:8]})"
+
+    @staticmethod
+    def columns(versions: list[PolicyVersion | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``POLICY_COLUMNS`` values of these episodes' versions (None: -1, -1, empty)."""
+        update = np.array([-1 if v is None else v.update for v in versions], dtype=np.int64)
+        wm_update = np.array([-1 if v is None else v.world_model_update for v in versions], dtype=np.int64)
+        digest = np.array([b"" if v is None else v.digest.encode() for v in versions],
+                          dtype=f"S{POLICY_DIGEST_CHARS}")
+        return update, wm_update, digest
+
+    @staticmethod
+    def from_columns(update: Any, world_model_update: Any, digest: Any) -> PolicyVersion | None:
+        """One episode's version from its column values (None where none was recorded)."""
+        if int(update) < 0 and not digest:
+            return None
+        text = digest.decode() if isinstance(digest, bytes) else str(digest)
+        return PolicyVersion(int(update), int(world_model_update), text)
 
 
 # --- the episode record ----------------------------------------------------------------------

@@ -11,6 +11,17 @@ opening every shard to cross-check its episode index. After such a rescan the ma
 rewritten where the directory is writable, so an old manifest (entries without digests) gets
 its digests on the first open and later opens read no shard.
 
+Several writers may share a dataset directory. The manifest is never the list of shards (the
+shard files are): each writer rewrites it atomically with :func:`merge_manifest`, its own
+shards plus the entries of the current manifest for shards it does not know, so a writer
+does not drop the others' entries. Two writers racing on it (read, read, write, write) can
+still drop the first one's new entry; readers then rescan that shard, and lose nothing.
+
+A manifest entry also holds the shard's per-episode agent checkpoints (``policy_updates``,
+``policy_world_model_updates``, ``policy_digests``; None for a shard without those optional
+columns). An entry without these keys, written before they existed, is rescanned once like
+an entry without a digest.
+
 Also here: :func:`disk_errno`, the one test for "the disk refused the write" (full, quota,
 read-only, permission) that the writer and the Minari export share.
 
@@ -58,6 +69,10 @@ class ShardInfo:
     rows: list[int] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     terminated: list[bool] = field(default_factory=list)
+    # The agent checkpoint of each episode (schema.POLICY_COLUMNS); None: the shard has none.
+    policy_updates: list[int] | None = None
+    policy_world_model_updates: list[int] | None = None
+    policy_digests: list[str] | None = None
 
     @property
     def num_episodes(self) -> int:
@@ -70,6 +85,13 @@ class ShardInfo:
     @property
     def num_steps(self) -> int:
         return self.num_rows - self.num_episodes
+
+    def policies(self) -> list[schema.PolicyVersion | None]:
+        """The agent checkpoint each episode was collected with (None: none recorded)."""
+        if self.policy_updates is None or self.policy_world_model_updates is None or self.policy_digests is None:
+            return [None] * self.num_episodes
+        return [schema.PolicyVersion.from_columns(u, w, d) for u, w, d in
+                zip(self.policy_updates, self.policy_world_model_updates, self.policy_digests, strict=True)]
 
 
 def shard_paths(root: Path) -> list[Path]:
@@ -132,6 +154,10 @@ def read_shard_info(path: Path) -> ShardInfo:
             info.rows = [int(x) for x in index["rows"][()]]
             info.returns = [float(x) for x in index["return"][()]]
             info.terminated = [bool(x) for x in index["terminated"][()]]
+            if schema.POLICY_UPDATE in index:
+                info.policy_updates = [int(x) for x in index[schema.POLICY_UPDATE][()]]
+                info.policy_world_model_updates = [int(x) for x in index[schema.POLICY_WORLD_MODEL_UPDATE][()]]
+                info.policy_digests = [bytes(x).decode() for x in index[schema.POLICY_DIGEST][()]]
             _check_columns(f, info)
     except DatasetError:
         raise
@@ -172,6 +198,11 @@ def _check_columns(f: h5py.File, info: ShardInfo) -> None:
     total = int(rows.sum())
     if len(starts) != len(rows) or np.any(rows < 1) or not np.array_equal(starts, np.cumsum(rows) - rows):
         raise ValueError("the episode index does not tile the stored rows")
+    for name, values in ((schema.POLICY_UPDATE, info.policy_updates),
+                         (schema.POLICY_WORLD_MODEL_UPDATE, info.policy_world_model_updates),
+                         (schema.POLICY_DIGEST, info.policy_digests)):
+        if values is not None and len(values) != len(rows):
+            raise ValueError(f"episodes/{name} has {len(values)} entries for {len(rows)} episodes")
     steps = f[schema.STEPS_GROUP]
     columns = {name: steps[name] for name in schema.COLUMNS}
     columns.update({f"obs/{k}": v for k, v in steps[schema.OBS_GROUP].items()})
@@ -206,6 +237,31 @@ def write_manifest(root: Path, shards: list[ShardInfo]) -> None:
     atomic_write_bytes(Path(root) / schema.MANIFEST_NAME, json.dumps(data, indent=1).encode())
 
 
+def merge_manifest(root: Path, shards: list[ShardInfo]) -> None:
+    """Rewrite the manifest with ``shards`` (a writer's own, up to date) plus the current
+    entries of the other shards in ``root`` (closed by other writers), atomically.
+
+    Shards no longer on disk are left out; a shard neither in ``shards`` nor in the
+    manifest is left for readers to rescan (the manifest is derived data, see the module
+    docstring)."""
+    root = Path(root)
+    known = {s.name for s in shards}
+    cached = read_manifest(root).get("shards", {})
+    on_disk = shard_paths(root)
+    names = {path.name for path in on_disk}
+    merged = [s for s in shards if s.name in names]
+    for path in on_disk:
+        if path.name in known:
+            continue
+        try:
+            info = _cached_info(cached.get(path.name), path, path.stat())
+        except OSError:  # moved away meanwhile
+            continue
+        if info is not None:
+            merged.append(info)
+    write_manifest(root, sorted(merged, key=lambda s: s.name))
+
+
 def entry_digest(fields: dict[str, Any]) -> str:
     """SHA-256 of a manifest entry's fields (everything but the digest itself)."""
     fields = {k: v for k, v in fields.items() if k != "digest"}
@@ -221,6 +277,8 @@ def _cached_info(entry: Any, path: Path, stat: Any) -> ShardInfo | None:
         return None  # the shard changed (or was replaced) since the entry was written
     if entry.get("digest") != entry_digest(entry):
         return None  # edited, or written before entries had digests: rescan the shard
+    if "policy_updates" not in entry:
+        return None  # written before entries held the agent checkpoints: rescan the shard
     try:
         return ShardInfo(**{k: v for k, v in entry.items() if k != "digest"})
     except TypeError:

@@ -11,6 +11,18 @@ buffered in memory and appended in batches (``flush_bytes``) to an open shard na
 progress. Existing shards are never opened for writing. Batching matters: HDF5 spends about
 0.15 ms per dataset it creates or resizes, more than a CartPole episode takes to play.
 
+Several writers may add to one dataset at once (collectors on many machines, and the online
+run's own writer, sharing a directory): a shard's name holds the UTC time to the microsecond
+and 32 random bits, and its ``.partial`` file is created exclusively (a name already taken,
+open or closed, is never reused), so no writer can overwrite another's shard. The manifest is
+derived data; each writer rewrites it with its own shards plus the current entries of the
+others (``store.merge_manifest``), and readers rescan any shard it does not list, so two
+writers racing on it can cost a rescan, never an episode.
+
+An episode may carry the agent checkpoint that collected it (``add_episode(episode, policy)``,
+a :class:`~dreamer_core.data.schema.PolicyVersion`): stored in the shard's optional
+``episodes/policy_*`` columns (data/schema.py).
+
 Every column is written with HDF5's per-chunk Fletcher-32 checksum, so a shard damaged on
 disk later fails loudly on read instead of feeding wrong numbers to training.
 
@@ -151,13 +163,16 @@ class EpisodeRecorder:
             self._kept(i, last=False, terminal=False)
         self.is_first = np.ones(K, dtype=bool)
         self._resetting = np.zeros(K, dtype=bool)  # env i ended last step: this step returns its reset obs
+        self.finished_envs: list[int] = []  # the env of each episode the last record() finished
 
     def record(self, actions: np.ndarray, obs: dict[str, np.ndarray], reward: np.ndarray, terminated: np.ndarray,
                truncated: np.ndarray, limit: int | None = None) -> tuple[int, list[schema.Episode]]:
         """Add one pool step. Returns the env steps recorded and the episodes it finished (in env
-        order). ``limit``: record at most this many env steps; the rest of the batch is dropped."""
+        order; their envs in ``finished_envs``). ``limit``: record at most this many env steps;
+        the rest of the batch is dropped."""
         self.is_first = self._resetting.copy()
         steps, finished = 0, []
+        self.finished_envs = []
         for i, builder in enumerate(self.builders):
             if self._resetting[i]:
                 builder.start_from_batch(obs, i)
@@ -173,6 +188,7 @@ class EpisodeRecorder:
             if ended:
                 self._resetting[i] = True
                 finished.append(builder.finish(bool(terminated[i])))
+                self.finished_envs.append(i)
         return steps, finished
 
     def _kept(self, env: int, last: bool, terminal: bool) -> None:
@@ -210,7 +226,11 @@ class EpisodeRecorder:
     def in_progress(self) -> list[schema.Episode]:
         """The episodes under way with at least one step, cut here (truncated: real data, ended by
         the recorder's owner, not by the env)."""
-        return [builder.finish(terminated=False) for builder in self.builders if builder.rows > 1]
+        return [episode for _, episode in self.in_progress_items()]
+
+    def in_progress_items(self) -> list[tuple[int, schema.Episode]]:
+        """Like :meth:`in_progress`, each episode with its env's index."""
+        return [(i, builder.finish(terminated=False)) for i, builder in enumerate(self.builders) if builder.rows > 1]
 
 
 def prepare_output_dir(
@@ -336,6 +356,8 @@ class DatasetWriter:
         self.shard_bytes = shard_bytes
         self.flush_bytes = flush_bytes
         self._pending: list[schema.Episode] = []  # finished, not yet in the open shard
+        self._pending_policies: list[schema.PolicyVersion | None] = []  # their agent checkpoints
+        self._shard_episodes = 0  # episodes already written into the open shard's file
         self._pending_bytes = 0
         self._shard_bytes = 0
         self._shard_rows = 0
@@ -346,8 +368,11 @@ class DatasetWriter:
 
     # --- public ---------------------------------------------------------------------------
 
-    def add_episode(self, episode: schema.Episode) -> None:
+    def add_episode(self, episode: schema.Episode, policy: schema.PolicyVersion | None = None) -> None:
         """Queue one finished episode for the open shard; flush and rotate when limits say so.
+
+        ``policy``: the agent checkpoint that collected the episode (None: not an agent's, or
+        not known), stored with it.
 
         Raises:
             ValueError: the episode breaks the row contract or the spaces (a caller's bug).
@@ -362,6 +387,7 @@ class DatasetWriter:
             self._opened_at = self._clock()
         size = _nbytes(episode)
         self._pending.append(episode)
+        self._pending_policies.append(policy)
         self._pending_bytes += size
         self._shard_bytes += size
         self._count += 1
@@ -399,9 +425,9 @@ class DatasetWriter:
         self.episodes_written += self._count
         self.steps_written += self._pending_steps
         self._tmp_path = self._final_path = None
-        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
+        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = self._shard_episodes = 0
         try:
-            store.write_manifest(self.path, self.shards)
+            store.merge_manifest(self.path, self.shards)
         except OSError as exc:
             code = store.disk_errno(exc)
             if code is None:
@@ -424,8 +450,9 @@ class DatasetWriter:
 
         Safe after a failed write: see :func:`store.discard_h5_file`."""
         self._pending.clear()
+        self._pending_policies.clear()
         self._pending_bytes = 0
-        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = 0
+        self._count = self._pending_steps = self._shard_bytes = self._shard_rows = self._shard_episodes = 0
         if self._file is not None:
             store.discard_h5_file(self._file, self._tmp_path, self._columns)
             self._file = None
@@ -461,11 +488,8 @@ class DatasetWriter:
     # --- internals ------------------------------------------------------------------------
 
     def _open_shard(self) -> None:
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        name = f"{schema.SHARD_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}{schema.SHARD_SUFFIX}"
-        self._final_path = self.path / name
-        self._tmp_path = self.path / f".{name}{schema.PARTIAL_SUFFIX}"
-        f = self._file = h5py.File(self._tmp_path, "w")
+        self._file = self._create_partial()
+        f = self._file
         for key, value in self._header.items():
             f.attrs[key] = value
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -491,7 +515,30 @@ class DatasetWriter:
         episodes = f.create_group(schema.EPISODES_GROUP)
         for name, dtype in zip(schema.EPISODE_INDEX, (np.int64, np.int64, np.float64, bool)):
             columns[f"episodes/{name}"] = _resizable(episodes, name, (), np.dtype(dtype), chunk_rows=1024)
-        self._shard_rows = 0
+        self._shard_rows = self._shard_episodes = 0
+
+    def _create_partial(self) -> h5py.File:
+        """Create the open shard's ``.partial`` file under a name no other writer has used.
+
+        ``shard-<UTC time to the microsecond>-<32 random bits>.h5``: names sort by creation
+        time; the random part tells apart writers that open a shard in the same microsecond
+        (many collectors, on many hosts). The ``.partial`` file is created exclusively
+        (``O_EXCL``: fails if it exists; HDF5 then writes into the file this writer owns), and
+        a name whose closed shard exists is skipped, so even a repeated name can never make
+        one writer truncate or replace another's shard."""
+        for _ in range(100):
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            name = f"{schema.SHARD_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}{schema.SHARD_SUFFIX}"
+            final, tmp = self.path / name, self.path / f".{name}{schema.PARTIAL_SUFFIX}"
+            if final.exists():
+                continue
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                continue
+            self._final_path, self._tmp_path = final, tmp  # discard() removes it if HDF5 fails
+            return h5py.File(tmp, "w")
+        raise DatasetError(f"Could not find a free shard name in {self.path} after 100 tries; check the directory.")
 
     def _flush(self) -> None:
         """Append the pending episodes to the open shard (opening it if needed)."""
@@ -502,6 +549,7 @@ class DatasetWriter:
                 self._open_shard()
             self._write_episodes(self._pending)
         self._pending = []
+        self._pending_policies = []
         self._pending_bytes = 0
 
     def _write_episodes(self, episodes: list[schema.Episode]) -> None:
@@ -519,7 +567,26 @@ class DatasetWriter:
         _append(columns["episodes/rows"], rows)
         _append(columns["episodes/return"], np.array([e.ret for e in episodes], dtype=np.float64))
         _append(columns["episodes/terminated"], np.array([e.terminated for e in episodes], dtype=bool))
+        self._write_policies(self._pending_policies)
         self._shard_rows += int(rows.sum())
+        self._shard_episodes += len(episodes)
+
+    def _write_policies(self, policies: list[schema.PolicyVersion | None]) -> None:
+        """Append the episodes' agent checkpoints to the optional ``episodes/policy_*`` columns,
+        created at the first episode that has one (the shard's earlier episodes get "none")."""
+        assert self._file is not None
+        columns = self._columns
+        names = [f"{schema.EPISODES_GROUP}/{name}" for name in schema.POLICY_COLUMNS]
+        if names[0] not in columns:
+            if all(p is None for p in policies):
+                return
+            group = self._file[schema.EPISODES_GROUP]
+            earlier = schema.PolicyVersion.columns([None] * self._shard_episodes)
+            for name, full, values in zip(schema.POLICY_COLUMNS, names, earlier):
+                columns[full] = _resizable(group, name, (), values.dtype, chunk_rows=1024)
+                _append(columns[full], values)
+        for full, values in zip(names, schema.PolicyVersion.columns(policies)):
+            _append(columns[full], values)
 
     @contextlib.contextmanager
     def _disk_errors(self) -> Iterator[None]:
