@@ -585,7 +585,9 @@ class OnlineTrainer:
         ``LEARN_CHUNK`` of the updates owed (so logs, checkpoints, publishing and stop requests
         keep their pace through a backlog); sleep when none is owed."""
         cfg = self.cfg
-        if self.dist.any(_due(self.pickup_due)):
+        # Past --steps nothing more is picked up: the run trains on what it has and ends, however
+        # fast the collectors write (the same decision on every rank: env_steps is global).
+        if self.env_steps < cfg.steps and self.dist.any(_due(self.pickup_due)):
             self.pickup()
         if cfg.eval_every and cfg.eval_episodes and self.env_steps >= cfg.prefill and evaluation(self.env_steps):
             self.evaluate()

@@ -172,6 +172,28 @@ def test_learner_only_trains_from_shards_alone_ends_at_steps_and_resumes_with_ne
     assert counters["updates"] == owed(target, cfg) > result["updates"]
 
 
+def test_learner_only_ends_at_steps_while_collectors_write_faster_than_it_learns(tmp_path):
+    """Collectors that outpace the learner cannot keep it running: past --steps it picks up
+    nothing more, trains what its env steps owe, and ends."""
+    run = tmp_path / "run"
+    cfg = small_config(run, learner_only=True, pickup_seconds=0.1, publish_seconds=0.5, train_ratio=64.0)
+    collector = Collector(run, shards=400, pause=0.01)  # 24,000 env steps as fast as it can
+    trainer = online.OnlineTrainer(cfg, progress=False)
+    collector.start()
+    try:
+        result = trainer.run()
+    finally:
+        trainer.close()
+        collector.stop.set()
+        collector.join(timeout=30)
+    assert collector.error is None, collector.error
+    # What one pickup found past --steps at most (a few shards; slack for a loaded machine), far
+    # from the 24,000 env steps the collector writes in all.
+    assert cfg.steps <= result["env_steps"] < cfg.steps + 60 * 100
+    assert result["env_steps"] < 60 * len(collector.written)
+    assert result["updates"] == owed(result["env_steps"], cfg)
+
+
 def test_learner_only_goes_through_the_config_machinery(tmp_path):
     def dreamer(*args):
         return subprocess.run([sys.executable, "-m", "dreamer_core", "train", "--env", TOY, "--out",
