@@ -120,6 +120,7 @@ class CollectResult:
     # episodes stored per agent checkpoint (None: the random policy), in the order first used
     policies: dict[PolicyVersion | None, int] = field(default_factory=dict)
     reloads: int = 0  # agents loaded after the first (--follow)
+    cut: int = 0  # episodes in progress at the end, stored as truncated (not in ``episodes``)
 
     @property
     def steps_per_second(self) -> float:
@@ -138,14 +139,15 @@ class CollectResult:
             updates = sorted({v.update for v in agents})
             span = f"update {updates[0]}" if len(updates) == 1 else f"updates {updates[0]}..{updates[-1]}"
             agent = f", agent {span} ({len(agents)} checkpoint{'s' if len(agents) > 1 else ''})"
+        cut = f" + {self.cut} cut at the end (stored, truncated)" if self.cut else ""
         return (
-            f"collected {self.steps} steps, {self.episodes} episodes, {ret}, "
+            f"collected {self.steps} steps, {self.episodes} episodes{cut}, {ret}, "
             f"{self.steps_per_second:,.0f} env steps/s{agent} -> {self.out} ({self.shards} shards){stop}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "steps": self.steps, "episodes": self.episodes, "seconds": self.seconds,
+            "steps": self.steps, "episodes": self.episodes, "cut_episodes": self.cut, "seconds": self.seconds,
             "steps_per_second": self.steps_per_second, "shards": self.shards, "out": self.out,
             "return_mean": float(np.mean(self.returns)) if self.returns else None,
             "interrupted": self.interrupted, "reloads": self.reloads,
@@ -423,14 +425,16 @@ def _loop(
                 )
         bar.update(steps if by_steps else episodes, f"episodes {episodes}", force=True)
     interrupted = stop.requested
+    cut = 0
     if by_steps or interrupted:
         # Keep the episodes in progress: they are real data, cut by the collector (a truncation).
         for env, episode in recorder.in_progress_items():
             store_episode(env, episode)
+            cut += 1
     seconds = time.perf_counter() - start
     writer.close()
     return CollectResult(steps, episodes, returns, seconds, len(writer.shards), str(cfg.out), interrupted,
-                         dict(played), max(follower.loaded - 1, 0) if follower else 0)
+                         dict(played), max(follower.loaded - 1, 0) if follower else 0, cut)
 
 
 def make_config(out: str, presets: list[str], sets: list[str], flags: dict[str, Any]) -> CollectConfig:

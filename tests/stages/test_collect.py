@@ -51,7 +51,9 @@ def test_step_budget_is_exact_over_k_envs_and_keeps_the_episodes_in_progress(tmp
     summary = result.to_dict()
     assert summary["steps"] == 100 and summary["episodes"] == result.episodes and not summary["interrupted"]
     assert summary["return_mean"] == pytest.approx(np.mean(result.returns))
-    assert result.summary_line().startswith(f"collected 100 steps, {result.episodes} episodes")
+    assert result.cut == len(in_progress) and summary["cut_episodes"] == len(in_progress)
+    assert result.summary_line().startswith(f"collected 100 steps, {result.episodes} episodes + {result.cut} cut at "
+                                            "the end (stored, truncated)")
 
 
 def test_episode_budget_stores_only_finished_episodes(tmp_path):
