@@ -190,10 +190,13 @@ def main() -> None:
         for r in range(args.rounds):
             for n in (1, 2):
                 res[n].append(online(n, args.steps, f"r{r}"))
+        med = {n: (statistics.median(x[0] for x in res[n]), statistics.median(x[1] for x in res[n])) for n in (1, 2)}
         for n in (1, 2):
-            lines.append(f"| {n} | {statistics.median(x[0] for x in res[n]):.1f} | "
-                         f"{statistics.median(x[1] for x in res[n]):.2f} |")
+            lines.append(f"| {n} | {med[n][0]:.1f} | {med[n][1]:.2f} |")
             print(lines[-1], flush=True)
+        lines += ["", f"With 2 ranks each update trains on twice the global batch, so the train ratio owes half as "
+                  f"many updates per env step: replayed samples per second went {2 * med[2][1] / med[1][1]:.2f}x and "
+                  f"env steps per second {med[2][0] / med[1][0]:.2f}x of one rank's."]
         lines.append("")
     if "allreduce" in args.parts:
         lines += ["**Compute against communication** (one all-reduce of the gradients between 2 gloo ranks on this "
@@ -213,6 +216,12 @@ def main() -> None:
                 lines.append(f"| {size} | {(wm_n + ac_n) / 1e6:.2f}M | {t_comm * 1e3:.1f} | {t_comp * 1e3:.0f} | "
                              f"{share:.1%} | {8 * t_comp / (t_comp + t8):.1f}x |")
             print(lines[-1], flush=True)
+        lines += ["", "Reading: on this 2-core machine two ranks share the cores the one rank had (and the "
+                  "all-reduce, the step exchange and other jobs take their share), so little is gained; "
+                  "the all-reduce is a few percent of an update's compute, so on a machine where every rank has "
+                  "its own cores (or GPU) the expected data-parallel speed-up in samples per second is close "
+                  "to the number of ranks (last column: N t / (t + t_comm(N)), ring all-reduce traffic "
+                  "2 (N-1)/N of the buffer). Not measured on such a machine yet."]
         lines.append("")
     update_section("distributed", "\n".join(lines))
 
