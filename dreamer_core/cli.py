@@ -376,7 +376,7 @@ def collect(
     episodes: Annotated[int | None, typer.Option(help="Finished episodes to collect (instead of --steps; with --follow 0 = until stopped).")] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Environments stepped in parallel.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for envs and policy (default 0; with --follow default: drawn from the OS). Env i gets seed+i: give collectors seeds at least --num-envs apart.")] = None,
-    policy: Annotated[str | None, typer.Option(help="'random' or a run directory with a trained agent.")] = None,
+    policy: Annotated[str | None, typer.Option(help="'random', 'smooth-random' (a random walk) or a run directory with a trained agent.")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Keep collecting with the newest agent of the run --policy RUN while it trains (waits for its first agent), appending to --out (e.g. RUN/replay); until Ctrl-C/SIGTERM unless --steps/--episodes.")] = False,
     pixels: Annotated[bool, typer.Option("--pixels", help="Observe rendered 64x64 frames instead of the state vector.")] = False,
     obs: Annotated[str | None, typer.Option("--obs", help="default | pixels | both (image and vector).")] = None,

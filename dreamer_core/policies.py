@@ -3,9 +3,10 @@
 A policy receives the batched observations of K envs and a flag per env that says which of
 them just started an episode (so a stateful agent can reset its latent state there), and
 returns one action per env in the action space's dtype. ``RandomPolicy`` samples uniformly;
-``AgentPolicy`` runs a trained agent (stage 03): the world model filters the observations
+``SmoothRandomPolicy`` is a random walk (exploration data where uniform noise goes nowhere,
+e.g. CarRacing: the original World Models collected with such actions); ``AgentPolicy`` runs a trained agent (stage 03): the world model filters the observations
 into a latent state per env and the actor picks the action. Building either from a
-``--policy`` string (``random`` or a run directory) is ``runs.load_policy``;
+``--policy`` string (``random``, ``smooth-random`` or a run directory) is ``runs.load_policy``;
 ``play_episode`` plays one episode and keeps it in the dataset's row layout.
 ``PolicySwitch`` changes the policy of K envs episode by episode (a collector following a
 training run: each env takes the newest agent when its next episode starts).
@@ -93,6 +94,51 @@ class RandomPolicy:
 
             return sample
         raise DreamerError(f"RandomPolicy cannot sample the action space {space}.")
+
+
+class SmoothRandomPolicy:
+    """Random actions that change a little from step to step, for K envs.
+
+    Bounded Box dimensions follow a random walk: a uniform draw when an episode starts, then
+    ``a + step * (high - low) / 2 * N(0, 1)`` clipped to the bounds (``step`` 0.14 ~ the
+    sqrt(1/50) Brownian increment of common World Models rollout scripts: the wheel turns and the
+    gas moves over a second or two instead of flickering); unbounded dimensions walk with std
+    ``step``. Discrete, multi-binary and multi-discrete actions repeat the previous one with
+    probability ``repeat`` (else a uniform draw). Each env's walk restarts where ``is_first``.
+    """
+
+    name = "smooth-random"
+    version: PolicyVersion | None = None  # no agent checkpoint
+
+    def __init__(self, action_space: gym.Space, num_envs: int, seed: int | None = None, step: float = 0.14,
+                 repeat: float = 0.9):
+        self.action_space, self.num_envs = action_space, num_envs
+        self.step, self.repeat = step, repeat
+        self.uniform = RandomPolicy(action_space, num_envs, seed)  # fresh draws (its generator is ours too)
+        self.rng = self.uniform.rng
+        self._last: np.ndarray | None = None
+
+    def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+        fresh = self.uniform.act(obs, is_first)
+        if self._last is None:
+            self._last = fresh.copy()
+            return fresh
+        space, last = self.action_space, self._last
+        if isinstance(space, gym.spaces.Box):
+            low = np.asarray(space.low, np.float64)
+            high = np.asarray(space.high, np.float64)
+            bounded = np.isfinite(low) & np.isfinite(high)
+            scale = np.where(bounded, (np.where(bounded, high, 1) - np.where(bounded, low, 0)) / 2, 1.0)
+            walked = last + self.step * scale * self.rng.standard_normal(last.shape)
+            walked = np.where(bounded, np.clip(walked, np.where(bounded, low, 0), np.where(bounded, high, 0)), walked)
+            actions = walked.astype(np.float32)
+        else:
+            keep = self.rng.random(last.shape) < self.repeat
+            actions = np.where(keep, last, fresh).astype(fresh.dtype)
+        starts = np.asarray(is_first, bool).reshape(-1, *([1] * (actions.ndim - 1)))
+        actions = np.where(starts, fresh, actions).astype(fresh.dtype)
+        self._last = actions.copy()
+        return actions
 
 
 class AgentPolicy:

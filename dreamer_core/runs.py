@@ -55,7 +55,7 @@ from dreamer_core.data.schema import POLICY_DIGEST_CHARS, PolicyVersion
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
 from dreamer_core.interfaces import WorldModelInterface
-from dreamer_core.policies import AgentPolicy, Policy, RandomPolicy
+from dreamer_core.policies import AgentPolicy, Policy, RandomPolicy, SmoothRandomPolicy
 from dreamer_core.runtime import resolve_device
 from dreamer_core.world_model import WorldModel, WorldModelConfig
 
@@ -296,14 +296,17 @@ def load_run_policy(run: Path | str, observation_space: gym.spaces.Dict, action_
 
 def load_policy(spec: str, observation_space: gym.spaces.Dict, action_space: gym.Space, num_envs: int,
                 seed: int | None = None, device: str = "auto", mode: str = "sample") -> Policy:
-    """Build the policy named by ``--policy``: ``random`` or a run directory with an agent."""
+    """Build the policy named by ``--policy``: ``random``, ``smooth-random`` (a random walk:
+    ``policies.SmoothRandomPolicy``) or a run directory with an agent."""
     if spec == "random":
         return RandomPolicy(action_space, num_envs, seed)
+    if spec == "smooth-random":
+        return SmoothRandomPolicy(action_space, num_envs, seed)
     run = Path(spec)
     if not run.is_dir():
         raise DreamerError(
-            f"Unknown policy {spec!r}: it is neither 'random' nor an existing run directory. "
-            "Use --policy random, or --policy runs/NAME for an agent trained with "
+            f"Unknown policy {spec!r}: it is neither 'random', 'smooth-random' nor an existing run directory. "
+            "Use --policy random (or smooth-random), or --policy runs/NAME for an agent trained with "
             "`dreamer train-behavior --run runs/NAME`."
         )
     if not (run / WORLD_MODEL).exists():

@@ -14,7 +14,7 @@ import torch
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.errors import DreamerError
 from dreamer_core.interfaces import ActorCriticInterface, WorldModelInterface
-from dreamer_core.policies import AgentPolicy, RandomPolicy, play_episode
+from dreamer_core.policies import AgentPolicy, RandomPolicy, SmoothRandomPolicy, play_episode
 from tests.common import OBS_SPACES, tiny_behavior_config, tiny_world_model
 from tests.nets import single_thread  # noqa: F401  (autouse fixture: tiny tensors, one thread)
 
@@ -51,6 +51,36 @@ def test_random_policy_is_seeded_typed_and_inside_the_space(name):
         assert set(np.unique(actions)) == {2, 3, 4, 5}  # start 2: every action of the space occurs
     if name == "box_half_unbounded":
         assert np.isfinite(actions).all() and (np.abs(actions[..., 0]) <= 1).all()
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_smooth_random_policy_is_seeded_typed_inside_the_space_and_changes_little(name):
+    space, dtype, shape = SPACES[name]
+    K, calls = 4, 400
+    actions = draws(SmoothRandomPolicy(space, K, seed=5), calls, K)
+    assert actions.dtype == dtype and actions.shape == (calls, K, *shape)
+    assert all(space.contains(a) for a in actions.reshape(calls * K, *shape))
+    np.testing.assert_array_equal(draws(SmoothRandomPolicy(space, K, seed=5), calls, K), actions)
+    uniform = draws(RandomPolicy(space, K, seed=5), calls, K).astype(np.float64)
+    steps = np.abs(np.diff(actions.astype(np.float64), axis=0))
+    if space.dtype == np.float32 and name.startswith("box"):
+        bounded = np.isfinite(space.low)
+        # a walk: consecutive actions far closer than independent uniform draws, yet it moves
+        assert steps[..., bounded].mean() < 0.25 * np.abs(np.diff(uniform, axis=0))[..., bounded].mean()
+        assert actions[..., bounded].std(0).min() > 0.05 * (space.high - space.low)[bounded].min()
+    else:
+        changed = (steps.reshape(calls - 1, K, -1) > 0).mean()
+        assert 0.02 < changed < 0.2  # repeats with probability 0.9 (a fresh draw may equal the last)
+
+
+def test_smooth_random_policy_restarts_each_env_where_its_episode_starts():
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    policy = SmoothRandomPolicy(space, 2, seed=0, step=0.0)  # no walk: only a restart changes an action
+    first = policy.act(NO_OBS, np.ones(2, dtype=bool))
+    same = policy.act(NO_OBS, np.zeros(2, dtype=bool))
+    np.testing.assert_array_equal(same, first)
+    restarted = policy.act(NO_OBS, np.array([False, True]))
+    assert restarted[0] == first[0] and restarted[1] != first[1]
 
 
 def test_random_policy_refuses_a_space_it_cannot_sample():

@@ -172,9 +172,9 @@ def validate(cfg: CollectConfig) -> None:
     elif not cfg.follow and (cfg.steps > 0) == (cfg.episodes > 0):
         p.add(f"give exactly one budget: --steps N or --episodes N (got steps={cfg.steps}, episodes={cfg.episodes}; "
               "0 for both, until stopped, needs --follow)")
-    if cfg.follow and cfg.policy.strip() == "random":
+    if cfg.follow and cfg.policy.strip() in ("random", "smooth-random"):
         p.add("--follow keeps collecting with the newest agent of a run that is training: give --policy RUN "
-              "(the run directory of `dreamer train --out RUN` or of stages 02 and 03), not the random policy")
+              "(the run directory of `dreamer train --out RUN` or of stages 02 and 03), not a random policy")
     p.positive("poll_seconds", cfg.poll_seconds)
     p.at_least("num_envs", cfg.num_envs, 1)
     p.at_least("shard_episodes", cfg.shard_episodes, 1)
@@ -182,7 +182,7 @@ def validate(cfg: CollectConfig) -> None:
     p.one_of("compression", cfg.compression, COMPRESSIONS)
     p.one_of("backend", cfg.backend, BACKENDS)
     p.device("device", cfg.device)
-    p.require(bool(cfg.policy.strip()), "--policy is empty: give 'random' or a run directory")
+    p.require(bool(cfg.policy.strip()), "--policy is empty: give 'random', 'smooth-random' or a run directory")
     p.raise_any()
 
 

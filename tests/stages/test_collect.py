@@ -151,3 +151,11 @@ def test_collect_prints_plain_progress_lines_when_not_a_terminal(tmp_path):
     assert lines[0].startswith("collect CartPole-v1 0/300 (0%)")  # at the start, then at the end
     assert lines[-1].startswith("collect CartPole-v1 300/300 (100%)") and "episodes" in lines[-1]
     assert "\x1b[" not in result.stderr  # plain text, no terminal control codes
+
+
+def test_smooth_random_collection_is_recorded_as_such(tmp_path):
+    result, ds = run_collect(tmp_path / "ds", steps=60, policy="smooth-random", seed=3)
+    assert result.steps == ds.num_steps == 60
+    assert {info.policy for info in ds.shards} == {"smooth-random"}
+    actions = np.concatenate([e.action[1:] for e in ds.iter_episodes()])
+    assert (np.diff(actions) != 0).mean() < 0.3  # sticky: mostly the previous action again
