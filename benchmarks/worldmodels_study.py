@@ -233,13 +233,13 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
         gens = [r["step"] for r in rows]
         ax1.plot(gens, [r["cma/best_ever"] if "cma/best_ever" in r else r["cma/best"] for r in rows], label=name[5:])
         rep = report(ctrl)
-        real = "-" if rep is None else (f"{rep['mean']:.1f} +- {rep['std']:.1f} "
-                                        f"[{rep['min']:.0f}, {rep['max']:.0f}]")
+        real = "-" if rep is None else (f"{rep['return_mean']:.1f} +- {rep['return_std']:.1f} "
+                                        f"[{rep['return_min']:.0f}, {rep['return_max']:.0f}]")
         best = max(r.get("cma/best_ever", r["cma/best"]) for r in rows)
         lines.append(f"| {name[5:]} | {int(gens[-1])} | {best:.1f} | {real} |")
         if name.startswith("ctrl-dream") and rep is not None:
             taus.append(float(name.split("tau")[1]))
-            tau_means.append(rep["mean"])
+            tau_means.append(rep["return_mean"])
     ax1.set_xlabel("generation")
     ax1.set_ylabel("best score so far (search's own scorer)")
     ax1.legend()
@@ -252,6 +252,14 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
     fig.tight_layout()
     png = HERE / f"worldmodels_{task}.png"
     fig.savefig(png, dpi=80)
+    try:
+        collected = np.mean([ref.ret for ref in Dataset(base / "data").refs])
+        lines += ["", f"The `{cfg['collect_policy']}` policy that collected the data scored {collected:.1f} per episode "
+                  "(mean over the dataset). The search score of a dream controller is its return inside M's dream "
+                  "(M's predicted rewards until M's continue head ends the dream or the dream's step limit), "
+                  "not a real-env return: a gap between the two is the controller exploiting M's errors."]
+    except Exception:  # noqa: BLE001 - no data yet
+        pass
     lines += ["", f"Curves: `benchmarks/{png.name}`."]
     if cfg["target"] is not None:
         lines.append(f"Target (issue 14): real-env mean >= {cfg['target']:g} over {EVAL_EPISODES} episodes.")

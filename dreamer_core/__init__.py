@@ -9,7 +9,7 @@ dreamer_core`` stays cheap (no torch), and ``dreamer_core.WorldModel`` imports t
 first use.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # The names of dreamer_core.api (tests/test_api.py keeps the two lists equal).
 _API = (
