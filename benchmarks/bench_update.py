@@ -140,7 +140,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> floa
 def count_gflop(parts: dict, batch, dense: bool = False) -> float:
     """FLOPs of one full update by FlopCounterMode; ``dense``: with plain matmuls for the one-hot
     blocks (the mathematics the gather-sums replace), restored afterwards."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from dreamer_core.nets.layers import OneHotAwareLinear

@@ -139,7 +139,7 @@ def main() -> None:
              f"machine; collector B was killed with SIGKILL after {killed_at:.0f} s, the learner and collector A "
              "were stopped with SIGINT at the end. Commands:", "",
              "    " + " ".join(map(str, learner_cmd[2:])).replace(str(WORK), "RUNDIR"),
-             f"    dreamer collect --env CartPole-v1 --policy RUNDIR/run --follow --out RUNDIR/run/replay --seed 100 "
+             "    dreamer collect --env CartPole-v1 --policy RUNDIR/run --follow --out RUNDIR/run/replay --seed 100 "
              "(A; B: --seed 200) --set poll_seconds=5", "",
              "| collector | shards | episodes | env steps | agent checkpoints used (update: episodes) |",
              "|---|---|---|---|---|"]

@@ -30,8 +30,6 @@ import hydra
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from torch.distributions import Distribution
-
 from sheeprl.algos.dreamer_v3 import utils as dv3_utils
 from sheeprl.algos.dreamer_v3.agent import build_agent
 from sheeprl.algos.dreamer_v3.dreamer_v3 import train
@@ -40,6 +38,7 @@ from sheeprl.utils.env import make_env
 from sheeprl.utils.metric import MetricAggregator
 from sheeprl.utils.timer import timer
 from sheeprl.utils.utils import dotdict
+from torch.distributions import Distribution
 
 B, T = 16, 64
 

@@ -17,7 +17,6 @@ import argparse
 import sys
 
 import torch
-
 from bench_update import build, full_update, make_batch
 
 

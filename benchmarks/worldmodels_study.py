@@ -209,7 +209,7 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
         if not m:
             continue
 
-        def g(key: str) -> str:
+        def g(key: str, m: dict = m) -> str:
             return f"{m[key]:.4g}" if key in m else "-"
         lines.append(f"| {name[3:]} | {int(m['step'])} | {g('val/wm/loss/recon')} | {g('val/wm/loss/kl')} | "
                      f"{g('val/wm/loss/dyn')} | {g('val/wm/loss/reward')} | {g('val/wm/loss/cont')} | "

@@ -28,6 +28,7 @@ Imports: checkpoint, config, data, distributed, errors, files, logging, runs (co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,13 +37,13 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from dreamer_core import checkpoint, distributed, runs
+from dreamer_core import checkpoint, distributed, runs, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
@@ -193,6 +194,31 @@ def clean_temporaries(run_dir: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def claim_run_dir(dist: distributed.Context, run_dir: str, flag: str, loggers: str, loggers_flag: str,
+                  ) -> Iterator[None]:
+    """Hold the run directory for the body: rank 0 alone (the only writer of a ``torchrun``
+    launch; the only process otherwise) checks the trackers ``loggers`` can be built, checks
+    ``run_dir`` as an output (``outputs.check_run_dir``, naming ``flag``) and locks it
+    (``RunLock``). A refusal there stops every rank: rank 0 raises its own DreamerError, the
+    others one that points to it; nothing is written."""
+    from dreamer_core.stages.outputs import check_run_dir  # the kit's other module
+
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if dist.is_main:
+            try:
+                trackers.check(loggers, loggers_flag)  # before any write
+                check_run_dir(run_dir, flag)
+                stack.enter_context(RunLock(Path(run_dir)))
+            except DreamerError as error:
+                problem = error
+        if not dist.all(problem is None):
+            raise problem or DreamerError(f"Rank 0 refused the run in {run_dir} (its message says why); "
+                                          "nothing was written.")
+        yield
 
 
 class RunLock:

@@ -75,7 +75,6 @@ stages 02 and 03 use too).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import time
@@ -110,15 +109,14 @@ from dreamer_core.stages.common import (
     Every,
     EverySeconds,
     NonFiniteGuard,
-    RunLock,
     TrainLoop,
     autocast,
+    claim_run_dir,
     resume_or_refuse,
     run_id,
     truncate_metrics,
     write_config,
 )
-from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update, world_model_update
 from dreamer_core.world_model import (
     ReplayContext,
@@ -937,18 +935,8 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True, steps: in
     checkpoint, with the env steps as ``step`` (``stages.common.Callback``)."""
     dist = distributed.init(runtime.resolve_device(cfg.device))  # a torchrun launch: join its ranks
     try:
-        with contextlib.ExitStack() as stack:
-            problem = None
-            if dist.is_main:
-                try:
-                    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before any write
-                    check_run_dir(cfg.out, "--out")
-                    stack.enter_context(RunLock(Path(cfg.out)))
-                except DreamerError as error:
-                    problem = error
-            if not dist.all(problem is None):
-                raise problem or DreamerError(f"Rank 0 refused the run in {cfg.out} (its message says why); "
-                                              "nothing was written.")
+        loggers_used = cfg.loggers if loggers is None else loggers
+        with claim_run_dir(dist, cfg.out, "--out", loggers_used, FLAGS["loggers"]):
             trainer = OnlineTrainer(cfg, resume=resume, progress=progress, steps=steps, threads=threads,
                                     loggers=loggers, callbacks=callbacks, learner_only=learner_only)
             try:

@@ -34,7 +34,6 @@ loading), runtime, distributed, and the stage kit (stages.common, stages.outputs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -62,15 +61,14 @@ from dreamer_core.runs import (
 from dreamer_core.stages.common import (
     Callback,
     NonFiniteGuard,
-    RunLock,
     TrainLoop,
+    claim_run_dir,
     open_datasets,
     resume_or_refuse,
     run_id,
     truncate_metrics,
     write_config,
 )
-from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import behavior_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import WorldModel, WorldModelConfig
@@ -359,18 +357,8 @@ def run(cfg: TrainBehaviorConfig, resume: bool = False, progress: bool = True,
     ``callbacks``: hooks called after each update and checkpoint (``stages.common.Callback``)."""
     dist = distributed.init(runtime.resolve_device(cfg.device))  # a torchrun launch: join its ranks
     try:
-        with contextlib.ExitStack() as stack:
-            problem = None
-            if dist.is_main:  # rank 0 alone checks and locks the run directory it alone writes
-                try:
-                    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before any write
-                    check_run_dir(cfg.run, "--run")
-                    stack.enter_context(RunLock(Path(cfg.run)))
-                except DreamerError as error:
-                    problem = error
-            if not dist.all(problem is None):
-                raise problem or DreamerError(f"Rank 0 refused the run in {cfg.run} (its message says why); "
-                                              "nothing was written.")
+        loggers_used = cfg.loggers if loggers is None else loggers
+        with claim_run_dir(dist, cfg.run, "--run", loggers_used, FLAGS["loggers"]):
             return BehaviorTrainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates,
                                    loggers=loggers, callbacks=callbacks).run()
     finally:

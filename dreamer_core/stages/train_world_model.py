@@ -28,7 +28,6 @@ the stage kit (stages.common: resume, config files, the training loop; stages.ou
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import sys
@@ -51,15 +50,14 @@ from dreamer_core.stages.common import (
     Callback,
     Every,
     NonFiniteGuard,
-    RunLock,
     TrainLoop,
+    claim_run_dir,
     open_datasets,
     resume_or_refuse,
     run_id,
     truncate_metrics,
     write_config,
 )
-from dreamer_core.stages.outputs import check_run_dir
 from dreamer_core.stages.updates import world_model_update
 from dreamer_core.types import Batch
 from dreamer_core.world_model import (
@@ -647,18 +645,8 @@ def run(cfg: TrainWorldModelConfig, resume: bool = False, progress: bool = True,
     called after each update, evaluation and checkpoint (``stages.common.Callback``)."""
     dist = distributed.init(runtime.resolve_device(cfg.device))  # a torchrun launch: join its ranks
     try:
-        with contextlib.ExitStack() as stack:
-            problem = None
-            if dist.is_main:  # rank 0 alone checks and locks the run directory it alone writes
-                try:
-                    trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])  # before any write
-                    check_run_dir(cfg.out, "--out")
-                    stack.enter_context(RunLock(Path(cfg.out)))
-                except DreamerError as error:
-                    problem = error
-            if not dist.all(problem is None):
-                raise problem or DreamerError(f"Rank 0 refused the run in {cfg.out} (its message says why); "
-                                              "nothing was written.")
+        loggers_used = cfg.loggers if loggers is None else loggers
+        with claim_run_dir(dist, cfg.out, "--out", loggers_used, FLAGS["loggers"]):
             return Trainer(cfg, resume=resume, progress=progress, resume_updates=resume_updates, loggers=loggers,
                            callbacks=callbacks).run()
     finally:
