@@ -12,7 +12,7 @@ from dreamer_core import runs
 from dreamer_core.behavior import ActorCritic
 from dreamer_core.data.writer import DatasetWriter
 from dreamer_core.errors import DreamerError
-from dreamer_core.policies import AgentPolicy, RandomPolicy
+from dreamer_core.policies import AgentPolicy, RandomPolicy, SmoothRandomPolicy
 from tests.common import (
     ACTION_SPACES,
     OBS_SPACES,
@@ -77,7 +77,8 @@ def test_missing_run_world_model_or_agent_are_clear_errors(tmp_path):
 def test_load_policy_random_agent_unknown_and_misfit(tmp_path):
     obs, act = OBS_SPACES["vector"], ACTION_SPACES["discrete"]
     assert isinstance(runs.load_policy("random", obs, act, 2, seed=0), RandomPolicy)
-    with pytest.raises(DreamerError, match="neither 'random' nor an existing run directory"):
+    assert isinstance(runs.load_policy("smooth-random", obs, act, 2, seed=0), SmoothRandomPolicy)
+    with pytest.raises(DreamerError, match="neither 'random', 'smooth-random' nor an existing run directory"):
         runs.load_policy("runs/none", obs, act, 2)
     run = tmp_path / "run"
     write_run(run)
