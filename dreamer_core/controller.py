@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cma
 import gymnasium as gym
 import numpy as np
 import torch
@@ -506,6 +505,8 @@ class ControllerSearch:
         self._np_state = np.random.RandomState(cfg.seed).get_state()
         options = {"popsize": cfg.population, "seed": float("nan"), "verbose": -9, "verb_log": 0,
                    "verb_disp": 0, "CMA_diagonal": bool(cfg.diagonal), "randn": _NormalSource(cfg.seed)}
+        import cma  # here, not at the top: cma imports scipy (about 1 s), which no other command needs
+
         with self._cma_random():
             self.es = cma.CMAEvolutionStrategy(controller.get_params(), cfg.sigma, options)
 
