@@ -184,12 +184,19 @@ def heldout_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def calibration(run_dir: Path) -> str:
-    """The measured magnitudes and chosen weights the joint run printed (from its log)."""
-    log = run_dir.parent / "logs" / f"{run_dir.name}.log"
-    if not log.exists():
+    """The measured magnitudes and chosen weights of the joint run (``records.calibration`` of
+    its ``config.yaml`` section)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
         return ""
-    lines = [ln.strip() for ln in log.read_text().splitlines() if "calibrat" in ln.lower() or "weight" in ln.lower()]
-    return "\n".join(lines[:12])
+    section = yaml.safe_load(path.read_text()).get("train-world-model", {})
+    cal = section.get("records", {}).get("calibration")
+    if not cal:
+        return ""
+    return "\n".join(f"{term}: magnitude {cal['magnitudes'][term]:.4g} x weight {cal['weights'][term]:.4g} = "
+                     f"{cal['magnitudes'][term] * cal['weights'][term]:.4g}" for term in cal["weights"])
 
 
 def summarize(task: str, cfg: dict, base: Path) -> None:
@@ -217,7 +224,10 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
                      f"{g('val/wm/openloop_baseline_mse_last')} |")
     cal = calibration(base / "wm-joint")
     if cal:
-        lines += ["", "Joint run's calibration (as printed):", "", *[f"    {ln}" for ln in cal.splitlines()]]
+        lines += ["", "Joint run's calibration (each term measured with unit weights, then weighted so that the "
+                  "weighted terms follow the family's priority, recon > dyn > reward > cont > inverse, within one "
+                  "order of magnitude; the KL keeps the reconstruction's weight):", "",
+                  *[f"    {ln}" for ln in cal.splitlines()]]
     lines += ["", "### Controllers (CMA-ES, population "
               f"{cfg['population']}, {cfg['rollouts']} rollouts per candidate) evaluated in the real env "
               f"({EVAL_EPISODES} episodes)", "",
