@@ -27,19 +27,11 @@ from dreamer_core.errors import DreamerError
 from dreamer_core.logging import read_metrics
 from dreamer_core.nets import encoders
 from tests.common import OBS_SPACES, tiny_world_model_config
+from tests.nets import single_thread  # noqa: F401  (autouse fixture: tiny models, one thread)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "dreamer/DummyDiscrete-v0"
 QUIET = dict(progress=False, threads=1, device="cpu", loggers="none")  # the training stages' common settings
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from intra-op threads (see tests/nets/__init__.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

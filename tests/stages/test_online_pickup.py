@@ -127,13 +127,9 @@ class Collector(threading.Thread):
             self.error = exc
 
 
-def test_learner_only_trains_from_shards_alone_ends_at_steps_and_resumes_with_new_shards(tmp_path):
-    run = tmp_path / "run"
-    cfg = small_config(run, learner_only=True, pickup_seconds=0.1, publish_seconds=0.5, eval_every=150)
-    collector = Collector(run, shards=8)
-    trainer = online.OnlineTrainer(cfg, progress=False)
-    assert trainer.pool is None  # no env of its own (only the evaluation env)
-    start = time.monotonic()
+def learn_beside(trainer: online.OnlineTrainer, collector: Collector) -> dict:
+    """Run the learner while the collector thread writes; stop and join the collector, check it
+    raised nothing; returns the learner's result."""
     collector.start()
     try:
         result = trainer.run()
@@ -142,6 +138,17 @@ def test_learner_only_trains_from_shards_alone_ends_at_steps_and_resumes_with_ne
         collector.stop.set()
         collector.join(timeout=30)
     assert collector.error is None, collector.error
+    return result
+
+
+def test_learner_only_trains_from_shards_alone_ends_at_steps_and_resumes_with_new_shards(tmp_path):
+    run = tmp_path / "run"
+    cfg = small_config(run, learner_only=True, pickup_seconds=0.1, publish_seconds=0.5, eval_every=150)
+    collector = Collector(run, shards=8)
+    trainer = online.OnlineTrainer(cfg, progress=False)
+    assert trainer.pool is None  # no env of its own (only the evaluation env)
+    start = time.monotonic()
+    result = learn_beside(trainer, collector)
     assert time.monotonic() - start < 60
     # Its env steps are the collectors' (whole shards), it ends at --steps, having trained on all of them.
     assert result["env_steps"] >= 300 and result["env_steps"] == result["picked_steps"] and result["env_steps"] % 60 == 0
@@ -179,14 +186,7 @@ def test_learner_only_ends_at_steps_while_collectors_write_faster_than_it_learns
     cfg = small_config(run, learner_only=True, pickup_seconds=0.1, publish_seconds=0.5, train_ratio=64.0)
     collector = Collector(run, shards=300, pause=0.05, episodes=1)  # 6,000 env steps, 20 per shard
     trainer = online.OnlineTrainer(cfg, progress=False)
-    collector.start()
-    try:
-        result = trainer.run()
-    finally:
-        trainer.close()
-        collector.stop.set()
-        collector.join(timeout=30)
-    assert collector.error is None, collector.error
+    result = learn_beside(trainer, collector)
     # What one pickup found past --steps at most (a few shards; slack for a loaded machine), far
     # from what the collector writes while a lagging learner would keep picking it up.
     assert cfg.steps <= result["env_steps"] < cfg.steps + 20 * 60
