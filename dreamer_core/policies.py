@@ -127,11 +127,9 @@ class SmoothRandomPolicy:
         if isinstance(space, gym.spaces.Box):
             low = np.asarray(space.low, np.float64)
             high = np.asarray(space.high, np.float64)
-            bounded = np.isfinite(low) & np.isfinite(high)
-            scale = np.where(bounded, (np.where(bounded, high, 1) - np.where(bounded, low, 0)) / 2, 1.0)
+            scale = np.where(np.isfinite(low) & np.isfinite(high), (high - low) / 2, 1.0)  # unbounded: std step
             walked = last + self.step * scale * self.rng.standard_normal(last.shape)
-            walked = np.where(bounded, np.clip(walked, np.where(bounded, low, 0), np.where(bounded, high, 0)), walked)
-            actions = walked.astype(np.float32)
+            actions = np.clip(walked, low, high).astype(np.float32)  # an infinite bound clips nothing
         else:
             keep = self.rng.random(last.shape) < self.repeat
             actions = np.where(keep, last, fresh).astype(fresh.dtype)

@@ -49,6 +49,7 @@ from dreamer_core.data.dataset import Dataset
 from dreamer_core.errors import DreamerError
 from dreamer_core.files import atomic_write_bytes
 from dreamer_core.logging import PROGRESS_SECONDS, MetricsSink, ProgressDisplay, read_metrics
+from dreamer_core.stages.outputs import check_run_dir
 
 C = TypeVar("C")
 
@@ -204,8 +205,6 @@ def claim_run_dir(dist: distributed.Context, run_dir: str, flag: str, loggers: s
     ``run_dir`` as an output (``outputs.check_run_dir``, naming ``flag``) and locks it
     (``RunLock``). A refusal there stops every rank: rank 0 raises its own DreamerError, the
     others one that points to it; nothing is written."""
-    from dreamer_core.stages.outputs import check_run_dir  # the kit's other module
-
     with contextlib.ExitStack() as stack:
         problem = None
         if dist.is_main:
