@@ -160,21 +160,12 @@ class Dataset:
 
     def iter_episodes(self, block_bytes: int = 64 << 20) -> Iterator[schema.Episode]:
         """All episodes in order, reading runs of whole episodes of about ``block_bytes``."""
-        row_bytes = max(1, _row_bytes(self.observation_space, self.action_space))
-        block_rows = max(1, block_bytes // row_bytes)
+        block_rows = max(1, block_bytes // row_bytes(self.observation_space, self.action_space))
         for shard in self.shards:
             path = self.path / shard.name
             with h5py.File(path, "r") as f:
-                i = 0
-                while i < shard.num_episodes:
-                    j, lo = i + 1, shard.starts[i]
-                    while j < shard.num_episodes and shard.starts[j] + shard.rows[j] - lo <= block_rows:
-                        j += 1
-                    hi = shard.starts[j - 1] + shard.rows[j - 1]
-                    columns = read_rows(f, lo, hi, path)  # one read per column per block
-                    for start, rows in zip(shard.starts[i:j], shard.rows[i:j]):
-                        yield _slice(columns, start - lo, start - lo + rows)
-                    i = j
+                for _, episode in episodes_in(f, shard, block_rows, path):
+                    yield episode
 
     def summary(self) -> dict[str, Any]:
         """Figures for ``dreamer data info`` (JSON-able)."""
@@ -243,9 +234,26 @@ def read_rows(f: h5py.File, lo: int, hi: int, shard: Path | None = None) -> sche
     )
 
 
-def _row_bytes(observation_space: gym.spaces.Dict, action_space: gym.Space) -> int:
+def episodes_in(f: h5py.File, shard: store.ShardInfo, block_rows: int, path: Path | None = None,
+                ) -> Iterator[tuple[int, schema.Episode]]:
+    """(first row in the shard, episode) for every episode of the open shard ``f``, in order,
+    reading runs of whole episodes of up to ``block_rows`` rows (one read per column per run;
+    an episode longer than that is one run). ``path`` names the shard in errors (``read_rows``)."""
+    i, n = 0, shard.num_episodes
+    while i < n:
+        j, lo = i + 1, shard.starts[i]
+        while j < n and shard.starts[j] + shard.rows[j] - lo <= block_rows:
+            j += 1
+        columns = read_rows(f, lo, shard.starts[j - 1] + shard.rows[j - 1], path)  # one read per column per run
+        for start, rows in zip(shard.starts[i:j], shard.rows[i:j]):
+            yield start, _slice(columns, start - lo, start - lo + rows)
+        i = j
+
+
+def row_bytes(observation_space: gym.spaces.Dict, action_space: gym.Space) -> int:
+    """Bytes of one row: observations, action, reward and flags (at least 1)."""
     obs = sum(schema.column_bytes(*schema.obs_column_spec(s)) for s in observation_space.spaces.values())
-    return 8 + obs + schema.column_bytes(*schema.action_column_spec(action_space))  # 8: reward and flags
+    return max(1, 8 + obs + schema.column_bytes(*schema.action_column_spec(action_space)))  # 8: reward and flags
 
 
 def _slice(columns: schema.Episode, lo: int, hi: int) -> schema.Episode:

@@ -84,7 +84,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import h5py
 import numpy as np
 import torch
@@ -93,7 +92,7 @@ from dreamer_core import checkpoint, distributed, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.behavior import ActorCritic, BehaviorConfig
 from dreamer_core.data import schema, store
-from dreamer_core.data.dataset import read_rows
+from dreamer_core.data.dataset import episodes_in, row_bytes
 from dreamer_core.data.sampler import SequenceSampler
 from dreamer_core.data.storage import ColumnStore
 from dreamer_core.data.store import is_dataset_dir
@@ -271,37 +270,18 @@ class Clock:
 
 def shard_episodes(path: Path, info: store.ShardInfo, row_bytes: int) -> Iterator[tuple[int, schema.Episode]]:
     """(first row in the shard, episode) for every episode of a closed shard, in order, reading
-    runs of whole episodes of about ``READ_BLOCK_BYTES`` (one read per column per run, as
-    ``Dataset.iter_episodes``). ``row_bytes``: bytes of one row (``row_size``).
+    runs of whole episodes of about ``READ_BLOCK_BYTES`` (``dataset.episodes_in``, as
+    ``Dataset.iter_episodes``). ``row_bytes``: bytes of one row (``dataset.row_bytes``).
 
     Raises:
         DatasetError: the shard cannot be opened or a column cannot be read.
     """
-    block_rows = max(1, READ_BLOCK_BYTES // max(1, row_bytes))
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DatasetError(f"Shard {path} cannot be opened ({exc}): {store.DAMAGED_SHARD_FIX}") from None
     with f:
-        i, n = 0, info.num_episodes
-        while i < n:
-            j, lo = i + 1, info.starts[i]
-            while j < n and info.starts[j] + info.rows[j] - lo <= block_rows:
-                j += 1
-            columns = read_rows(f, lo, info.starts[j - 1] + info.rows[j - 1], path)
-            for start, rows in zip(info.starts[i:j], info.rows[i:j]):
-                a, b = start - lo, start - lo + rows
-                yield start, schema.Episode(
-                    obs={k: v[a:b] for k, v in columns.obs.items()}, action=columns.action[a:b],
-                    reward=columns.reward[a:b], is_first=columns.is_first[a:b], is_last=columns.is_last[a:b],
-                    is_terminal=columns.is_terminal[a:b])
-            i = j
-
-
-def row_size(observation_space: gym.spaces.Dict, action_space: gym.Space) -> int:
-    """Bytes of one replay row: observations, action, reward and flags."""
-    obs = sum(schema.column_bytes(*schema.obs_column_spec(s)) for s in observation_space.spaces.values())
-    return 8 + obs + schema.column_bytes(*schema.action_column_spec(action_space))
+        yield from episodes_in(f, info, max(1, READ_BLOCK_BYTES // row_bytes), path)
 
 
 def parameter_digest(*modules: torch.nn.Module) -> str:
@@ -376,7 +356,7 @@ class OnlineTrainer:
         spaces = self.pool if self.pool is not None else self.eval_env
         obs_space, act_space = spaces.observation_space, spaces.action_space
         self.observation_space, self.action_space = obs_space, act_space
-        self.row_bytes = row_size(obs_space, act_space)
+        self.row_bytes = row_bytes(obs_space, act_space)
         if state is not None:
             state.check_spaces(obs_space, act_space, "The environment", self.run_dir / LATEST)
         self.world_model = WorldModel(cfg.model, obs_space, act_space).to(self.device)
