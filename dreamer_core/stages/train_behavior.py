@@ -94,6 +94,7 @@ class TrainBehaviorConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default (see train-world-model)
     log_every: int = 100
     checkpoint_every: int = 1000
+    checkpoint_seconds: float = 600.0  # also checkpoint after this many seconds (whichever comes first); 0 = off
     memory_budget: int = 4 << 30
     skip_corrupt: bool = False
     loggers: str = "tensorboard"  # comma-separated trackers: tensorboard, wandb, mlflow, or none (trackers.py)
@@ -179,6 +180,7 @@ def validate(cfg: TrainBehaviorConfig) -> None:
     p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
     p.at_least("log_every", cfg.log_every, 0, " (0 = only at the end)")
     p.at_least("checkpoint_every", cfg.checkpoint_every, 0, " (0 = only at the end)")
+    p.at_least("checkpoint_seconds", cfg.checkpoint_seconds, 0, " (0 = by updates only)")
     p.at_least("memory_budget", cfg.memory_budget, 0)
     p.behavior("behavior", cfg.behavior)
     p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
@@ -273,7 +275,7 @@ class BehaviorTrainer:
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "behavior", self.progress, metrics_name=METRICS,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                       callbacks=self.callbacks, dist=self.dist) as loop:
+                       checkpoint_seconds=cfg.checkpoint_seconds, callbacks=self.callbacks, dist=self.dist) as loop:
             loop.sink.track(cfg.loggers, "train-behavior", config_lib.to_dict(cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(MAX_NONFINITE, self._nonfinite_message)
             while loop.running(self.update):

@@ -100,6 +100,7 @@ class TrainWorldModelConfig:
     log_every: int = 100
     eval_every: int = 1000
     checkpoint_every: int = 1000
+    checkpoint_seconds: float = 600.0  # also checkpoint after this many seconds (whichever comes first); 0 = off
     openloop_context: int = 5
     openloop_horizon: int = 15
     openloop_windows: int = 256  # held-out windows scored per evaluation (64 left the ratio noisy by +-30%)
@@ -210,6 +211,7 @@ def validate(cfg: TrainWorldModelConfig) -> None:
     p.at_least("val_batches", cfg.val_batches, 1)
     for key in ("log_every", "eval_every", "checkpoint_every"):
         p.at_least(key, getattr(cfg, key), 0, " (0 = only at the end)")
+    p.at_least("checkpoint_seconds", cfg.checkpoint_seconds, 0, " (0 = by updates only)")
     p.at_least("openloop_context", cfg.openloop_context, 1)
     p.at_least("openloop_horizon", cfg.openloop_horizon, 1)
     p.at_least("openloop_windows", cfg.openloop_windows, 1)
@@ -371,7 +373,7 @@ class Trainer:
         last: dict[str, float] = {}
         with TrainLoop(self.run_dir, cfg.updates, self.update, "world model", self.progress,
                        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                       callbacks=self.callbacks, dist=self.dist) as loop:
+                       checkpoint_seconds=cfg.checkpoint_seconds, callbacks=self.callbacks, dist=self.dist) as loop:
             loop.sink.track(cfg.loggers, "train-world-model", config_lib.to_dict(self.cfg), cfg.project, HEADLINE)
             guard = NonFiniteGuard(cfg.max_nonfinite, self._nonfinite_message)
             evaluation = Every(cfg.eval_every, self.update)

@@ -236,3 +236,24 @@ def test_progress_lines_show_the_held_out_loss_after_an_evaluation(dummy_data, t
     lines = [line for line in done.stderr.splitlines() if line.startswith("world model")]
     assert "held-out" not in lines[0]  # the start line: nothing evaluated yet
     assert any("held-out" in line for line in lines[1:]), lines  # the lines after the evaluations
+
+
+def test_checkpoints_by_wall_clock_when_updates_are_slow(dummy_data, tmp_path, monkeypatch):
+    """A slow run (one checkpoint per 1000 updates can be an hour) also checkpoints every
+    ``checkpoint_seconds``: here after each update, with update counting switched off."""
+    cfg = stage.make_config([str(dummy_data)], str(tmp_path / "run"), ["tiny"],
+                            ["checkpoint_every=0", "checkpoint_seconds=1e-6"], {"updates": 3})
+    trainer = stage.Trainer(cfg, progress=False)
+    saved = []
+    original = trainer.save
+    monkeypatch.setattr(trainer, "save", lambda *a, **k: (saved.append(trainer.update), original(*a, **k))[1])
+    trainer.run()
+    assert saved[:3] == [1, 2, 3]
+    cfg = stage.make_config([str(dummy_data)], str(tmp_path / "off"), ["tiny"],
+                            ["checkpoint_every=0", "checkpoint_seconds=0"], {"updates": 3})
+    trainer = stage.Trainer(cfg, progress=False)
+    saved.clear()
+    original = trainer.save
+    monkeypatch.setattr(trainer, "save", lambda *a, **k: (saved.append(trainer.update), original(*a, **k))[1])
+    trainer.run()
+    assert saved == [3]  # only at the end
