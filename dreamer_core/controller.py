@@ -35,6 +35,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -433,7 +434,21 @@ def _single_threaded_children() -> Iterator[None]:
 
 def _init_worker(scorer: RealEnvScorer | DreamScorer, controller: ControllerConfig) -> None:
     torch.set_num_threads(1)  # candidates run in parallel processes; threads inside them only contend
+    _exit_with_parent()
     _WORKER["evaluator"] = scorer.build(controller)
+
+
+def _exit_with_parent(seconds: float = 1.0) -> None:
+    """End this worker when the search process is gone (``kill -9`` of it alone would otherwise
+    leave the workers waiting on their task queue for ever): a daemon thread polls the parent."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _evaluate_in_worker(params: np.ndarray, generation: int) -> list[float]:

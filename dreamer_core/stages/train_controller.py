@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from dreamer_core import analysis, runtime, trackers
+from dreamer_core import analysis, checkpoint, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.controller import (
     DONES,
@@ -258,6 +258,8 @@ class ControllerTrainer:
 
             with self.search:
                 self.search.run(cfg.generations, on_generation, should_stop=lambda: loop.stopped)
+            if self.search.generation and not self._behavior_current():
+                self.save_behavior()  # killed between the two writes of the last generation
             loop.show(self.search.generation, force=True)
         return {"generations": self.search.generation, "best_score": self.search.best_score, **last}
 
@@ -265,11 +267,23 @@ class ControllerTrainer:
 
     def save(self) -> None:
         """The search state, then ``behavior.pt`` with the best candidate (both written atomically)."""
-        cfg_dict = config_lib.to_dict(self.cfg)
-        self.search.save_checkpoint(self.run_dir / LATEST, self.observation_space, cfg_dict, self.run_id or "",
-                                    world_model_update=self.world_model_update)
-        self.controller.save(self.run_dir / BEHAVIOR, self.world_model, cfg_dict, update=self.search.generation,
-                             world_model_update=self.world_model_update, env_config=self.env_config.to_dict())
+        self.search.save_checkpoint(self.run_dir / LATEST, self.observation_space, config_lib.to_dict(self.cfg),
+                                    self.run_id or "", world_model_update=self.world_model_update)
+        self.save_behavior()
+
+    def save_behavior(self) -> None:
+        """``behavior.pt``: the controller set to the best candidate so far."""
+        self.controller.set_params(self.search.best_params)
+        self.controller.save(self.run_dir / BEHAVIOR, self.world_model, config_lib.to_dict(self.cfg),
+                             update=self.search.generation, world_model_update=self.world_model_update,
+                             env_config=self.env_config.to_dict())
+
+    def _behavior_current(self) -> bool:
+        """Whether ``behavior.pt`` holds the search's current generation. A kill after the search
+        state's write and before behavior.pt's leaves it missing or a generation behind; a resume
+        redoes nothing then, so it must write behavior.pt itself."""
+        path = self.run_dir / BEHAVIOR
+        return path.exists() and checkpoint.load(path, checkpoint.BehaviorArtifact).update == self.search.generation
 
 
 def run(cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
