@@ -61,7 +61,9 @@ TASKS = {
         "collect_policy": "smooth-random",
         "updates": 6000, "vae_updates": 3000, "batch_size": 4, "seq_len": 32, "sets": ["vae_optim.lr=1e-3"],
         "generations": 100, "population": 16, "rollouts": 2, "taus": [1.0, 1.15], "real": True,
-        "target": 632.0,
+        # Real-env candidates end once their return has not risen for 50 steps (off the track:
+        # -0.1 per step until the time limit); evaluation plays whole episodes.
+        "real_sets": ["stall_steps=50"], "target": 632.0,
     },
 }
 EVAL_EPISODES = 20
@@ -137,10 +139,11 @@ def world_model(task: str, cfg: dict, base: Path, joint: bool) -> None:
 def controllers(task: str, cfg: dict) -> list[tuple[str, list[str]]]:
     """(name, scorer flags) of the controllers the task asks for."""
     out = [(f"ctrl-dream-tau{t:g}", ["--scorer", "dream", "--tau", str(t)]) for t in cfg["taus"]]
-    return out + ([("ctrl-real", ["--scorer", "real"])] if cfg["real"] else [])
+    real = ["--scorer", "real", *[a for item in cfg.get("real_sets", []) for a in ("--set", item)]]
+    return out + ([("ctrl-real", real)] if cfg["real"] else [])
 
 
-def controller(task: str, cfg: dict, base: Path, name: str, scorer: list[str]) -> None:
+def controller(task: str, cfg: dict, base: Path, name: str, scorer: list[str], workers: int = 1) -> None:
     ctrl = base / name
     done = generations_done(ctrl)
     if done >= cfg["generations"]:
@@ -154,7 +157,7 @@ def controller(task: str, cfg: dict, base: Path, name: str, scorer: list[str]) -
     ctrl.mkdir(parents=True, exist_ok=True)
     shutil.copy2(base / "wm-staged" / "world_model.pt", ctrl / "world_model.pt")  # the frozen V + M
     run(dreamer("train-behavior", "--run", ctrl, *scorer, "--generations", cfg["generations"], "--population",
-                cfg["population"], "--rollouts", cfg["rollouts"], "--workers", 1, "--threads", 1, "--seed", 0, "-q"),
+                cfg["population"], "--rollouts", cfg["rollouts"], "--workers", workers, "--threads", 1, "--seed", 0, "-q"),
         log)
 
 
@@ -283,6 +286,7 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--only", nargs="*", choices=STEPS, help="run only these steps (default: all, in order)")
     parser.add_argument("--summarize", action="store_true", help="only re-read the runs and write the summary")
+    parser.add_argument("--workers", type=int, default=1, help="processes scoring a new controller search's candidates")
     args = parser.parse_args()
     cfg, base = TASKS[args.task], WORK / args.task
     if not args.summarize:
@@ -295,7 +299,7 @@ def main() -> None:
             world_model(args.task, cfg, base, joint=True)
         if "ctrl" in todo:
             for name, scorer in controllers(args.task, cfg):
-                controller(args.task, cfg, base, name, scorer)
+                controller(args.task, cfg, base, name, scorer, args.workers)
         if "eval" in todo:
             for name, _ in controllers(args.task, cfg):
                 if generations_done(base / name) >= cfg["generations"]:

@@ -298,6 +298,10 @@ class RealEnvScorer:
         rollouts: k, episodes per candidate (played side by side).
         max_steps: cap per episode (0: the env's own limit).
         seed: base of the per-generation env seeds.
+        stall_steps: end an episode once its return has not risen for this many steps (0:
+            never). It saves most of the time spent on bad candidates (a CarRacing car that left
+            the track loses 0.1 per step until the time limit) and costs a candidate only the
+            penalties it would have kept collecting; stage 04 always plays whole episodes.
     """
 
     world_model: str
@@ -305,6 +309,7 @@ class RealEnvScorer:
     rollouts: int = 4
     max_steps: int = 0
     seed: int = 0
+    stall_steps: int = 0
 
     def build(self, controller: ControllerConfig) -> _RealEvaluator:
         return _RealEvaluator(self, controller)
@@ -334,6 +339,7 @@ class _RealEvaluator:
         first = torch.ones(K, dtype=torch.bool)
         alive = np.ones(K, bool)
         returns = np.zeros(K)
+        best, since_best = np.zeros(K), np.zeros(K, int)  # the stall rule's record per episode
         steps = 0
         while alive.any() and not (spec.max_steps and steps >= spec.max_steps):
             current = {k: torch.as_tensor(np.stack([np.asarray(o[k]) for o in obs])) for k in self.keys}
@@ -345,6 +351,12 @@ class _RealEvaluator:
                 obs[i], reward, terminated, truncated, _ = self.envs[i].step(env_actions[i])
                 returns[i] += float(reward)
                 alive[i] = not (terminated or truncated)
+                if returns[i] > best[i] or steps == 0:
+                    best[i], since_best[i] = returns[i], 0
+                else:
+                    since_best[i] += 1
+                if spec.stall_steps and since_best[i] >= spec.stall_steps:
+                    alive[i] = False
             last, first = action, torch.zeros(K, dtype=torch.bool)
             steps += 1
         return returns.tolist()

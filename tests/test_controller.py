@@ -21,6 +21,7 @@ from dreamer_core.controller import (
     RealEnvScorer,
     SearchConfig,
     is_controller,
+    rollout_seed,
     start_states,
     state_arrays,
 )
@@ -193,6 +194,41 @@ def test_real_env_scorer_plays_k_episodes_deterministically(saved_model):
     assert len(first) == 3 and all(0 <= r <= 30 for r in first)  # the dummy pays at most 1 per step
     assert evaluator.evaluate(params, generation=0) == first
     evaluator.close()
+
+
+def test_the_stall_rule_ends_an_episode_whose_return_stopped_rising(saved_model):
+    """Zero parameters always pick action 0, so the returns can be replayed by hand: the dummy
+    pays 1 when the action hits its target, 0 otherwise."""
+    path, _ = saved_model
+    stall = 2
+    plain = RealEnvScorer(str(path), ENV, rollouts=3, seed=1).build(ControllerConfig())
+    stalled = RealEnvScorer(str(path), ENV, rollouts=3, seed=1, stall_steps=stall).build(ControllerConfig())
+    zero = np.zeros(plain.controller.num_params)
+    expected_plain, expected_stalled = [], []
+    for i in range(3):
+        env = make_env(ENV)
+        env.reset(seed=rollout_seed(1, 0, i))
+        rewards, done = [], False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(0)
+            rewards.append(float(reward))
+            done = terminated or truncated
+        expected_plain.append(sum(rewards))
+        total, best, since = 0.0, None, 0
+        for reward in rewards:
+            total += reward
+            if best is None or total > best:
+                best, since = total, 0
+            else:
+                since += 1
+            if since >= stall:
+                break
+        expected_stalled.append(total)
+    assert plain.evaluate(zero, generation=0) == expected_plain
+    assert stalled.evaluate(zero, generation=0) == expected_stalled
+    assert expected_stalled != expected_plain  # the rule cut at least one episode here
+    plain.close()
+    stalled.close()
 
 
 def test_worker_pool_scores_like_this_process(saved_model):

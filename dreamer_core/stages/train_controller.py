@@ -94,6 +94,7 @@ class TrainControllerConfig:
     tau: float = 1.0  # dream: M's temperature
     done: str = "mode"  # dream: mode | sample (controller.DreamEnv)
     max_steps: int = 0  # cap per episode (real: 0 = the env's own limit; dream: 0 = 1000)
+    stall_steps: int = 0  # real: end an episode once its return has not risen for this many steps (0: never)
     start_episodes: int = 64  # dream: stored episodes whose first rows start the dreams
     env_id: str = ""  # real: env id; empty: the env the run's data came from (with its options)
     threads: int = 0
@@ -134,6 +135,10 @@ def validate(cfg: TrainControllerConfig) -> None:
     p.at_least("tau", cfg.tau, 0)
     p.one_of("done", cfg.done, DONES)
     p.at_least("max_steps", cfg.max_steps, 0)
+    p.at_least("stall_steps", cfg.stall_steps, 0, " (0 = never)")
+    p.require(cfg.stall_steps == 0 or cfg.scorer == "real",
+              f"stall_steps applies to the real-env scorer only (got --scorer {cfg.scorer}); leave it at 0 "
+              "for dreams, whose length max_steps caps.")
     p.at_least("start_episodes", cfg.start_episodes, 1)
     p.at_least("controller.hidden", cfg.controller.hidden, 0, " (0 = linear)")
     p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
@@ -212,7 +217,8 @@ class ControllerTrainer:
     def _scorer(self, wm_path: str, datasets: list[Dataset]) -> RealEnvScorer | DreamScorer:
         cfg = self.cfg
         if cfg.scorer == "real":
-            return RealEnvScorer(wm_path, self.env_config, cfg.rollouts, cfg.max_steps, cfg.search.seed)
+            return RealEnvScorer(wm_path, self.env_config, cfg.rollouts, cfg.max_steps, cfg.search.seed,
+                                 cfg.stall_steps)
         start = self._start_states(datasets)
         return DreamScorer(wm_path, state_arrays(start), cfg.rollouts, cfg.max_steps or DREAM_STEPS, cfg.tau,
                            cfg.done, cfg.search.seed)

@@ -176,6 +176,8 @@ def test_bad_input_is_refused_with_nothing_written(staged, data, tmp_path):
         (["train-behavior", "--run", run, "--horizon", 5, "--batch-size", 2], ["--batch-size, --horizon are"]),
         (["train-behavior", "--run", run, "--preset", "worldmodels"], ["preset 'worldmodels'"]),
         (["train-behavior", "--run", run, "--scorer", "imagined"], ["--scorer (scorer) must be one of real, dream"]),
+        (["train-behavior", "--run", run, "--scorer", "dream", "--set", "stall_steps=50"],
+         ["stall_steps applies to the real-env scorer only"]),
     ]:
         result = dreamer(*args)
         assert result.exit_code == 2, (args, result.output)
