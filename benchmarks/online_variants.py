@@ -1,0 +1,152 @@
+"""A/B of `dreamer train` settings over seeds: the default hyperparameters against named variants.
+
+    python benchmarks/online_variants.py --task cartpole --variants queue ratio128 --seeds 0 1 2
+    python benchmarks/online_variants.py --task cartpole --variants default queue ratio128 --summarize
+
+Each (variant, seed) is one `dreamer train` process with the variant's flags added to the task's
+command, in benchmarks/_work/variants/<task>-<variant>-s<seed>; the ``default`` variant is the
+run of benchmarks/online_learning.py (benchmarks/_work/online/<task>-s<seed>), so the defaults are
+trained once for both scripts. A finished run is not trained again; a stopped one is continued
+with ``--resume``. Runs go one after another (start several invocations to fill the cores).
+
+Reported per variant, over the seeds that finished: how many reached the task's target with the
+greedy evaluation (and the first env step), the mean final evaluation, and the mean over all
+evaluations of a run (the area under the curve, which a single lucky evaluation moves little).
+Writes benchmarks/online_variants_<task>.png and the ``online-variants-<task>`` section of
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from online_learning import TASKS as ONLINE_TASKS  # noqa: E402
+from online_learning import WORK as ONLINE_WORK  # noqa: E402
+from online_learning import counters, curve, finished  # noqa: E402
+from results import update_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work" / "variants"
+
+# task: (env flags, target of the greedy evaluation, env steps)
+TASKS = {
+    "cartpole": (ONLINE_TASKS["cartpole"][0], 475.0, 20_000),
+    "pendulum": (ONLINE_TASKS["pendulum"][0], -200.0, 20_000),
+}
+# variant: (flags added to the default command, what it changes)
+VARIANTS = {
+    "default": ([], "the defaults of `dreamer train`"),
+    "queue": (["--set", "online_queue=true"], "the 2025 code's online queue (each new chunk replayed once soon)"),
+    "ratio128": (["--train-ratio", "128"], "train ratio 128 instead of 64 (twice the updates per env step)"),
+    "reinforce": (["--set", "behavior.actor.grad=reinforce"], "REINFORCE for Box actions too (the 2025 code)"),
+}
+
+
+def run_dir(task: str, variant: str, seed: int) -> Path:
+    if variant == "default":
+        return ONLINE_WORK / f"{task}-s{seed}"
+    return WORK / f"{task}-{variant}-s{seed}"
+
+
+def command(task: str, variant: str, seed: int, threads: int, fresh: bool = False) -> list[str]:
+    """The command of one run: the fresh one, or the resume command when it has a checkpoint."""
+    env, _, steps = TASKS[task]
+    out = run_dir(task, variant, seed)
+    common = ["--steps", str(steps), "--threads", str(threads), "-q"]
+    if (out / "checkpoints").exists() and not fresh:
+        return ["dreamer", "train", "--out", str(out), "--resume", *common]
+    return ["dreamer", "train", *env, "--out", str(out), "--seed", str(seed), *VARIANTS[variant][0], *common]
+
+
+def train(task: str, variant: str, seed: int, threads: int) -> None:
+    if finished(run_dir(task, variant, seed), TASKS[task][2]):
+        return
+    cmd = command(task, variant, seed, threads)
+    print(" ".join(cmd).replace(str(HERE.parent) + "/", ""), flush=True)
+    subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True)
+
+
+def summarize(task: str, variants: list[str], seeds: list[int]) -> None:
+    _, target, steps = TASKS[task]
+    fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.5), sharey=True, squeeze=False)
+    rows, curves = [], []
+    for ax, variant in zip(axes[0], variants):
+        finals, areas, hits, done = [], [], [], []
+        for seed in seeds:
+            run = run_dir(task, variant, seed)
+            if not finished(run, steps):
+                continue
+            x, y, _, _ = curve(run)
+            keep = x <= steps
+            x, y = x[keep], y[keep]
+            done.append(seed)
+            finals.append(y[-1])
+            areas.append(y.mean())
+            hit = np.nonzero(y >= target)[0]
+            hits.append(int(x[hit[0]]) if len(hit) else None)
+            ax.plot(x, y, marker="o", markersize=2, label=f"seed {seed}")
+            curves.append(f"- {variant}, seed {seed}: " + ", ".join(f"{int(a)}: {b:.0f}" for a, b in zip(x, y)))
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(variant, fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        if not done:
+            continue
+        reached = [h for h in hits if h is not None]
+        first = ", ".join(f"{h // 1000}k" if h is not None else "-" for h in hits)
+        rows.append(f"| {variant} | {VARIANTS[variant][1]} | {' '.join(map(str, done))} | {len(reached)} of {len(done)} "
+                    f"({first}) | {np.mean(finals):.1f} ({', '.join(f'{v:.0f}' for v in finals)}) | "
+                    f"{np.mean(areas):.1f} |")
+    axes[0][0].set_ylabel("greedy eval return")
+    fig.suptitle(f"dreamer train variants: {task}", fontsize=10)
+    fig.tight_layout()
+    png = HERE / f"online_variants_{task}.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    cmds = "\n".join("    " + " ".join(command(task, v, 0, 1, fresh=True)).replace(str(HERE.parent) + "/", "")
+                     for v in variants)
+    body = f"""## `dreamer train` variants: {task} (`benchmarks/online_variants.py`)
+
+`python benchmarks/online_variants.py --task {task} --variants {' '.join(variants)} --seeds {' '.join(map(str, seeds))}`
+(one process per run, `OMP_NUM_THREADS=1`, two runs side by side on the 2 cores). Seed 0's commands:
+
+{cmds}
+
+Greedy evaluation of 10 episodes every 2,000 env steps; target {target:g} within {steps:,} env steps. "mean eval"
+is the mean over all evaluations of a run (the area under the curve), then over seeds. Curves: `benchmarks/{png.name}`.
+
+| variant | what it changes | seeds | reached target (first at) | final eval: mean (per seed) | mean eval |
+|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n\n" + "\n".join(curves)
+    print(body)
+    update_section(f"online-variants-{task}", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summarize", action="store_true", help="only summarize the existing runs")
+    args = parser.parse_args()
+    if not args.summarize:
+        WORK.mkdir(parents=True, exist_ok=True)
+        for variant in args.variants:
+            for seed in args.seeds:
+                train(args.task, variant, seed, args.threads)
+    summarize(args.task, args.variants, args.seeds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
