@@ -48,11 +48,15 @@ def world_model_update(model: WorldModelInterface, optimizer: torch.optim.Optimi
     loss_ok = bool(torch.isfinite(loss))
     if loss_ok:
         loss.backward()
+    # The optimizer's parameters only, in the model's order: in a training phase the rest of the
+    # model keeps the gradients of its last update, which must not enter the norm or the clipping.
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    params = [p for p in model.parameters() if id(p) in stepped]
     if dist is not None and dist.active:  # the global gradient, and one decision for every rank
-        loss_ok, metrics = dist.average_gradients(model.parameters(), loss_ok, {"loss": loss, **metrics})
+        loss_ok, metrics = dist.average_gradients(params, loss_ok, {"loss": loss, **metrics})
         loss = metrics.pop("loss", loss)
     if loss_ok:
-        norm = clip_gradients(model.parameters(), optim)
+        norm = clip_gradients(params, optim)
         grads_ok = bool(torch.isfinite(norm))
     if not (grads_ok and loss_ok):
         optimizer.zero_grad(set_to_none=True)

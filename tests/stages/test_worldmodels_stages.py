@@ -165,7 +165,7 @@ def test_world_model_resume_matches_an_uninterrupted_run(data, tmp_path):
     a, _ = VaeMdnWorldModel.load(tmp_path / "once" / runs.WORLD_MODEL)
     b, _ = VaeMdnWorldModel.load(tmp_path / "split" / runs.WORLD_MODEL)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(x, y, msg=name)
+        assert torch.equal(x, y), name  # exact: M's clipping ignores V's gradients left from its phase
 
 
 def test_bad_input_is_refused_with_nothing_written(staged, data, tmp_path):
