@@ -48,6 +48,9 @@ VARIANTS = {
     "queue": (["--set", "online_queue=true"], "the 2025 code's online queue (each new chunk replayed once soon)"),
     "ratio128": (["--train-ratio", "128"], "train ratio 128 instead of 64 (twice the updates per env step)"),
     "reinforce": (["--set", "behavior.actor.grad=reinforce"], "REINFORCE for Box actions too (the 2025 code)"),
+    "actorlr1e-4": (["--set", "behavior.actor_optim.lr=1e-4"], "actor learning rate 1e-4 instead of 3e-4"),
+    "norepval": (["--set", "behavior.critic.replay_scale=0"], "no replay value loss (the 2023 code had none)"),
+    "batch32": (["--batch-size", "32"], "32 windows per update instead of 16 (same train ratio: half the updates)"),
 }
 
 
