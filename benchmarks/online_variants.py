@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from online_learning import TASKS as ONLINE_TASKS  # noqa: E402
 from online_learning import WORK as ONLINE_WORK  # noqa: E402
-from online_learning import counters, curve, finished  # noqa: E402
+from online_learning import curve, finished  # noqa: E402
 from results import update_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +49,7 @@ VARIANTS = {
     "ratio128": (["--train-ratio", "128"], "train ratio 128 instead of 64 (twice the updates per env step)"),
     "reinforce": (["--set", "behavior.actor.grad=reinforce"], "REINFORCE for Box actions too (the 2025 code)"),
     "actorlr1e-4": (["--set", "behavior.actor_optim.lr=1e-4"], "actor learning rate 1e-4 instead of 3e-4"),
+    "contprob": (["--set", "behavior.cont=prob"], "imagined steps discounted by the continue probability (2025)"),
     "norepval": (["--set", "behavior.critic.replay_scale=0"], "no replay value loss (the 2023 code had none)"),
     "batch32": (["--batch-size", "32"], "32 windows per update instead of 16 (same train ratio: half the updates)"),
 }

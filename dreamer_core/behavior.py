@@ -92,6 +92,9 @@ class BehaviorConfig:
     horizon: int = 15
     gamma: float = 1 - 1 / 333  # 0.997
     lam: float = 0.95
+    # How an imagined step's continue flag discounts: mode (2023: the head's 0/1 mode) | prob
+    # (2025: its probability, so the discount falls smoothly as a termination gets likely).
+    cont: str = "mode"
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     retnorm: ReturnNormConfig = field(default_factory=ReturnNormConfig)
@@ -272,7 +275,7 @@ class ActorCritic(nn.Module):
         feat_sg = feat.detach()
         reward = world_model.reward_dist(feat[:, 1:]).mean  # [N, H]: r_{h+1}
         cont_dist = world_model.cont_dist(feat_sg[:, 1:])
-        cont = cont_dist.mode  # [N, H]
+        cont = cont_dist.mode if cfg.cont == "mode" else cont_dist.mean  # [N, H]
         disc = cfg.gamma * cont  # [N, H]
         weight = losses.discount_weights(disc, first_cont, cfg.gamma).detach()  # [N, H+1]
         critic_out = self.critic(feat_sg)  # [N, H+1, bins]

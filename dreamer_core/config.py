@@ -35,7 +35,8 @@ dreamerv3          the defaults (2023 code: LayerNorm GRU, Adam, dyn 0.5 / rep 0
 dreamerv3-2025     2025 code: RMSNorm everywhere, block GRU (8 blocks), 2 prior layers,
                    dyn 1.0 / rep 0.1, LaProp lr 4e-5 eps 1e-20 with AGC 0.3 (world model:
                    1000 warm-up updates) for world model, actor and critic, REINFORCE for
-                   every action kind, replay value loss 0.3, replay context (train)
+                   every action kind, imagined steps discounted by the continue
+                   probability, replay value loss 0.3, replay context (train)
 dreamerv2          KL balancing 0.8, MSE heads, ELU, no norm, deter 600; Adam 3e-4
 dreamerv1          Gaussian latents, KL free nats 3, MSE heads, dynamics backprop
 laprop             only the 2025 world-model optimizer (and dyn 1.0)
@@ -137,7 +138,8 @@ _RECIPE_2023: dict[str, Any] = {
     "model.rssm.img_layers": 1, "model.rssm.obs_layers": 1,
     "optim.name": "adam", "optim.eps": 1e-8, "optim.clip": 1000.0, "optim.warmup": 0,
     "behavior.gamma": 1 - 1 / 333, "behavior.actor.entropy": 3e-4, "behavior.actor.unimix": 0.01,
-    "behavior.actor.grad": "auto", "behavior.critic.head": "twohot", "behavior.critic.slow_rate": 0.02,
+    "behavior.actor.grad": "auto", "behavior.cont": "mode", "behavior.critic.head": "twohot",
+    "behavior.critic.slow_rate": 0.02,
     "behavior.critic.slow_every": 1, "behavior.critic.slow_reg": 1.0, "behavior.critic.slow_target": False,
     "behavior.critic.replay_scale": 0.3, "behavior.retnorm.mode": "percentile", "behavior.norm": "layer",
     "behavior.act": "silu",
@@ -167,6 +169,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **{f"behavior.{opt}.{k}": v for opt in ("actor_optim", "critic_optim")
            for k, v in (("name", "laprop"), ("lr", 4e-5), ("eps", 1e-20), ("agc", 0.3), ("warmup", 1000))},
         "behavior.norm": "rms", "behavior.actor.grad": "reinforce", "behavior.critic.replay_scale": 0.3,
+        "behavior.cont": "prob",
         "replay_context": True,
     },
     "dreamerv2": _RECIPE_2023 | {
@@ -318,6 +321,7 @@ WORLD_MODEL_RULES: dict[str, Any] = {
 }
 BEHAVIOR_RULES: dict[str, Any] = {
     "norm": NORMS, "act": ACTS, "actor.grad": ("auto", "reinforce", "dynamics"), "critic.head": ("twohot", "mse"),
+    "cont": ("mode", "prob"),
     "retnorm.mode": ("percentile", "none"), "horizon": 1, "actor.units": 1, "actor.layers": 0,
     "actor.entropy": 0, "actor.unimix": 0, "actor.min_std": 0, "critic.units": 1, "critic.layers": 0,
     "critic.bins": 2, "critic.slow_rate": 0, "critic.slow_every": 1, "critic.slow_reg": 0,

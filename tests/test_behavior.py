@@ -200,11 +200,11 @@ def test_imagine_alignment_and_log_probabilities(action, dynamics):
         torch.testing.assert_close(entropy[:, h], dist.entropy())
 
 
-@pytest.mark.parametrize("slow_target", [False, True])
-def test_score_against_plain_references(slow_target):
+@pytest.mark.parametrize("slow_target,cont", [(False, "mode"), (True, "mode"), (False, "prob")])
+def test_score_against_plain_references(slow_target, cont):
     wm = tiny_world_model("vector", "discrete").requires_grad_(False)
     cfg = tiny_behavior_config()
-    cfg = dataclasses.replace(cfg, critic=dataclasses.replace(cfg.critic, slow_target=slow_target))
+    cfg = dataclasses.replace(cfg, cont=cont, critic=dataclasses.replace(cfg.critic, slow_target=slow_target))
     agent = ActorCritic.for_world_model(cfg, wm)
     with torch.no_grad():  # a slow critic that differs from the critic
         for p in agent.slow_critic.parameters():
@@ -220,7 +220,10 @@ def test_score_against_plain_references(slow_target):
     assert scored.weight.shape == scored.value.shape == scored.slow_value.shape == (N, H + 1)
     assert scored.critic_out.shape == (N, H + 1, cfg.critic.bins)
     torch.testing.assert_close(scored.reward, wm.reward_dist(feat[:, 1:]).mean)
-    torch.testing.assert_close(scored.cont, wm.cont_dist(feat[:, 1:]).mode)
+    logits = wm.cont_head(feat[:, 1:]).squeeze(-1)  # 2023: the 0/1 mode; 2025: the probability
+    want_cont = (logits > 0).float() if cont == "mode" else torch.sigmoid(logits)
+    torch.testing.assert_close(scored.cont, want_cont)
+    assert (scored.cont == want_cont.round()).all() == (cont == "mode")  # the probabilities are not 0/1
     torch.testing.assert_close(scored.disc, cfg.gamma * scored.cont)
     value = agent.value(feat).mean
     slow = agent.value(feat, slow=True).mean

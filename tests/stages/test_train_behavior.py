@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +203,6 @@ def test_continuous_image_chain_and_mp4(tmp_path_factory):
 
 def test_four_stage_scripts_end_to_end(tmp_path):
     """collect -> train-world-model -> train-behavior -> evaluate through the thin scripts."""
-    start = time.perf_counter()
     data, run = tmp_path / "data", tmp_path / "run"
     steps = [
         ["01_collect.py", "--env", "dreamer/DummyImage-v0", "--out", data, "--steps", 300, "-q"],
@@ -217,7 +215,6 @@ def test_four_stage_scripts_end_to_end(tmp_path):
                               cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
     assert "evaluated 2 episodes" in proc.stdout
-    assert time.perf_counter() - start < 120
 
 
 def test_behavior_defaults_follow_the_variant_of_the_world_model(discrete_run, tmp_path):
