@@ -444,16 +444,17 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _init_worker(scorer: RealEnvScorer | DreamScorer, controller: ControllerConfig) -> None:
+def _init_worker(scorer: RealEnvScorer | DreamScorer, controller: ControllerConfig, parent: int) -> None:
     torch.set_num_threads(1)  # candidates run in parallel processes; threads inside them only contend
-    _exit_with_parent()
+    _exit_with_parent(parent)
     _WORKER["evaluator"] = scorer.build(controller)
 
 
-def _exit_with_parent(seconds: float = 1.0) -> None:
-    """End this worker when the search process is gone (``kill -9`` of it alone would otherwise
-    leave the workers waiting on their task queue for ever): a daemon thread polls the parent."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int, seconds: float = 1.0) -> None:
+    """End this worker when the search process ``parent`` is gone (``kill -9`` of it alone would
+    otherwise leave the workers waiting on their task queue for ever): a daemon thread polls the
+    parent pid. ``parent`` comes from the search process itself, so a worker that starts after
+    its parent died (spawning takes seconds on a loaded machine) ends at once."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -567,7 +568,7 @@ class ControllerSearch:
         if self._pool is None:
             context = multiprocessing.get_context(self.cfg.start_method)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
-                                             initargs=(self.scorer, self.controller.cfg))
+                                             initargs=(self.scorer, self.controller.cfg, os.getpid()))
         pool = self._pool
 
         def evaluate(candidates: list[np.ndarray], generation: int) -> list[list[float]]:

@@ -121,3 +121,20 @@ def test_two_workers_search_like_one(staged, tmp_path):  # noqa: F811 (the impor
     cli("train-behavior", "--run", two, "--generations", 2, *search_args(workers=2))
     assert runs.read_config(two, "train-controller")["search"]["workers"] == 2
     assert_same_search(one, two, 2)
+
+
+def test_a_worker_whose_search_process_is_gone_ends_by_itself():
+    """A worker that starts after its search process died (spawning takes seconds on a loaded
+    machine) ends at once instead of waiting for tasks for ever; one whose parent lives stays."""
+    code = ("import os, sys, time; from dreamer_core.controller import _exit_with_parent; "
+            "_exit_with_parent(int(sys.argv[1]), seconds=0.05); time.sleep(20)")
+    gone = subprocess.run([sys.executable, "-c", code, "999999999"], timeout=60)
+    assert gone.returncode == 1  # the watcher's exit, not the end of its 20 s sleep (code 0)
+    alive = subprocess.Popen([sys.executable, "-c", code, str(os.getpid())])
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            alive.wait(timeout=3)
+        assert alive.poll() is None  # its parent (this process) lives: it keeps running
+    finally:
+        alive.kill()
+        alive.wait()
