@@ -92,7 +92,7 @@ def test_kill_9_mid_search_then_resume_matches_an_uninterrupted_search(staged, t
         proc.wait(timeout=30)
     try:
         assert proc.returncode == -signal.SIGKILL, f"the search ended before the kill: {proc.stderr.read().decode()}"
-        deadline = time.monotonic() + 10  # the workers notice their parent is gone within a second or two
+        deadline = time.monotonic() + 30  # a worker notices within a second (or ends when it starts)
         while group_members(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert group_members(proc.pid) == {}, "worker processes outlived the search process"
