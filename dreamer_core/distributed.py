@@ -26,6 +26,7 @@ Imports: torch and numpy only.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -167,8 +168,14 @@ class Context:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group when ``init`` joined it."""
+        """Leave the process group when ``init`` joined it. On a normal end the ranks leave
+        together (a barrier first): a gloo rank that tore its group down while a peer was still
+        finishing was seen to abort ("terminate called without an active exception") after a
+        successful run. Called while an exception propagates, it leaves at once (torchrun then
+        stops the other ranks)."""
         if self.owned and dist.is_initialized():
+            if sys.exc_info()[0] is None:
+                dist.barrier()
             dist.destroy_process_group()
 
     def _comm_device(self) -> torch.device:
