@@ -339,7 +339,7 @@ class _RealEvaluator:
         first = torch.ones(K, dtype=torch.bool)
         alive = np.ones(K, bool)
         returns = np.zeros(K)
-        best, since_best = np.zeros(K), np.zeros(K, int)  # the stall rule's record per episode
+        best, since_best = np.full(K, -np.inf), np.zeros(K, int)  # the stall rule's record per episode
         steps = 0
         while alive.any() and not (spec.max_steps and steps >= spec.max_steps):
             current = {k: torch.as_tensor(np.stack([np.asarray(o[k]) for o in obs])) for k in self.keys}
@@ -351,7 +351,7 @@ class _RealEvaluator:
                 obs[i], reward, terminated, truncated, _ = self.envs[i].step(env_actions[i])
                 returns[i] += float(reward)
                 alive[i] = not (terminated or truncated)
-                if returns[i] > best[i] or steps == 0:
+                if returns[i] > best[i]:
                     best[i], since_best[i] = returns[i], 0
                 else:
                     since_best[i] += 1

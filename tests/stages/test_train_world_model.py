@@ -241,19 +241,16 @@ def test_progress_lines_show_the_held_out_loss_after_an_evaluation(dummy_data, t
 def test_checkpoints_by_wall_clock_when_updates_are_slow(dummy_data, tmp_path, monkeypatch):
     """A slow run (one checkpoint per 1000 updates can be an hour) also checkpoints every
     ``checkpoint_seconds``: here after each update, with update counting switched off."""
-    cfg = stage.make_config([str(dummy_data)], str(tmp_path / "run"), ["tiny"],
-                            ["checkpoint_every=0", "checkpoint_seconds=1e-6"], {"updates": 3})
-    trainer = stage.Trainer(cfg, progress=False)
-    saved = []
-    original = trainer.save
-    monkeypatch.setattr(trainer, "save", lambda *a, **k: (saved.append(trainer.update), original(*a, **k))[1])
-    trainer.run()
-    assert saved[:3] == [1, 2, 3]
-    cfg = stage.make_config([str(dummy_data)], str(tmp_path / "off"), ["tiny"],
-                            ["checkpoint_every=0", "checkpoint_seconds=0"], {"updates": 3})
-    trainer = stage.Trainer(cfg, progress=False)
-    saved.clear()
-    original = trainer.save
-    monkeypatch.setattr(trainer, "save", lambda *a, **k: (saved.append(trainer.update), original(*a, **k))[1])
-    trainer.run()
-    assert saved == [3]  # only at the end
+
+    def saves(name: str, seconds: str) -> list[int]:
+        """The updates at which a 3-update run with ``checkpoint_seconds=seconds`` saved."""
+        cfg = stage.make_config([str(dummy_data)], str(tmp_path / name), ["tiny"],
+                                ["checkpoint_every=0", f"checkpoint_seconds={seconds}"], {"updates": 3})
+        trainer = stage.Trainer(cfg, progress=False)
+        saved, original = [], trainer.save
+        monkeypatch.setattr(trainer, "save", lambda *a, **k: (saved.append(trainer.update), original(*a, **k))[1])
+        trainer.run()
+        return saved
+
+    assert saves("run", "1e-6")[:3] == [1, 2, 3]
+    assert saves("off", "0") == [3]  # only at the end
