@@ -539,6 +539,10 @@ def train_behavior(
         return _train_controller(run, dataset, resume, seed, skip_corrupt, quiet, progress, threads, config,
                                  print_config, preset, set_, logger, controller_flags, rssm_flags)
     given_controller = [f"--{k.rpartition('.')[2]}" for k, v in controller_flags.items() if v is not None]
+    if given_controller and run is not None and not (run / runs.WORLD_MODEL).is_file():
+        raise DreamerError(f"{run} has no {runs.WORLD_MODEL}, so it is neither a World Models run nor an RSSM run "
+                           f"yet. Train a world model into it first: `dreamer train-world-model DATASET --out {run} "
+                           "--preset worldmodels` (then --generations, --scorer and the other search options apply).")
     if given_controller:
         raise DreamerError(
             f"{', '.join(given_controller)} {'is' if len(given_controller) == 1 else 'are'} for the controller search "
@@ -614,19 +618,20 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
     given = [str(d) for d in dataset]
     flags = {"run": None if run is None else str(run), "datasets": given or None, "search.seed": seed,
              "threads": threads, "skip_corrupt": skip_corrupt or None, "loggers": logger, **controller_flags}
+    # What a resume may change (a search scores the same with any number of workers).
+    resumable = {"generations": controller_flags["generations"], "search.workers": controller_flags["search.workers"]}
     if resume:
-        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "run", "loggers"), preset,
-                                  set_, "--generations, the new total, and --logger", file)
+        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "search.workers", "run", "loggers"), preset,
+                                  set_, "--generations, the new total, --workers and --logger", file)
         if print_config:
-            return _print_config(command, _resumed_config(command, run_dir, {"generations": controller_flags["generations"]}))
+            return _print_config(command, _resumed_config(command, run_dir, resumable))
     with config_lib.using_file(file):
         cfg = stage.make_config(str(run_dir), given, preset, set_, flags)
     if print_config:
         return _print_config(command, cfg)
-    _show_config(command, cfg, run_dir, quiet, resume, {"generations": controller_flags["generations"],
-                                                        "loggers": logger})
+    _show_config(command, cfg, run_dir, quiet, resume, {**resumable, "loggers": logger})
     result = stage.run(cfg, resume=resume, progress=progress, resume_generations=controller_flags["generations"],
-                       loggers=logger if resume else None)
+                       loggers=logger if resume else None, resume_workers=controller_flags["search.workers"])
     best = result.get("best_score")
     typer.echo(f"searched {result['generations']} controller generations -> {run_dir / runs.BEHAVIOR}"
                + (f" (best mean return {best:.4g}, last generation's best {result['cma/best']:.4g})"

@@ -144,6 +144,26 @@ def test_parameter_round_trip_through_one_cma_generation(saved_model):
         assert scores[0] == pytest.approx(search.best_score)  # the same seeds give the same score
 
 
+def test_a_controller_on_z_alone_reads_only_the_latent(saved_model):
+    """controller.inputs=z (the paper's "V model only" controller): (Z + 1) x A parameters, and
+    its action is W z + b, whatever M's h is."""
+    _, model = saved_model
+    Z, F, A = model.latent_dim, model.feat_dim, model.actions.dim
+    controller = Controller.for_world_model(ControllerConfig(inputs="z"), model)
+    assert controller.num_params == (Z + 1) * A and Z < F
+    controller.set_params(np.random.default_rng(3).standard_normal(controller.num_params))
+    feat = torch.randn(6, F)
+    other_h = torch.cat([feat[:, :Z], torch.randn(6, F - Z)], -1)
+    assert torch.equal(controller.act(feat), controller.act(other_h))
+    layer = controller.net
+    expected = feat[:, :Z] @ layer.weight.t() + layer.bias
+    assert torch.equal(controller.act(feat).argmax(-1), expected.argmax(-1))
+    with pytest.raises(DreamerError, match="controller inputs"):
+        Controller.for_world_model(ControllerConfig(inputs="h"), model)
+    with pytest.raises(DreamerError, match="latent size"):
+        Controller(ControllerConfig(inputs="z"), F, model.action_space)
+
+
 # --- the dream env ----------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ import torch
 from dreamer_core import analysis, checkpoint, runtime, trackers
 from dreamer_core import config as config_lib
 from dreamer_core.controller import (
+    CONTROLLER_INPUTS,
     DONES,
     STAGE,
     Controller,
@@ -141,6 +142,7 @@ def validate(cfg: TrainControllerConfig) -> None:
               "for dreams, whose length max_steps caps.")
     p.at_least("start_episodes", cfg.start_episodes, 1)
     p.at_least("controller.hidden", cfg.controller.hidden, 0, " (0 = linear)")
+    p.one_of("controller.inputs", cfg.controller.inputs, CONTROLLER_INPUTS)
     p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
     p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
     p.raise_any()
@@ -148,8 +150,11 @@ def validate(cfg: TrainControllerConfig) -> None:
 
 
 def _keep_on_resume(stored: TrainControllerConfig, given: TrainControllerConfig, generations: int | None,
-                    ) -> TrainControllerConfig:
-    return dataclasses.replace(stored, generations=generations or stored.generations)
+                    workers: int | None = None) -> TrainControllerConfig:
+    """The stored config, with the new total of generations and (a search scores the same with
+    any number of worker processes) the new number of workers, when given."""
+    search = stored.search if workers is None else dataclasses.replace(stored.search, workers=workers)
+    return dataclasses.replace(stored, generations=generations or stored.generations, search=search)
 
 
 class ControllerTrainer:
@@ -157,14 +162,15 @@ class ControllerTrainer:
 
     def __init__(self, cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
                  resume_generations: int | None = None, loggers: str | None = None,
-                 callbacks: Sequence[Callback] = ()):
+                 callbacks: Sequence[Callback] = (), resume_workers: int | None = None):
         self.run_dir = Path(cfg.run)
         self.progress = progress
         self.callbacks = list(callbacks)
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / BEHAVIOR], resume,
                                       "train a world model into another run directory",
-                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_generations),
+                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_generations,
+                                                                                 resume_workers),
                                       config_file=self.run_dir / CONFIG, command=COMMAND)
         if state is not None and state.stage != STAGE:
             raise DreamerError(f"{latest} is a {state.stage or 'unknown'} resume state, not a controller search; "
@@ -294,11 +300,12 @@ class ControllerTrainer:
 
 def run(cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
         resume_generations: int | None = None, loggers: str | None = None,
-        callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+        callbacks: Sequence[Callback] = (), resume_workers: int | None = None) -> dict[str, Any]:
     """Search (or resume) and return the final metrics; one writer per run directory.
-    ``callbacks``: ``on_update`` and ``on_checkpoint`` once per generation (step = generation)."""
+    ``callbacks``: ``on_update`` and ``on_checkpoint`` once per generation (step = generation).
+    ``resume_generations``, ``resume_workers``: what a resume may change (None: as stored)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])
     check_run_dir(cfg.run, "--run")
     with RunLock(Path(cfg.run)):
         return ControllerTrainer(cfg, resume=resume, progress=progress, resume_generations=resume_generations,
-                                 loggers=loggers, callbacks=callbacks).run()
+                                 loggers=loggers, callbacks=callbacks, resume_workers=resume_workers).run()

@@ -116,11 +116,15 @@ def test_kill_9_mid_search_then_resume_matches_an_uninterrupted_search(staged, t
 
 
 def test_two_workers_search_like_one(staged, tmp_path):  # noqa: F811 (the imported fixture)
+    """Also across a resume that changes the number of workers (the one setting a resume may
+    change besides the generations: it does not change what is searched)."""
     one, two = copy_run(staged, tmp_path, "one"), copy_run(staged, tmp_path, "two")
-    cli("train-behavior", "--run", one, "--generations", 2, *search_args(workers=1))
+    cli("train-behavior", "--run", one, "--generations", 3, *search_args(workers=1))
     cli("train-behavior", "--run", two, "--generations", 2, *search_args(workers=2))
     assert runs.read_config(two, "train-controller")["search"]["workers"] == 2
-    assert_same_search(one, two, 2)
+    cli("train-behavior", "--run", two, "--resume", "--generations", 3, "--workers", 1, "-q")
+    assert runs.read_config(two, "train-controller")["search"]["workers"] == 1
+    assert_same_search(one, two, 3)
 
 
 def test_a_worker_whose_search_process_is_gone_ends_by_itself():

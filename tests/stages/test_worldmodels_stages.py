@@ -220,4 +220,8 @@ def test_controller_flags_are_refused_on_an_rssm_run(data, tmp_path):
     result = dreamer("dream", "--run", run, "--out", tmp_path / "r.gif", "--tau", 1.0)
     assert result.exit_code == 2 and "has no temperature" in result.output
     assert snapshot(run) == before
+    # A run with no world model yet is neither family: the error says what is missing.
+    result = dreamer("train-behavior", "--run", tmp_path / "empty", "--scorer", "dream")
+    assert result.exit_code == 2 and "has no world_model.pt" in result.output, result.output
+    assert "holds an RSSM" not in result.output and not (tmp_path / "empty").exists()
     assert json.loads((run / "run.json").read_text())["run_id"]
