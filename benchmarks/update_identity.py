@@ -43,8 +43,15 @@ def main() -> None:
     p.add_argument("--obs", nargs="+", default=["vector", "image"])
     p.add_argument("--actions", nargs="+", default=["discrete", "box"])
     p.add_argument("--updates", type=int, default=3)
+    p.add_argument("--dense-onehot-grad", action="store_true",
+                   help="the one-hot layers' weight gradient as a dense product (as before it became a sparse "
+                        "one, which sums in another order): compares bit for bit with references of then")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.dense_onehot_grad:
+        from dreamer_core.nets import layers
+
+        layers.sparse_onehot_grad = False
     results = {f"{s}/{o}/{a}": run_case(s, o, a, args.updates)
                for s in args.sizes for o in args.obs for a in args.actions}
     if args.save:

@@ -236,6 +236,39 @@ def test_one_hot_aware_linear_equals_linear_in_value_and_gradients(start, extra,
         torch.testing.assert_close(a, b)
 
 
+def test_one_hot_weight_gradient_as_a_sparse_product_equals_the_dense_one(monkeypatch):
+    """The gather layer's weight gradient ``grad.T @ x`` is a sparse product on the CPU: equal to
+    the dense product up to float32 rounding (other summation order), the same bits on every
+    call, and switchable back to the dense product."""
+    from dreamer_core.nets import layers
+
+    torch.manual_seed(0)
+    R, S, K, out = 600, 6, 5, 7
+    index = torch.randint(0, K, (R, S))
+    x = F.one_hot(index, K).float()
+    x[:3, 2] = 0  # all-zero groups (the zero initial state)
+    value = x.sum(-1)
+    flat = index + torch.arange(S) * K
+    grad = torch.randn(R, out)
+    dense = grad.t() @ x.reshape(R, S * K)
+    sparse = layers._onehot_weight_grad(grad, flat, value, S * K)
+    assert sparse.shape == dense.shape == (out, S * K)
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-5)
+    assert torch.equal(sparse, layers._onehot_weight_grad(grad, flat, value, S * K))
+
+    linear = layers.OneHotAwareLinear(S * K, out, True, onehot=(0, S, K))
+    plain = torch.nn.Linear(S * K, out)
+    plain.load_state_dict(linear.state_dict())
+    plain(x.reshape(R, S * K)).backward(grad)
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_classes", 1)
+    linear(x.reshape(R, S * K)).backward(grad)
+    torch.testing.assert_close(linear.weight.grad, plain.weight.grad, rtol=1e-6, atol=1e-5)
+    monkeypatch.setattr(layers, "sparse_onehot_grad", False)
+    linear.weight.grad = None
+    linear(x.reshape(R, S * K)).backward(grad)
+    assert torch.equal(linear.weight.grad, plain.weight.grad)  # the dense product: nn.Linear's own
+
+
 @pytest.mark.parametrize("shape", [(300, 64), (4, 80, 64)])
 def test_padded_linear_is_bit_identical_to_linear(shape):
     """The 255-bin heads' output layer pads its matmul to 256 outputs for speed; values and all
