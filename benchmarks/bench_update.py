@@ -139,9 +139,14 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> floa
 
 def count_gflop(parts: dict, batch, dense: bool = False) -> float:
     """FLOPs of one full update by FlopCounterMode; ``dense``: with plain matmuls for the one-hot
-    blocks (the mathematics the gather-sums replace), restored afterwards."""
+    blocks (the mathematics the gather-sums replace), restored afterwards.
+
+    FlopCounterMode does not count the one-hot blocks' gather-sums (R x S x O additions), and it
+    counts their sparse weight gradients (R x S x O multiply-adds) as dense products: both are
+    corrected here by hand."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from dreamer_core.nets import layers as layers_module
     from dreamer_core.nets.layers import OneHotAwareLinear
 
     layers = [m for k in ("world_model", "agent") for m in parts[k].modules() if isinstance(m, OneHotAwareLinear)]
@@ -149,13 +154,30 @@ def count_gflop(parts: dict, batch, dense: bool = False) -> float:
     if dense:
         for m in layers:
             m.onehot = None
+    extra = [0]
+    real_forward, real_grad = layers_module._OneHotMatmul.forward, layers_module._onehot_weight_grad
+
+    def gather_sum(ctx, x, weight, flat, value):
+        extra[0] += flat.numel() * weight.shape[0]  # one addition per picked row entry
+        return real_forward(ctx, x, weight, flat, value)
+
+    def sparse_grad(grad, flat, value, width):
+        # One multiply-add per pick and output; FlopCounterMode counts the sparse product by its
+        # shapes, as the dense [S*K, R] @ [R, O] one: take that back out.
+        extra[0] += 2 * flat.numel() * grad.shape[1] - 2 * width * grad.shape[0] * grad.shape[1]
+        return real_grad(grad, flat, value, width)
+
+    layers_module._OneHotMatmul.forward = staticmethod(gather_sum)
+    layers_module._onehot_weight_grad = sparse_grad
     try:
         with FlopCounterMode(display=False) as counter:
             full_update(parts, batch, 10_000)
     finally:
         for m, onehot in zip(layers, saved):
             m.onehot = onehot
-    return counter.get_total_flops() / 1e9
+        layers_module._OneHotMatmul.forward = staticmethod(real_forward)
+        layers_module._onehot_weight_grad = real_grad
+    return (counter.get_total_flops() + extra[0]) / 1e9
 
 
 def worker(args) -> None:
