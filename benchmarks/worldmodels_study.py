@@ -238,8 +238,9 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
     lines += ["", "### Controllers (CMA-ES, population "
               f"{cfg['population']}, {cfg['rollouts']} rollouts per candidate) evaluated in the real env "
               f"({EVAL_EPISODES} episodes)", "",
-              "| controller | generations | best search score | real-env return: mean +- std [min, max] |",
-              "|---|---|---|---|"]
+              "| controller | generations | search wall-clock | best search score | "
+              "real-env return: mean +- std [min, max] |",
+              "|---|---|---|---|---|"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     taus, tau_means = [], []
     for name, _ in controllers(task, cfg):
@@ -253,7 +254,8 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
         real = "-" if rep is None else (f"{rep['return_mean']:.1f} +- {rep['return_std']:.1f} "
                                         f"[{rep['return_min']:.0f}, {rep['return_max']:.0f}]")
         best = max(r.get("cma/best_ever", r["cma/best"]) for r in rows)
-        lines.append(f"| {name[5:]} | {int(gens[-1])} | {best:.1f} | {real} |")
+        hours = sum(r.get("cma/seconds", 0.0) for r in rows) / 3600  # the generations' own times
+        lines.append(f"| {name[5:]} | {int(gens[-1])} | {hours:.2f} h | {best:.1f} | {real} |")
         if name.startswith("ctrl-dream") and rep is not None:
             taus.append(float(name.split("tau")[1]))
             tau_means.append(rep["return_mean"])
