@@ -70,6 +70,20 @@ TASKS = {
 }
 EVAL_EPISODES = 20
 
+# What the figures say, kept in the section when it is rewritten (one paragraph per task).
+NOTES = {
+    "cartpole-pixels": (
+        "Staged against joint (same data, updates and batch; one seed each; the joint run finished on "
+        "2026-12-01): joint training with the calibrated weights reconstructs held-out frames better (1.48 "
+        "against 3.01) and predicts reward and continue far better (its weights put them 2nd-4th instead "
+        "of training M's heads on V's frozen latents), but its dynamics NLL is worse (34.6 against 28.7) "
+        "and so is its 15-step open-loop frame error (0.00223 against 0.00149; copying the last frame: "
+        "0.00236). The inverse model stays near chance either way (0.54 and 0.50 for CartPole's two "
+        "actions): from 64x64 frames one step apart the push direction is hard to see. The staged run "
+        "was made before the fix of M's gradient clipping (V's leftover gradients, at most 1.0 in norm, "
+        "entered M's clipping norm of 6-25); the joint run uses one optimizer and is unaffected."),
+}
+
 
 def dreamer(*args: object) -> list[str]:
     return [sys.executable, "-m", "dreamer_core", *map(str, args)]
@@ -282,6 +296,8 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
     lines += ["", f"Curves: `benchmarks/{png.name}`."]
     if cfg["target"] is not None:
         lines.append(f"Target (issue 14): real-env mean >= {cfg['target']:g} over {EVAL_EPISODES} episodes.")
+    if task in NOTES:
+        lines += ["", NOTES[task]]
     text = "\n".join(lines)
     print(text)
     update_section(f"worldmodels-{task}", text)
