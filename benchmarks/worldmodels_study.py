@@ -230,7 +230,7 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
              f"`{' '.join('--set ' + x for x in cfg['sets'])}`.", ""]
     lines += ["### Staged against joint training (held-out episodes)", "",
               "| training | updates | recon (summed sq. error) | KL | dynamics NLL (M) | reward | continue | "
-              "inverse accuracy | open-loop frame MSE (last of 15) / copy-last-frame baseline |",
+              "inverse: accuracy (discrete actions) or squared error (Box) | open-loop frame MSE (last of 15) / copy-last-frame baseline |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name in ("wm-staged", "wm-joint"):
         m = heldout_metrics(base / name)
