@@ -89,12 +89,24 @@ def command(rung: str, task: str, seed: int, steps: int) -> list[str]:
             "--eval-every", str(every), "--eval-episodes", str(episodes), "--checkpoint-seconds", "120", *common]
 
 
+def rung_env(sha: str) -> dict[str, str]:
+    """The environment that makes ``python -m dreamer_core`` import the commit's code. PYTHONSAFEPATH
+    keeps Python from putting the working directory first on the path: run from the repo root, `-m`
+    would otherwise import the current code instead of the rung's (as it did for some seed-1 runs)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree(sha)), PYTHONSAFEPATH="1")
+    found = subprocess.run([sys.executable, "-c", "import dreamer_core; print(dreamer_core.__file__)"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(tree(sha).resolve()):
+        raise SystemExit(f"rung {sha}: dreamer_core would be imported from {found}, not from {tree(sha)}")
+    return env
+
+
 def train(jobs: list[tuple[str, str, str, int]], steps_of: dict[str, int], parallel: int) -> list[str]:
     todo = [j for j in jobs if env_steps(run_dir(j[0], j[2], j[3])) < steps_of[j[2]]]
     jobs = []
     for rung, sha, task, seed in todo:
         cmd = command(rung, task, seed, steps_of[task])
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree(sha)))
+        env = rung_env(sha)
         line = f"PYTHONPATH=<{sha}> " + " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
         jobs.append((f"{rung} {task} s{seed}", cmd, env, line))
     return run_parallel(jobs, parallel)
