@@ -513,6 +513,7 @@ def train_behavior(
     workers: Annotated[int | None, typer.Option(help="World Models runs: processes scoring candidates (default 0 = one per CPU; 1 = none).")] = None,
     rollouts: Annotated[int | None, typer.Option(help="World Models runs: episodes or dreams per candidate (default 4).")] = None,
     hidden: Annotated[int | None, typer.Option(help="World Models runs: the controller's tanh hidden layer (default 0 = linear).")] = None,
+    keep: Annotated[str | None, typer.Option(help="World Models runs: what behavior.pt holds: best (default: the best-scoring candidate) | mean (CMA-ES's mean; steadier with noisy scores). A resume may change it.")] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable shards.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     progress_seconds: ProgressSecondsOpt = None,
@@ -531,7 +532,8 @@ def train_behavior(
     command = "train-behavior"
     progress = _progress(quiet, progress_seconds)
     controller_flags = {"generations": generations, "search.population": population, "scorer": scorer, "tau": tau,
-                        "search.workers": workers, "rollouts": rollouts, "controller.hidden": hidden}
+                        "search.workers": workers, "rollouts": rollouts, "controller.hidden": hidden,
+                        "search.keep": keep}
     rssm_flags = {"--updates": updates, "--batch-size": batch_size, "--seq-len": seq_len, "--horizon": horizon,
                   "--actor-grad": actor_grad, "--device": device}
     if _behavior_command(run, config) == "train-controller":
@@ -612,17 +614,19 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
             f"{', '.join(given_rssm)} {'is' if len(given_rssm) == 1 else 'are'} for the actor-critic of an RSSM run, "
             f"but {run_dir_text(run, config)} holds a World Models (VAE + MDN-RNN) world model, whose stage 03 is the "
             "CMA-ES controller search: use --generations, --population, --scorer real|dream, --tau, --workers, "
-            "--rollouts and --hidden (or --set KEY=VALUE of its config). Drop those options; nothing was written.")
+            "--rollouts, --hidden and --keep (or --set KEY=VALUE of its config). Drop those options; nothing was written.")
     file = _config_file(config, command)
     run_dir = Path(_required(run, file, "run", "--run", "the run directory (with world_model.pt)"))
     given = [str(d) for d in dataset]
     flags = {"run": None if run is None else str(run), "datasets": given or None, "search.seed": seed,
              "threads": threads, "skip_corrupt": skip_corrupt or None, "loggers": logger, **controller_flags}
     # What a resume may change (a search scores the same with any number of workers).
-    resumable = {"generations": controller_flags["generations"], "search.workers": controller_flags["search.workers"]}
+    resumable = {"generations": controller_flags["generations"], "search.workers": controller_flags["search.workers"],
+                 "search.keep": controller_flags["search.keep"]}
     if resume:
-        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "search.workers", "run", "loggers"), preset,
-                                  set_, "--generations, the new total, --workers and --logger", file)
+        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "search.workers", "search.keep", "run",
+                                                            "loggers"), preset, set_,
+                                  "--generations, the new total, --workers, --keep and --logger", file)
         if print_config:
             return _print_config(command, _resumed_config(command, run_dir, resumable))
     with config_lib.using_file(file):
@@ -631,7 +635,8 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
         return _print_config(command, cfg)
     _show_config(command, cfg, run_dir, quiet, resume, {**resumable, "loggers": logger})
     result = stage.run(cfg, resume=resume, progress=progress, resume_generations=controller_flags["generations"],
-                       loggers=logger if resume else None, resume_workers=controller_flags["search.workers"])
+                       loggers=logger if resume else None, resume_workers=controller_flags["search.workers"],
+                       resume_keep=controller_flags["search.keep"])
     best = result.get("best_score")
     typer.echo(f"searched {result['generations']} controller generations -> {run_dir / runs.BEHAVIOR}"
                + (f" (best mean return {best:.4g}, last generation's best {result['cma/best']:.4g})"

@@ -500,6 +500,13 @@ class SearchConfig:
     start_method: str = "spawn"
     diagonal: bool = False  # separable CMA-ES (diagonal covariance) for large controllers
     seed: int = 0
+    # What behavior.pt holds: best (the best-scoring candidate so far) | mean (CMA-ES's
+    # distribution mean, which noisy scores of a few rollouts overrate less). Not part of the
+    # search: a resume may change it.
+    keep: str = "best"
+
+
+KEEP = ("best", "mean")
 
 
 @dataclass
@@ -647,6 +654,11 @@ class ControllerSearch:
     def mean_params(self) -> np.ndarray:
         """The search distribution's mean (CMA-ES's estimate of the optimum)."""
         return np.array(self.es.mean)
+
+    @property
+    def kept_params(self) -> np.ndarray:
+        """The parameters the search hands out (``cfg.keep``): the best candidate or the mean."""
+        return self.mean_params if self.cfg.keep == "mean" else np.array(self.best_params)
 
     # --- state -----------------------------------------------------------------------------------
 

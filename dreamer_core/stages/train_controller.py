@@ -38,6 +38,7 @@ from dreamer_core import config as config_lib
 from dreamer_core.controller import (
     CONTROLLER_INPUTS,
     DONES,
+    KEEP,
     STAGE,
     Controller,
     ControllerConfig,
@@ -106,9 +107,10 @@ class TrainControllerConfig:
 
 FLAGS = {"generations": "--generations", "search.population": "--population", "scorer": "--scorer",
          "tau": "--tau", "search.workers": "--workers", "rollouts": "--rollouts", "controller.hidden": "--hidden",
-         "loggers": "--logger"}
+         "search.keep": "--keep", "loggers": "--logger"}
 # The options of `dreamer train-behavior` that only this stage reads (config keys).
-OWN_FLAGS = ("generations", "search.population", "scorer", "tau", "search.workers", "rollouts", "controller.hidden")
+OWN_FLAGS = ("generations", "search.population", "scorer", "tau", "search.workers", "rollouts", "controller.hidden",
+             "search.keep")
 
 
 def make_config(run: str, datasets: list[str], presets: list[str], sets: list[str],
@@ -143,6 +145,7 @@ def validate(cfg: TrainControllerConfig) -> None:
     p.at_least("start_episodes", cfg.start_episodes, 1)
     p.at_least("controller.hidden", cfg.controller.hidden, 0, " (0 = linear)")
     p.one_of("controller.inputs", cfg.controller.inputs, CONTROLLER_INPUTS)
+    p.one_of("search.keep", cfg.search.keep, KEEP)
     p.at_least("threads", cfg.threads, 0, " (0 = torch's default)")
     p.require(trackers.problem(cfg.loggers) is None, f"{p.name('loggers')} {trackers.problem(cfg.loggers)}")
     p.raise_any()
@@ -150,11 +153,13 @@ def validate(cfg: TrainControllerConfig) -> None:
 
 
 def _keep_on_resume(stored: TrainControllerConfig, given: TrainControllerConfig, generations: int | None,
-                    workers: int | None = None) -> TrainControllerConfig:
-    """The stored config, with the new total of generations and (a search scores the same with
-    any number of worker processes) the new number of workers, when given."""
-    search = stored.search if workers is None else dataclasses.replace(stored.search, workers=workers)
-    return dataclasses.replace(stored, generations=generations or stored.generations, search=search)
+                    workers: int | None = None, keep: str | None = None) -> TrainControllerConfig:
+    """The stored config, with what a resume may change when given: the new total of
+    generations, the number of workers (a search scores the same with any number) and what
+    behavior.pt holds (not part of the search)."""
+    changes = {k: v for k, v in (("workers", workers), ("keep", keep)) if v is not None}
+    return dataclasses.replace(stored, generations=generations or stored.generations,
+                               search=dataclasses.replace(stored.search, **changes))
 
 
 class ControllerTrainer:
@@ -162,7 +167,8 @@ class ControllerTrainer:
 
     def __init__(self, cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
                  resume_generations: int | None = None, loggers: str | None = None,
-                 callbacks: Sequence[Callback] = (), resume_workers: int | None = None):
+                 callbacks: Sequence[Callback] = (), resume_workers: int | None = None,
+                 resume_keep: str | None = None):
         self.run_dir = Path(cfg.run)
         self.progress = progress
         self.callbacks = list(callbacks)
@@ -170,7 +176,7 @@ class ControllerTrainer:
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / BEHAVIOR], resume,
                                       "train a world model into another run directory",
                                       keep=lambda stored, given: _keep_on_resume(stored, given, resume_generations,
-                                                                                 resume_workers),
+                                                                                 resume_workers, resume_keep),
                                       config_file=self.run_dir / CONFIG, command=COMMAND)
         if state is not None and state.stage != STAGE:
             raise DreamerError(f"{latest} is a {state.stage or 'unknown'} resume state, not a controller search; "
@@ -284,28 +290,38 @@ class ControllerTrainer:
         self.save_behavior()
 
     def save_behavior(self) -> None:
-        """``behavior.pt``: the controller set to the best candidate so far."""
-        self.controller.set_params(self.search.best_params)
+        """``behavior.pt``: the controller set to the best candidate so far, or to the search's
+        mean (``search.keep``)."""
+        self.controller.set_params(self.search.kept_params)
         self.controller.save(self.run_dir / BEHAVIOR, self.world_model, config_lib.to_dict(self.cfg),
                              update=self.search.generation, world_model_update=self.world_model_update,
                              env_config=self.env_config.to_dict())
 
     def _behavior_current(self) -> bool:
-        """Whether ``behavior.pt`` holds the search's current generation. A kill after the search
-        state's write and before behavior.pt's leaves it missing or a generation behind; a resume
-        redoes nothing then, so it must write behavior.pt itself."""
+        """Whether ``behavior.pt`` holds the search's current generation and the parameters it
+        hands out. A kill after the search state's write and before behavior.pt's leaves it
+        missing or a generation behind, and a resume that only changes ``--keep`` searches
+        nothing; a resume that redoes nothing must write behavior.pt itself then."""
         path = self.run_dir / BEHAVIOR
-        return path.exists() and checkpoint.load(path, checkpoint.BehaviorArtifact).update == self.search.generation
+        if not path.exists():
+            return False
+        artifact = checkpoint.load(path, checkpoint.BehaviorArtifact)
+        self.controller.set_params(self.search.kept_params)
+        return artifact.update == self.search.generation and all(
+            torch.equal(artifact.weights[k], v) for k, v in self.controller.state_dict().items())
 
 
 def run(cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
         resume_generations: int | None = None, loggers: str | None = None,
-        callbacks: Sequence[Callback] = (), resume_workers: int | None = None) -> dict[str, Any]:
+        callbacks: Sequence[Callback] = (), resume_workers: int | None = None,
+        resume_keep: str | None = None) -> dict[str, Any]:
     """Search (or resume) and return the final metrics; one writer per run directory.
     ``callbacks``: ``on_update`` and ``on_checkpoint`` once per generation (step = generation).
-    ``resume_generations``, ``resume_workers``: what a resume may change (None: as stored)."""
+    ``resume_generations``, ``resume_workers``, ``resume_keep``: what a resume may change (None: as
+    stored)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])
     check_run_dir(cfg.run, "--run")
     with RunLock(Path(cfg.run)):
         return ControllerTrainer(cfg, resume=resume, progress=progress, resume_generations=resume_generations,
-                                 loggers=loggers, callbacks=callbacks, resume_workers=resume_workers).run()
+                                 loggers=loggers, callbacks=callbacks, resume_workers=resume_workers,
+                                 resume_keep=resume_keep).run()

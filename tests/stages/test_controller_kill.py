@@ -1,10 +1,12 @@
 """The CMA-ES controller search (stage 03 of the World Models family) through the real CLI in
 subprocesses: `kill -9` of the search process in the middle of a search (its worker processes
-then end by themselves), then `--resume`, ends exactly where an uninterrupted search ends; and `--workers 2`
-searches exactly like `--workers 1`."""
+then end by themselves), then `--resume`, ends exactly where an uninterrupted search ends; `--workers 2`
+searches exactly like `--workers 1`, also across a resume that changes it; `--keep mean` on a resume puts
+CMA-ES's mean into behavior.pt."""
 
 import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from dreamer_core import checkpoint, runs
+from dreamer_core.controller import ControllerSearch
 from dreamer_core.logging import read_metrics
 from tests.stages.test_worldmodels_stages import SEARCH, copy_run, data, staged  # noqa: F401  (fixtures)
 
@@ -125,6 +128,17 @@ def test_two_workers_search_like_one(staged, tmp_path):  # noqa: F811 (the impor
     cli("train-behavior", "--run", two, "--resume", "--generations", 3, "--workers", 1, "-q")
     assert runs.read_config(two, "train-controller")["search"]["workers"] == 1
     assert_same_search(one, two, 3)
+
+    # --keep mean on a finished search: behavior.pt now holds CMA-ES's mean; the search is as it was.
+    state, _ = ControllerSearch.load_checkpoint(two / runs.BEHAVIOR_LATEST)
+    cli("train-behavior", "--run", two, "--resume", "--generations", 3, "--keep", "mean", "-q")
+    assert runs.read_config(two, "train-controller")["search"]["keep"] == "mean"
+    behavior = checkpoint.load(two / runs.BEHAVIOR, checkpoint.BehaviorArtifact)
+    mean = np.array(pickle.loads(state["cma"]).mean)
+    held = torch.cat([v.flatten() for v in behavior.weights.values()]).double().numpy()  # parameter order
+    np.testing.assert_allclose(held, mean.astype(np.float32))
+    assert not np.allclose(held, state["best_params"])
+    assert ControllerSearch.load_checkpoint(two / runs.BEHAVIOR_LATEST)[0]["generation"] == 3
 
 
 def test_a_worker_whose_search_process_is_gone_ends_by_itself():

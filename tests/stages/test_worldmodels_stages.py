@@ -214,7 +214,7 @@ def test_controller_flags_are_refused_on_an_rssm_run(data, tmp_path):
     run = tmp_path / "rssm"
     ok("train-world-model", data, "--out", run, "--updates", 2, "--preset", "tiny", "-q")
     before = snapshot(run)
-    for args in (["--generations", 2], ["--scorer", "dream", "--tau", 1.5], ["--hidden", 4]):
+    for args in (["--generations", 2], ["--scorer", "dream", "--tau", 1.5], ["--hidden", 4], ["--keep", "mean"]):
         result = dreamer("train-behavior", "--run", run, *args)
         assert result.exit_code == 2 and "holds an RSSM world model" in result.output, result.output
     result = dreamer("dream", "--run", run, "--out", tmp_path / "r.gif", "--tau", 1.0)
