@@ -86,6 +86,16 @@ NOTES = {
         "actions): from 64x64 frames one step apart the push direction is hard to see. The staged run "
         "was made before the fix of M's gradient clipping (V's leftover gradients, at most 1.0 in norm, "
         "entered M's clipping norm of 6-25); the joint run uses one optimizer and is unaffected."),
+    "carracing": (
+        "Each controller's behavior.pt holds CMA-ES's mean (`--keep mean`). At generation 34 of the real-env "
+        "search, on the same 5 evaluation episodes, the mean scored 426 +- 262 and the best-scoring candidate "
+        "(550.8 on its 2 search rollouts) 161 +- 153: two rollouts on random tracks overrate a lucky candidate. "
+        "The dream controllers' best candidates scored -77.4 +- 5.8 (tau 1) and -67.6 +- 14.5 (tau 1.15) on the "
+        "20 episodes; their means are in the table. Both dream controllers do worse in the real env than the "
+        "random walk that collected the data: M predicts CarRacing's reward poorly (a tile's reward depends on "
+        "whether the car has visited it), so a controller maximising M's predicted reward learns the wrong "
+        "thing. The real-env controller reads z alone, the paper's \"V model only\" agent (632 +- 251 in the "
+        "paper, with population 64 and 16 rollouts per candidate; here 16 and 2)."),
 }
 
 
