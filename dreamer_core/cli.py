@@ -624,8 +624,7 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
     resumable = {"generations": controller_flags["generations"], "search.workers": controller_flags["search.workers"],
                  "search.keep": controller_flags["search.keep"]}
     if resume:
-        _refuse_changes_on_resume(run_dir, command, flags, ("generations", "search.workers", "search.keep", "run",
-                                                            "loggers"), preset, set_,
+        _refuse_changes_on_resume(run_dir, command, flags, (*resumable, "run", "loggers"), preset, set_,
                                   "--generations, the new total, --workers, --keep and --logger", file)
         if print_config:
             return _print_config(command, _resumed_config(command, run_dir, resumable))
