@@ -15,8 +15,10 @@ and imported through PYTHONPATH; every rung runs the same command with its own d
 
 Runs go ``--parallel`` at a time (one thread each) into benchmarks/_work/ladder/<rung>/<task>-s<seed>;
 a stopped run is continued with ``--resume``, a finished one is not run again (the top rung on
-cartpole and pendulum reuses benchmarks/online_learning.py's runs, the same command). Writes
-benchmarks/fix_ladder.png and the ``fix-ladder`` section of benchmarks/RESULTS.md.
+cartpole and pendulum reuses benchmarks/online_learning.py's runs, the same command). A call
+that runs prints the table of what it ran; ``--summarize`` runs nothing and writes
+benchmarks/fix_ladder.png and the ``fix-ladder`` section of benchmarks/RESULTS.md (with ``NOTE``),
+so a call that continues one seed of one rung cannot replace the whole study's table.
 """
 
 from __future__ import annotations
@@ -79,11 +81,12 @@ def env_steps(out: Path) -> int:
         return int(max(steps)) if steps else 0
 
 
-def command(rung: str, task: str, seed: int, steps: int) -> list[str]:
+def command(rung: str, task: str, seed: int, steps: int, fresh: bool = False) -> list[str]:
+    """The run's command: a fresh start, or ``--resume`` when a checkpoint exists (unless ``fresh``)."""
     flags, _, every, episodes, _ = TASKS[task]
     out = run_dir(rung, task, seed)
     common = ["--steps", str(steps), "--threads", "1", "-q"]
-    if (out / runs.ONLINE_LATEST).exists():
+    if not fresh and (out / runs.ONLINE_LATEST).exists():
         return [sys.executable, "-m", "dreamer_core", "train", "--out", str(out), "--resume", *common]
     return [sys.executable, "-m", "dreamer_core", "train", *flags, "--out", str(out), "--seed", str(seed),
             "--eval-every", str(every), "--eval-episodes", str(episodes), "--checkpoint-seconds", "120", *common]
@@ -107,7 +110,7 @@ def train(jobs: list[tuple[str, str, str, int]], steps_of: dict[str, int], paral
     for rung, sha, task, seed in todo:
         cmd = command(rung, task, seed, steps_of[task])
         env = rung_env(sha)
-        line = f"PYTHONPATH=<{sha}> " + " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
+        line = f"PYTHONPATH=<{sha}> python " + " ".join(cmd[1:]).replace(str(ROOT) + "/", "")
         jobs.append((f"{rung} {task} s{seed}", cmd, env, line))
     return run_parallel(jobs, parallel)
 
@@ -116,7 +119,18 @@ def curve(out: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r["step"] for r in rows]), np.array([r["eval/return"] for r in rows])
 
 
-def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], started: list[str], note: str = "") -> None:
+# What the table cannot say; written under it by --summarize.
+NOTE = (
+    "Seeds 1 and 2 were added in sessions 9 and 10. Fix 1 cannot change a discrete-action task, so CartPole's "
+    "+fix 1 rung has seed 0 only. The ladder script once imported the current code instead of each rung's when "
+    "run from the repo root (python -m puts the working directory first); two seed-1 Pendulum runs affected by "
+    "it were discarded and rerun, and the script now sets PYTHONSAFEPATH and checks each rung's import. Every "
+    "kept run was written by its rung's code alone (it holds only that code's train_config.yaml)."
+)
+
+
+def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], started: list[str],
+              write: bool) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     lines = []
     for ax, task in zip(axes[0], tasks):
@@ -145,23 +159,29 @@ def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], star
         ax.legend(fontsize=7)
     fig.tight_layout()
     png = HERE / "fix_ladder.png"
-    fig.savefig(png, dpi=90)
+    if write:
+        fig.savefig(png, dpi=90)
     plt.close(fig)
-    cmds = "\n".join(f"    {c}" for c in started) or "    (no run started by the last call)"
+    cmds = "\n".join(f"    PYTHONPATH=<rung's commit> python " + " ".join(command(RUNGS[0][0], t, 0, steps_of[t], fresh=True)[1:])
+                      .replace(str(ROOT) + "/", "").replace("before", "<rung>").replace("-s0", "-s<seed>")
+                      .replace("--seed 0", "--seed <seed>") for t in tasks)
+    if started:
+        cmds += "\n\nStarted by this call:\n\n" + "\n".join(f"    {c}" for c in started)
     body = f"""## Which fix moved which curve (`benchmarks/fix_ladder.py`)
 
 `python benchmarks/fix_ladder.py --tasks {' '.join(tasks)} --seeds {' '.join(map(str, seeds))}`: `dreamer train`
 with each commit's own defaults, each rung adding one fix to the rung above it (see the script's docstring).
 Greedy evaluation; "mean eval" is the mean over all evaluations of a run (area under the curve), then over
 seeds; "reached" counts the seeds whose eval got to the target, with the env step. Curves: `benchmarks/{png.name}`.
-Commands started by the last call:
+Each run's command (a stopped run continues with `--resume`):
 
 {cmds}
 
 | task | rung | seeds | final eval: mean (per seed) | mean eval over the run | reached target (first at) |
 |---|---|---|---|---|---|
-""" + "\n".join(lines) + (f"\n\n{note}" if note else "")
-    update_section("fix-ladder", body)
+""" + "\n".join(lines) + f"\n\n{NOTE}"
+    if write:
+        update_section("fix-ladder", body)
     print(body)
 
 
@@ -172,14 +192,14 @@ def main() -> None:
     parser.add_argument("--rungs", nargs="+", default=[r for r, _ in RUNGS], choices=[r for r, _ in RUNGS])
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the task's)")
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--summarize", action="store_true")
-    parser.add_argument("--note", default="", help="text appended to the RESULTS section")
+    parser.add_argument("--summarize", action="store_true",
+                        help="run nothing; write the table and the curves of --tasks x --seeds to RESULTS.md")
     args = parser.parse_args()
     steps_of = {t: args.steps or TASKS[t][1] for t in args.tasks}
     jobs = [(rung, sha, task, seed) for seed in args.seeds for task in args.tasks for rung, sha in RUNGS
             if rung in args.rungs]
     started = [] if args.summarize else train(jobs, steps_of, args.parallel)
-    summarize(args.tasks, args.seeds, steps_of, started, args.note)
+    summarize(args.tasks, args.seeds, steps_of, started, write=args.summarize)
 
 
 if __name__ == "__main__":

@@ -211,14 +211,19 @@ def evaluate(task: str, cfg: dict, base: Path, name: str) -> None:
         base / "logs" / f"eval-{name}.log")
 
 
-def report(ctrl: Path) -> dict | None:
-    """The newest evaluation report of a controller run with EVAL_EPISODES episodes."""
+def reports(ctrl: Path) -> list[dict]:
+    """The evaluation reports of a controller run with EVAL_EPISODES episodes, oldest first."""
     found = sorted((ctrl / "eval").glob("*/report.json")) if (ctrl / "eval").exists() else []
-    for path in reversed(found):
-        data = json.loads(path.read_text())
-        if len(data.get("returns", [])) >= EVAL_EPISODES:
-            return data
-    return None
+    data = [json.loads(path.read_text()) for path in found]
+    return [d for d in data if len(d.get("returns", [])) >= EVAL_EPISODES]
+
+
+def report(ctrl: Path) -> dict | None:
+    """The newest evaluation report of the controller the run holds now (its generation count):
+    an evaluation taken part-way through a search is not its result."""
+    done = generations_done(ctrl)
+    current = [d for d in reports(ctrl) if d.get("behavior_update") == done]
+    return current[-1] if current else None
 
 
 def heldout_metrics(run_dir: Path) -> dict[str, float]:
@@ -316,6 +321,12 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
                   "not a real-env return: a gap between the two is the controller exploiting M's errors."]
     except Exception:  # noqa: BLE001 - no data yet
         pass
+    earlier = [f"{name[5:]} at generation {d['behavior_update']}: {d['return_mean']:.1f} +- {d['return_std']:.1f}"
+               for name, _ in controllers(task, cfg) for d in reports(base / name)
+               if d.get("behavior_update") != generations_done(base / name)]
+    if earlier:
+        lines += ["", f"Evaluations taken part-way through a search ({EVAL_EPISODES} episodes, the same seeds; "
+                  "not its result): " + "; ".join(earlier) + "."]
     lines += ["", f"Curves: `benchmarks/{png.name}`."]
     if cfg["target"] is not None:
         lines.append(f"Target (issue 14): real-env mean >= {cfg['target']:g} over {EVAL_EPISODES} episodes.")
