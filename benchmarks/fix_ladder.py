@@ -162,9 +162,12 @@ def summarize(tasks: list[str], seeds: list[int], steps_of: dict[str, int], star
     if write:
         fig.savefig(png, dpi=90)
     plt.close(fig)
-    cmds = "\n".join(f"    PYTHONPATH=<rung's commit> python " + " ".join(command(RUNGS[0][0], t, 0, steps_of[t], fresh=True)[1:])
-                      .replace(str(ROOT) + "/", "").replace("before", "<rung>").replace("-s0", "-s<seed>")
-                      .replace("--seed 0", "--seed <seed>") for t in tasks)
+    def template(task: str) -> str:  # a fresh run's command, rung and seed left open
+        cmd = " ".join(command(RUNGS[0][0], task, 0, steps_of[task], fresh=True)[1:]).replace(str(ROOT) + "/", "")
+        cmd = cmd.replace("/before/", "/<rung>/").replace("-s0 ", "-s<seed> ").replace("--seed 0 ", "--seed <seed> ")
+        return f"    PYTHONPATH=<rung's commit> python {cmd}"
+
+    cmds = "\n".join(template(t) for t in tasks)
     if started:
         cmds += "\n\nStarted by this call:\n\n" + "\n".join(f"    {c}" for c in started)
     body = f"""## Which fix moved which curve (`benchmarks/fix_ladder.py`)

@@ -620,9 +620,7 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
     given = [str(d) for d in dataset]
     flags = {"run": None if run is None else str(run), "datasets": given or None, "search.seed": seed,
              "threads": threads, "skip_corrupt": skip_corrupt or None, "loggers": logger, **controller_flags}
-    # What a resume may change (a search scores the same with any number of workers).
-    resumable = {"generations": controller_flags["generations"], "search.workers": controller_flags["search.workers"],
-                 "search.keep": controller_flags["search.keep"]}
+    resumable = {key: controller_flags[key] for key in stage.RESUMABLE}  # what a resume may change
     if resume:
         _refuse_changes_on_resume(run_dir, command, flags, (*resumable, "run", "loggers"), preset, set_,
                                   "--generations, the new total, --workers, --keep and --logger", file)
@@ -633,9 +631,8 @@ def _train_controller(run: Path | None, dataset: list[Path], resume: bool, seed:
     if print_config:
         return _print_config(command, cfg)
     _show_config(command, cfg, run_dir, quiet, resume, {**resumable, "loggers": logger})
-    result = stage.run(cfg, resume=resume, progress=progress, resume_generations=controller_flags["generations"],
-                       loggers=logger if resume else None, resume_workers=controller_flags["search.workers"],
-                       resume_keep=controller_flags["search.keep"])
+    result = stage.run(cfg, resume=resume, progress=progress, resume_changes=resumable,
+                       loggers=logger if resume else None)
     best = result.get("best_score")
     typer.echo(f"searched {result['generations']} controller generations -> {run_dir / runs.BEHAVIOR}"
                + (f" (best mean return {best:.4g}, last generation's best {result['cma/best']:.4g})"

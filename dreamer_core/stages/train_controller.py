@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,31 +152,34 @@ def validate(cfg: TrainControllerConfig) -> None:
     trackers.check(cfg.loggers, FLAGS["loggers"])
 
 
-def _keep_on_resume(stored: TrainControllerConfig, given: TrainControllerConfig, generations: int | None,
-                    workers: int | None = None, keep: str | None = None) -> TrainControllerConfig:
-    """The stored config, with what a resume may change when given: the new total of
-    generations, the number of workers (a search scores the same with any number) and what
-    behavior.pt holds (not part of the search)."""
-    changes = {k: v for k, v in (("workers", workers), ("keep", keep)) if v is not None}
-    return dataclasses.replace(stored, generations=generations or stored.generations,
-                               search=dataclasses.replace(stored.search, **changes))
+# What a resume may change: the new total of generations, the number of workers (a search scores
+# the same with any number) and what behavior.pt holds (not part of the search).
+RESUMABLE = ("generations", "search.workers", "search.keep")
+
+
+def _keep_on_resume(stored: TrainControllerConfig, changes: Mapping[str, Any] | None) -> TrainControllerConfig:
+    """The stored config with the given (not None) ``changes``, keyed by RESUMABLE's keys."""
+    given = {k: v for k, v in (changes or {}).items() if v is not None}
+    if set(given) - set(RESUMABLE):
+        raise ValueError(f"a resume cannot change {sorted(set(given) - set(RESUMABLE))}; only {RESUMABLE}")
+    cfg = config_lib.apply_overrides(stored, given)
+    validate(cfg)
+    return cfg
 
 
 class ControllerTrainer:
     """One controller search against a frozen World Models world model (fresh or resumed)."""
 
     def __init__(self, cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
-                 resume_generations: int | None = None, loggers: str | None = None,
-                 callbacks: Sequence[Callback] = (), resume_workers: int | None = None,
-                 resume_keep: str | None = None):
+                 resume_changes: Mapping[str, Any] | None = None, loggers: str | None = None,
+                 callbacks: Sequence[Callback] = ()):
         self.run_dir = Path(cfg.run)
         self.progress = progress
         self.callbacks = list(callbacks)
         latest = self.run_dir / LATEST
         cfg, state = resume_or_refuse(cfg, latest, [self.run_dir / BEHAVIOR], resume,
                                       "train a world model into another run directory",
-                                      keep=lambda stored, given: _keep_on_resume(stored, given, resume_generations,
-                                                                                 resume_workers, resume_keep),
+                                      keep=lambda stored, given: _keep_on_resume(stored, resume_changes),
                                       config_file=self.run_dir / CONFIG, command=COMMAND)
         if state is not None and state.stage != STAGE:
             raise DreamerError(f"{latest} is a {state.stage or 'unknown'} resume state, not a controller search; "
@@ -312,16 +315,14 @@ class ControllerTrainer:
 
 
 def run(cfg: TrainControllerConfig, resume: bool = False, progress: bool | float = True,
-        resume_generations: int | None = None, loggers: str | None = None,
-        callbacks: Sequence[Callback] = (), resume_workers: int | None = None,
-        resume_keep: str | None = None) -> dict[str, Any]:
+        resume_changes: Mapping[str, Any] | None = None, loggers: str | None = None,
+        callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Search (or resume) and return the final metrics; one writer per run directory.
     ``callbacks``: ``on_update`` and ``on_checkpoint`` once per generation (step = generation).
-    ``resume_generations``, ``resume_workers``, ``resume_keep``: what a resume may change (None: as
-    stored)."""
+    ``resume_changes``: what a resume changes, keyed by RESUMABLE's config keys (a None value or
+    a missing key: as stored)."""
     trackers.check(cfg.loggers if loggers is None else loggers, FLAGS["loggers"])
     check_run_dir(cfg.run, "--run")
     with RunLock(Path(cfg.run)):
-        return ControllerTrainer(cfg, resume=resume, progress=progress, resume_generations=resume_generations,
-                                 loggers=loggers, callbacks=callbacks, resume_workers=resume_workers,
-                                 resume_keep=resume_keep).run()
+        return ControllerTrainer(cfg, resume=resume, progress=progress, resume_changes=resume_changes,
+                                 loggers=loggers, callbacks=callbacks).run()
