@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import update_section  # noqa: E402
+from results import kept_note, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -169,14 +169,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kill-at", type=int, default=None, help="SIGKILL each fresh run after N env steps, then resume")
     parser.add_argument("--summarize", action="store_true", help="only summarize the existing runs")
-    parser.add_argument("--note", default="", help="text appended to the RESULTS section (how the runs were made)")
+    parser.add_argument("--note", default=None, help="text appended to the RESULTS section (how the runs were made); "
+                        "kept with the runs for later calls ('' removes it)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     commands = {}
     if not args.summarize:
         for seed in args.seeds:
             commands[seed] = train(args.task, seed, args.steps, args.threads, args.kill_at)
-    summarize(args.task, args.seeds, args.steps, commands, args.note)
+    summarize(args.task, args.seeds, args.steps, commands, kept_note(WORK / f"NOTE-{args.task}.md", args.note))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import run_parallel, update_section  # noqa: E402
+from results import kept_note, run_parallel, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -201,12 +201,13 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="more `dreamer train` flags for fresh runs (last on the line)")
     parser.add_argument("--summarize", action="store_true", help="only re-read the runs")
-    parser.add_argument("--note", default="")
+    parser.add_argument("--note", default=None, help="text appended to the RESULTS section; kept with the runs for "
+                        "later calls ('' removes it)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     jobs = [(task, seed) for seed in args.seeds for task in args.tasks]
     started = [] if args.summarize else train(jobs, args)
-    summarize(args.tasks, args.seeds, args.steps, started, args.note)
+    summarize(args.tasks, args.seeds, args.steps, started, kept_note(WORK / "NOTE.md", args.note))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ def update_section(name: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def kept_note(path: Path, given: str | None) -> str:
+    """The note written under a section: ``given`` is stored at ``path`` (beside the runs it is
+    about; "" removes it) so that a later call without ``--note`` writes it again instead of
+    dropping it; None reads the stored one."""
+    if given is not None:
+        if given:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(given)
+        elif path.exists():
+            path.unlink()
+        return given
+    return path.read_text() if path.exists() else ""
+
+
 def run_parallel(jobs: list[tuple[str, list[str], dict[str, str], str]], parallel: int) -> list[str]:
     """Run ``(name, command, environment, line to print)`` jobs, ``parallel`` at a time, in order;
     returns the printed lines of the jobs started. A failed job is reported, not retried."""
