@@ -321,9 +321,11 @@ def summarize(task: str, cfg: dict, base: Path) -> None:
                   "not a real-env return: a gap between the two is the controller exploiting M's errors."]
     except Exception:  # noqa: BLE001 - no data yet
         pass
-    earlier = [f"{name[5:]} at generation {d['behavior_update']}: {d['return_mean']:.1f} +- {d['return_std']:.1f}"
-               for name, _ in controllers(task, cfg) for d in reports(base / name)
-               if d.get("behavior_update") != generations_done(base / name)]
+    earlier = []  # evaluations of a generation the run has moved past
+    for name, _ in controllers(task, cfg):
+        done = generations_done(base / name)
+        earlier += [f"{name[5:]} at generation {d['behavior_update']}: {d['return_mean']:.1f} +- {d['return_std']:.1f}"
+                    for d in reports(base / name) if d.get("behavior_update") != done]
     if earlier:
         lines += ["", f"Evaluations taken part-way through a search ({EVAL_EPISODES} episodes, the same seeds; "
                   "not its result): " + "; ".join(earlier) + "."]

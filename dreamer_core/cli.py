@@ -243,7 +243,7 @@ def _resumed_config(command: str, run: Path, new: dict[str, Any]) -> Any:
             "--resume."
         )
     cfg = config_lib.from_dict(config_lib.COMMANDS[command](), stored)
-    return config_lib.apply_overrides(cfg, {k: v for k, v in new.items() if v is not None})
+    return config_lib.apply_given(cfg, new)
 
 
 def _refuse_changes_on_resume(run: Path, command: str, flags: dict[str, Any], allowed: tuple[str, ...],

@@ -437,7 +437,7 @@ def resolve(base: C, stage: str, presets: Iterable[str], flags: Mapping[str, Any
     file = file if file is not None else _FILE.get()
     cfg = file.apply(base) if file is not None and file.command == stage else base
     cfg = apply_presets(cfg, stage, presets)
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
+    cfg = apply_given(cfg, flags)
     return apply_overrides(cfg, parse_sets(sets))
 
 
@@ -459,6 +459,11 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any]) -> C:
     for key, value in overrides.items():
         cfg = _set(cfg, key.split("."), value, key)
     return cfg
+
+
+def apply_given(cfg: C, flags: Mapping[str, Any]) -> C:
+    """``apply_overrides`` with the flags a caller was given: a None value means not given."""
+    return apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
 
 
 def _set(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:

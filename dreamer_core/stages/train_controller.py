@@ -159,10 +159,10 @@ RESUMABLE = ("generations", "search.workers", "search.keep")
 
 def _keep_on_resume(stored: TrainControllerConfig, changes: Mapping[str, Any] | None) -> TrainControllerConfig:
     """The stored config with the given (not None) ``changes``, keyed by RESUMABLE's keys."""
-    given = {k: v for k, v in (changes or {}).items() if v is not None}
-    if set(given) - set(RESUMABLE):
-        raise ValueError(f"a resume cannot change {sorted(set(given) - set(RESUMABLE))}; only {RESUMABLE}")
-    cfg = config_lib.apply_overrides(stored, given)
+    unknown = set(changes or {}) - set(RESUMABLE)
+    if unknown:
+        raise ValueError(f"a resume cannot change {sorted(unknown)}; only {RESUMABLE}")
+    cfg = config_lib.apply_given(stored, changes or {})
     validate(cfg)
     return cfg
 
