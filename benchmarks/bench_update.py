@@ -2,7 +2,8 @@
 
     python benchmarks/bench_update.py [--sizes tiny XS S] [--obs vector image] [--repeats 5]
                                       [--threads 2] [--rounds 3] [--peer /work/peer-venv/bin/python]
-                                      [--breakdown XS] [--no-write] [--device cpu|cuda]
+                                      [--breakdown XS] [--no-write] [--device cpu|cuda] [--note TEXT]
+    python benchmarks/bench_update.py --summarize [--note TEXT]   # the last run's section again
 
 One full update is what `dreamer train` runs per train step (``OnlineTrainer.train_step``):
 ``stages.updates.world_model_update`` on a B=16 x T=64 batch, then, with the world model frozen,
@@ -20,12 +21,15 @@ the same threads), the update's FLOPs counted by ``torch.utils.flop_counter.Flop
 matmuls is shown beside), and the achieved fraction of the matmul rate.
 
 ``--peer PYTHON``: also time the same update of the peer library (``benchmarks/peer_update.py``
-run by that interpreter; set it up with ``benchmarks/setup_peer.sh``), interleaved with ours.
+run by that interpreter; set it up with ``benchmarks/setup_peer.sh``), interleaved with ours: as
+installed, and with the allocator settings our workers get from ``runtime`` (as environment
+variables), so that the ratio is not the allocator's alone.
 ``--breakdown SIZE``: the parts of one vector update of that size, each timed on its own.
 ``--device cuda``: time the update on the GPU (the models and the batch on the device, a
 synchronisation around each timed update; the matmul rate is then the GPU's). ``--threads``
 still sets the CPU threads. benchmarks/gpu_check.sh runs it that way.
-Writes the ``update-speed`` section of benchmarks/RESULTS.md (unless ``--no-write``).
+Writes the ``update-speed`` section of benchmarks/RESULTS.md (unless ``--no-write``), with the
+``--note`` given now or stored by an earlier run.
 """
 
 from __future__ import annotations
@@ -183,7 +187,9 @@ def count_gflop(parts: dict, batch, dense: bool = False) -> float:
 def worker(args) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
+    from dreamer_core import runtime
+
+    runtime.setup(args.threads)  # as every training stage starts: allocator tuning, threads
     parts = build(args.size, args.obs, device=args.device)
     batch = make_batch(args.obs).to(args.device)
     for i in range(2):
@@ -213,9 +219,10 @@ def worker(args) -> None:
 def breakdown(size: str, threads: int, repeats: int = 3) -> list[tuple[str, float]]:
     import torch
 
+    from dreamer_core import runtime
     from dreamer_core.optim import clip_gradients
 
-    torch.set_num_threads(threads)
+    runtime.setup(threads)
     parts = build(size, "vector")
     wm, agent, cfg = parts["world_model"], parts["agent"], parts["cfg"]
     batch = make_batch("vector")
@@ -305,11 +312,25 @@ def main() -> None:
                              "too, interleaved with this one: an A/B of a change")
     parser.add_argument("--breakdown", default=None, help="size whose vector update is split into parts")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--note", default=None,
+                        help="text written under the table (kept in benchmarks/_work/bench_update/NOTE.md for later "
+                             "runs; '' removes it)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the update runs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="XS", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--summarize", action="store_true",
+                        help="run nothing; write the section of the last run again (e.g. with a new --note)")
     args = parser.parse_args()
+    if args.summarize:
+        if not LAST.exists():
+            raise SystemExit(f"--summarize: no saved run at {LAST}; run the benchmark first.")
+        write(json.loads(LAST.read_text()), args.note)
+        return
+    from dreamer_core import runtime
+
+    if hasattr(runtime, "prepare_environment"):  # (a --base-tree checkout may predate it)
+        runtime.prepare_environment()  # as the CLI does, before torch is imported; workers inherit it
     if args.worker:
         args.obs = args.obs[0]
         worker(args)
@@ -319,7 +340,7 @@ def main() -> None:
     if args.base_tree:
         jobs = [j for s in args.sizes for o in args.obs for j in (("ours", s, o), ("base", s, o))]
     if args.peer:
-        jobs += [("peer", s, "vector") for s in args.peer_sizes]
+        jobs += [(who, s, "vector") for s in args.peer_sizes for who in ("peer", "peer+alloc")]
     results: dict[tuple, list[dict]] = {j: [] for j in jobs}
     for r in range(args.rounds):
         for job in jobs:
@@ -335,6 +356,10 @@ def main() -> None:
             else:
                 cmd = [args.peer, str(HERE / "peer_update.py"), "--size", size, "--threads", str(args.threads),
                        "--repeats", str(args.repeats), "--json"] + (["--count-flops"] if r == 0 else [])
+                # As installed, or given the allocator settings our stages make (runtime).
+                env = {k: v for k, v in os.environ.items() if k not in runtime.allocator_env()}
+                if who == "peer+alloc":
+                    env.update(runtime.allocator_env())
             res = run_json(cmd, env)
             results[job].append(res)
             print(f"round {r + 1}: {who:4s} {size:4s} {obs:6s} median {statistics.median(res['ms']):8.1f} ms", flush=True)
@@ -349,22 +374,65 @@ def main() -> None:
                 a, b = ms(("ours", size, obs)), ms(("base", size, obs))
                 print(f"  {size:4s} {obs:6s} this {a:8.1f}  base {b:8.1f}  speed-up {b / a:.2f}x")
         return
-    rate = statistics.median(r["matmul_gflops"] for j in jobs if j[0] == "ours" for r in results[j] if "matmul_gflops" in r)
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    import torch
+    saved = {"args": {k: getattr(args, k) for k in SAVED_ARGS}, "jobs": [list(j) for j in jobs],
+             "results": [results[j] for j in jobs], "load": Path("/proc/loadavg").read_text().split()[:3],
+             "breakdown": breakdown(args.breakdown, args.threads) if args.breakdown else None}
+    if args.device == "cuda":
+        import torch
 
+        saved["gpu"] = torch.cuda.get_device_name(0)
+    if not args.no_write:
+        LAST.parent.mkdir(parents=True, exist_ok=True)
+        LAST.write_text(json.dumps(saved))
+    write(saved, args.note, args.no_write)
+
+
+# What a run keeps (benchmarks/_work/bench_update/last.json) so that --summarize can write its
+# section again, e.g. with a new --note.
+SAVED_ARGS = ("sizes", "obs", "repeats", "rounds", "threads", "peer", "peer_sizes", "breakdown", "device")
+LAST = HERE / "_work" / "bench_update" / "last.json"
+NOTE = HERE / "_work" / "bench_update" / "NOTE.md"
+
+
+def write(saved: dict, note: str | None, no_write: bool = False) -> None:
+    """Print the section of a run (``saved``) and write it to RESULTS.md (unless ``no_write``)."""
+    sys.path.insert(0, str(HERE))
+    from results import kept_note, update_section
+
+    note = note if no_write else kept_note(NOTE, note)
+    text = "\n".join(render(saved) + (["", note] if note else []))
+    print(text)
+    if not no_write:
+        update_section("update-speed", text)
+
+
+def render(saved: dict) -> list[str]:
+    args = argparse.Namespace(**saved["args"])
+    jobs = [tuple(j) for j in saved["jobs"]]
+    results = dict(zip(jobs, saved["results"]))
+
+    def ms(job) -> float:
+        return statistics.median(statistics.median(r["ms"]) for r in results[job])
+
+    rate = statistics.median(r["matmul_gflops"] for j in jobs if j[0] == "ours" for r in results[j] if "matmul_gflops" in r)
+    torch_version = results[jobs[0]][0]["torch"]
     lines = [
         "## Full update speed (`benchmarks/bench_update.py`)",
         "",
         f"Command: `python benchmarks/bench_update.py --sizes {' '.join(args.sizes)} --obs {' '.join(args.obs)} "
         f"--repeats {args.repeats} --rounds {args.rounds} --threads {args.threads}"
-        + (f" --peer {args.peer}" if args.peer else "") + "`. "
-        f"torch {torch.__version__}, {args.threads} threads, float32, "
-        f"{'CPU' if args.device == 'cpu' else torch.cuda.get_device_name(0)}. One full update = world-model update on "
+        + (f" --peer {args.peer}" if args.peer else "") + (f" --breakdown {args.breakdown}" if args.breakdown else "")
+        + "`. "
+        f"torch {torch_version}, {args.threads} threads, float32, "
+        f"{saved.get('gpu', 'CPU')}. One full update = world-model update on "
         f"B={B} x T={T}, then the actor-critic update from its {B * T} posterior states (H=15), as `dreamer train` "
         f"runs it. Median over {args.rounds} interleaved rounds (fresh process each) of the median of "
         f"{args.repeats} updates. Measured float32 matmul rate (2048 x 2048, {args.threads} threads, same run): "
-        f"**{rate:.0f} GFLOP/s**. Load average at the end: {' '.join(load)}.",
+        f"**{rate:.0f} GFLOP/s**. Load average at the end: {' '.join(saved['load'])}. This toolkit's workers start as "
+        "every training stage does (`runtime`: glibc keeps freed blocks of up to 32 MiB for reuse instead "
+        "of unmapping them, torch backs blocks of 2 MiB and more with transparent huge pages)"
+        + ("; the peer runs as installed and, in a second row, with the same allocator settings given as "
+           "environment variables." if args.peer else "."),
         "",
         "| who | size | obs | WM params | ms / update | GFLOP (counted) | GFLOP (plain matmuls) | achieved GFLOP/s | of matmul rate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -376,6 +444,8 @@ def main() -> None:
         g = first.get("gflop")
         dense = first.get("gflop_dense")
         name = "this toolkit" if who == "ours" else f"peer {first.get('sheeprl', '')}".strip()
+        if who == "peer+alloc":
+            name += ", our allocator settings"
         achieved = f"{g / t * 1000:.1f}" if g else "-"
         frac = f"{g / t * 1000 / rate:.0%}" if g else "-"
         lines.append(f"| {name} | {size} | {obs} | {first['params'] / 1e6:.2f}M | {t:.0f} | "
@@ -386,21 +456,15 @@ def main() -> None:
         lines.append("")
         for size in args.peer_sizes:
             if ("ours", size, "vector") in results:
-                lines.append(f"- {size} vector: the peer's update takes {ms(('peer', size, 'vector')) / ms(('ours', size, 'vector')):.2f}x "
-                             f"this toolkit's ({ms(('peer', size, 'vector')):.0f} ms vs {ms(('ours', size, 'vector')):.0f} ms).")
-    if args.breakdown:
-        rows = breakdown(args.breakdown, args.threads)
+                ours, peer, alloc = (ms((who, size, "vector")) for who in ("ours", "peer", "peer+alloc"))
+                lines.append(f"- {size} vector: the peer's update takes {peer / ours:.2f}x this toolkit's ({peer:.0f} ms "
+                             f"vs {ours:.0f} ms); given our allocator settings too, {alloc / ours:.2f}x ({alloc:.0f} ms).")
+    if saved.get("breakdown"):
         lines += ["", f"Where the time goes in one {args.breakdown} vector update (each part timed on its own, "
                   "mean of 3 after a warm-up; parts overlap the whole by measurement noise):", "",
                   "| part | ms |", "|---|---|"]
-        lines += [f"| {name} | {t:.0f} |" for name, t in rows]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        sys.path.insert(0, str(HERE))
-        from results import update_section
-
-        update_section("update-speed", text)
+        lines += [f"| {name} | {t:.0f} |" for name, t in saved["breakdown"]]
+    return lines
 
 
 if __name__ == "__main__":

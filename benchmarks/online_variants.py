@@ -53,6 +53,7 @@ VARIANTS = {
     "norepval": (["--set", "behavior.critic.replay_scale=0"], "no replay value loss (the 2023 code had none)"),
     "batch32": (["--batch-size", "32"], "32 windows per update instead of 16 (same train ratio: half the updates)"),
     "criticlr1e-3": (["--set", "behavior.critic_optim.lr=1e-3"], "critic learning rate 1e-3 instead of 3e-4"),
+    "criticlr3e-3": (["--set", "behavior.critic_optim.lr=3e-3"], "critic learning rate 3e-3 instead of 3e-4"),
 }
 
 

@@ -156,12 +156,30 @@ def _onehot_indices(x: torch.Tensor, start: int, groups: int, classes: int) -> t
     if cacheable and entry is not None and entry[0] == key:
         return entry[2]
     x3 = x.detach()[..., start:start + groups * classes].unflatten(-1, (groups, classes))  # [..., S, K]
-    index = x3.argmax(-1)  # [..., S]
+    index = _onehot_positions(x3)  # [..., S]
     value = x3.gather(-1, index[..., None]).squeeze(-1).reshape(-1, groups)  # [R, S]
     flat = (index + torch.arange(groups, device=x.device) * classes).reshape(-1, groups)  # [R, S]
     if cacheable:
         _last_indices.entry = (key, x, (flat, value))
     return flat, value
+
+
+# Elements of the one-hot block searched at a time: the product below and its sum then stay in
+# the CPU's cache; over a whole [1024, 16, 32, 32] input at once the temporary alone is 64 MiB.
+_SEARCH_CHUNK = 1 << 20
+
+
+def _onehot_positions(x3: torch.Tensor) -> torch.Tensor:
+    """Where the one of each group of ``x3`` ``[..., S, K]`` is (0 for an all-zero group): the
+    groups' products with 0..K-1, exact for the exact one-hot values this layer is for, and the
+    same as ``argmax``, which is several times slower here over a last dimension of 32
+    (benchmarks/RESULTS.md, update-speed)."""
+    weights = torch.arange(x3.shape[-1], dtype=x3.dtype, device=x3.device)
+    out = torch.empty(x3.shape[:-1], dtype=x3.dtype, device=x3.device)
+    step = max(1, _SEARCH_CHUNK // max(1, x3[0].numel()))  # along the first dimension
+    for i in range(0, x3.shape[0], step):
+        torch.sum(x3[i:i + step] * weights, -1, out=out[i:i + step])
+    return out.long()
 
 
 class OneHotAwareLinear(nn.Linear):
@@ -184,10 +202,10 @@ class OneHotAwareLinear(nn.Linear):
             assert 0 <= start and start + groups * classes <= in_features, (onehot, in_features)
         self.onehot = onehot
 
-    # Below this many rows the gather's fixed costs (argmax, a transposed weight copy) exceed
+    # Below this many rows the gather's fixed costs (the search, a transposed weight copy) exceed
     # the saved multiply-adds: the RSSM's per-step input layer in training sees only B rows.
     min_rows = 256
-    # With few classes per group the block is narrow and the argmax over it costs more than the
+    # With few classes per group the block is narrow and the search over it costs more than the
     # multiply-adds it saves (the `tiny` size's 8 x 8 latents: measured in bench_online.py).
     min_classes = 16
 
@@ -235,7 +253,7 @@ class _PaddedAddmm(torch.autograd.Function):
 class PaddedLinear(nn.Linear):
     """An nn.Linear whose forward matmul pads its outputs to a multiple of 16 (e.g. the 255 bins
     of a two-hot head): this CPU's matmul kernels run an output width of 255 at well under half
-    the speed of 256 (benchmarks/RESULTS.md, update-speed). Values and gradients are bit-identical
+    the speed of 256 (benchmarks/RESULTS.md, update-speed-history). Values and gradients are bit-identical
     to nn.Linear's (the padded columns are dropped; the backward pass is nn.Linear's); so are
     its parameters and state-dict keys. Small or non-contiguous inputs (nn.Linear takes another
     kernel path for those), autocast and mixed dtypes take the plain path.

@@ -314,13 +314,13 @@ def test_onehot_indices_are_reused_only_for_the_same_unchanged_input(monkeypatch
     monkeypatch.setattr(layers.OneHotAwareLinear, "min_rows", 1)
     monkeypatch.setattr(layers.OneHotAwareLinear, "min_classes", 1)
     searches = []
-    real_argmax = torch.Tensor.argmax
+    real_search = layers._onehot_positions
 
-    def counting_argmax(self, *a, **k):
-        searches.append(self.shape)
-        return real_argmax(self, *a, **k)
+    def counting_search(x3):
+        searches.append(x3.shape)
+        return real_search(x3)
 
-    monkeypatch.setattr(torch.Tensor, "argmax", counting_argmax)
+    monkeypatch.setattr(layers, "_onehot_positions", counting_search)
     torch.manual_seed(0)
     a = layers.OneHotAwareLinear(4 + 12, 5, True, onehot=(4, 3, 4))
     b = layers.OneHotAwareLinear(4 + 12, 7, True, onehot=(4, 3, 4))
@@ -337,3 +337,22 @@ def test_onehot_indices_are_reused_only_for_the_same_unchanged_input(monkeypatch
     y = x.clone()
     b(y)
     assert len(searches) == 3
+
+
+@pytest.mark.parametrize("shape, chunk", [((6, 3, 4), 1 << 20), ((5, 7, 3, 4), 8), ((3, 4), 5), ((2, 9, 32, 32), 1000)])
+def test_onehot_positions_equal_argmax(shape, chunk, monkeypatch):
+    """The search by products with 0..K-1, in chunks of any size, finds what argmax finds, on
+    strided (sliced) inputs and with all-zero groups (position 0, like argmax)."""
+    from dreamer_core.nets import layers
+
+    monkeypatch.setattr(layers, "_SEARCH_CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    onehot = F.one_hot(index, shape[-1]).float()
+    onehot[(torch.rand(shape[:-1], generator=g) < 0.2)] = 0.0  # some all-zero groups
+    wide = torch.cat([torch.randn(*shape[:-2], 3, generator=g), onehot.flatten(-2)], -1)  # a block at an offset
+    x3 = wide[..., 3:].unflatten(-1, shape[-2:])
+    assert not x3.is_contiguous() or len(shape) == 2
+    found = layers._onehot_positions(x3)
+    assert found.dtype == torch.long and found.shape == shape[:-1]
+    assert torch.equal(found, x3.argmax(-1))
