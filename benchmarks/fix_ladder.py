@@ -121,8 +121,10 @@ def curve(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 # What the table cannot say; written under it by --summarize.
 NOTE = (
-    "Seeds 1 and 2 were added in sessions 9 and 10. Fix 1 cannot change a discrete-action task, so CartPole's "
-    "+fix 1 rung has seed 0 only. The ladder script once imported the current code instead of each rung's when "
+    "Seeds 1 and 2 were added in sessions 9-11. Fix 1 cannot change a discrete-action task: CartPole's +fix 1 "
+    "seeds 1 and 2 repeat the before rung's runs exactly, and its seed 0 does so up to 8k env steps, where it "
+    "was stopped and resumed (a resumed `dreamer train` restarts the episode in progress, so the runs part "
+    "there: 361 at 20k against 235). The ladder script once imported the current code instead of each rung's when "
     "run from the repo root (python -m puts the working directory first); two seed-1 Pendulum runs affected by "
     "it were discarded and rerun, and the script now sets PYTHONSAFEPATH and checks each rung's import. Every "
     "kept run was written by its rung's code alone (it holds only that code's train_config.yaml)."
