@@ -342,6 +342,7 @@ def main() -> None:
     if args.peer:
         jobs += [(who, s, "vector") for s in args.peer_sizes for who in ("peer", "peer+alloc")]
     results: dict[tuple, list[dict]] = {j: [] for j in jobs}
+    allocator = runtime.allocator_env()
     for r in range(args.rounds):
         for job in jobs:
             who, size, obs = job
@@ -357,9 +358,9 @@ def main() -> None:
                 cmd = [args.peer, str(HERE / "peer_update.py"), "--size", size, "--threads", str(args.threads),
                        "--repeats", str(args.repeats), "--json"] + (["--count-flops"] if r == 0 else [])
                 # As installed, or given the allocator settings our stages make (runtime).
-                env = {k: v for k, v in os.environ.items() if k not in runtime.allocator_env()}
+                env = {k: v for k, v in os.environ.items() if k not in allocator}
                 if who == "peer+alloc":
-                    env.update(runtime.allocator_env())
+                    env.update(allocator)
             res = run_json(cmd, env)
             results[job].append(res)
             print(f"round {r + 1}: {who:4s} {size:4s} {obs:6s} median {statistics.median(res['ms']):8.1f} ms", flush=True)

@@ -110,7 +110,8 @@ NOTES = {
     ),
     "pendulum": (
         'Session 11: the critic learning rate of 3e-3 that lifts CartPole to 3 of 5 seeds leaves Pendulum as '
-        'it is with the defaults: every seed reaches -200 (at 8-12k env steps, 10-12k with the defaults) and ends at -137 on average (defaults: -130). Three seeds.'
+        'it is with the defaults: every seed reaches -200 (at 8-12k env steps, 10-12k with the defaults) and '
+        'ends at -137 on average (defaults: -130). Three seeds.'
     ),
 }
 

@@ -42,11 +42,16 @@ THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 _done = False
 
 
+def _switched_off() -> bool:
+    """``DREAMER_MALLOC=default``: leave the allocators (glibc's and torch's) as they are."""
+    return os.environ.get("DREAMER_MALLOC") == "default"
+
+
 def prepare_environment() -> bool:
     """Before torch is imported: transparent huge pages for torch's large CPU blocks (see the
     module docstring). Returns True when they will apply: not when ``DREAMER_MALLOC=default``,
     when the variable was set otherwise, or when torch is already imported (it has read it)."""
-    if os.environ.get("DREAMER_MALLOC") == "default" or "torch" in sys.modules:
+    if _switched_off() or "torch" in sys.modules:
         return False
     return os.environ.setdefault(THP_VARIABLE, "1") == "1"
 
@@ -63,7 +68,7 @@ def tune_allocator() -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("DREAMER_MALLOC") == "default" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if _switched_off() or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -1,5 +1,6 @@
 """Process settings: the allocator tuning applies on glibc and can be switched off."""
 
+import os
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ PREPARE = ("import os, sys; from dreamer_core import runtime; assert 'torch' not
     ({}, "import torch; ", ["False", "None"]),  # too late: torch has read it
 ])
 def test_prepare_environment_sets_huge_pages_only_before_torch(env, before, expected):
-    clean = {k: v for k, v in __import__("os").environ.items()
+    clean = {k: v for k, v in os.environ.items()
              if k not in ("DREAMER_MALLOC", "THP_MEM_ALLOC_ENABLE")}
     out = subprocess.run([sys.executable, "-c", PREPARE.format(before=before)], capture_output=True, text=True,
                          check=True, env={**clean, **env}).stdout
