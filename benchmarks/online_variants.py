@@ -54,6 +54,8 @@ VARIANTS = {
     "batch32": (["--batch-size", "32"], "32 windows per update instead of 16 (same train ratio: half the updates)"),
     "criticlr1e-3": (["--set", "behavior.critic_optim.lr=1e-3"], "critic learning rate 1e-3 instead of 3e-4"),
     "criticlr3e-3": (["--set", "behavior.critic_optim.lr=3e-3"], "critic learning rate 3e-3 instead of 3e-4"),
+    "criticlr1e-3+contprob": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.cont=prob"],
+                              "critic learning rate 1e-3 and imagined steps discounted by the continue probability"),
 }
 
 

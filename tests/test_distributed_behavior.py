@@ -129,11 +129,11 @@ def test_two_ranks_with_half_batches_match_one_rank_with_the_full_batch(world_mo
     percentiles instead of the global batch's move the weights by ~8e-7 and, above all, make the
     ranks' normaliser states differ (~1e-6 on percentiles of ~1e-3): the ranks must agree
     bit for bit, and the normaliser's low/high must match one rank's to 1e-5 relative."""
-    original = OneHotDist.sample
+    original = OneHotDist.sample_with_index
     try:
         single, single_metrics = _train(world_model_run, 0, 1, grad)
     finally:
-        OneHotDist.sample = original
+        OneHotDist.sample_with_index = original
     (rank0, metrics0), (rank1, metrics1) = two_ranks[0][grad], two_ranks[1][grad]
     worst = 0.0
     for key, value in single.items():

@@ -121,9 +121,9 @@ def shared_noise(monkeypatch):
     priors after it, ``step`` draws a prior before each posterior (rssm.py), so one seed cannot
     give both the same samples; with draws independent of their order, the stochastic samples
     of the two paths must agree."""
-    for cls in (dists.OneHotDist, dists.GaussianLatent):
-        sample = cls.sample
-        monkeypatch.setattr(cls, "sample", lambda self, generator=None, _s=sample: _s(
+    for cls, name in ((dists.OneHotDist, "sample_with_index"), (dists.GaussianLatent, "sample")):
+        sample = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, generator=None, _s=sample: _s(
             self, torch.Generator().manual_seed(0)))
 
 

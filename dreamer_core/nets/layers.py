@@ -34,6 +34,7 @@ __all__ = [
     "init_weights",
     "make_act",
     "make_norm",
+    "remember_onehot",
     "zero_init",
 ]
 
@@ -141,20 +142,27 @@ def _onehot_weight_grad(grad: torch.Tensor, flat: torch.Tensor, value: torch.Ten
 
 # The last input's one-hot positions, per thread: the reward and continue heads read the same
 # imagined features, and so do the critic and the slow critic, so each pair finds its groups
-# once. The entry holds its input alive, so a hit (same memory, shape, strides and version
+# once; the RSSM's sampled states leave their known positions here (:func:`remember_onehot`),
+# so no search runs at all. The entry holds its input alive, so a hit (same memory, shape, strides and version
 # counter) is the same data: an in-place write bumps the version and misses.
-_last_indices = threading.local()  # .entry = (key, input kept alive, (flat, value))
+_last_indices = threading.local()  # .entry = (key, input kept alive, (flat, value) or the classes)
+
+
+def _cache_key(x: torch.Tensor, start: int, groups: int, classes: int) -> tuple:
+    return (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, x._version, start, groups, classes)
 
 
 def _onehot_indices(x: torch.Tensor, start: int, groups: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ``W.T`` ``[R, S]`` picked by the one-hot groups in ``x[..., start:start+S*K]``,
     and the picked entries' values ``[R, S]`` (1, or 0 for an all-zero group)."""
     cacheable = not x.is_inference()
-    key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device, x._version, start, groups, classes) \
-        if cacheable else None
+    key = _cache_key(x, start, groups, classes) if cacheable else None
     entry = getattr(_last_indices, "entry", None)
     if cacheable and entry is not None and entry[0] == key:
-        return entry[2]
+        if isinstance(entry[2], torch.Tensor):  # the classes left by remember_onehot
+            flat = entry[2].reshape(-1, groups) + torch.arange(groups, device=x.device) * classes  # [R, S]
+            _last_indices.entry = (key, x, (flat, torch.ones(flat.shape, dtype=x.dtype, device=x.device)))
+        return _last_indices.entry[2]
     x3 = x.detach()[..., start:start + groups * classes].unflatten(-1, (groups, classes))  # [..., S, K]
     index = _onehot_positions(x3)  # [..., S]
     value = x3.gather(-1, index[..., None]).squeeze(-1).reshape(-1, groups)  # [R, S]
@@ -162,6 +170,16 @@ def _onehot_indices(x: torch.Tensor, start: int, groups: int, classes: int) -> t
     if cacheable:
         _last_indices.entry = (key, x, (flat, value))
     return flat, value
+
+
+def remember_onehot(x: torch.Tensor, start: int, index: torch.Tensor, classes: int) -> None:
+    """Tell the gather-sum layers where the ones of ``x``'s one-hot block are, when its maker
+    knows them (the RSSM's sampled states carry their classes): the next
+    :class:`OneHotAwareLinear` that reads ``x`` (or a detached alias of it) with ``onehot =
+    (start, S, classes)`` skips the search. ``index`` ``[..., S]`` holds the class of each group
+    of ``x[..., start:start + S*classes]``, and that entry must be exactly 1 (the others 0)."""
+    if not x.is_inference():  # the rows of W.T are worked out only if a layer asks (_onehot_indices)
+        _last_indices.entry = (_cache_key(x, start, index.shape[-1], classes), x, index)
 
 
 # Elements of the one-hot block searched at a time: the product below and its sum then stay in

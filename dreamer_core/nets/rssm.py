@@ -43,6 +43,7 @@ from dreamer_core.nets.layers import (
     init_weights,
     make_act,
     make_norm,
+    remember_onehot,
     trunc_normal_fan_avg_,
 )
 
@@ -58,6 +59,10 @@ class RSSMState:
         stoch: stochastic state, one-hot ``[..., S, K]`` (categorical) or ``[..., S]`` (Gaussian).
         logits: categorical only: log of the unimixed class probabilities ``[..., S, K]``.
         mean, std: Gaussian only: ``[..., S]``.
+        index: categorical only, when known: the class of each one-hot group of ``stoch``
+            ``[..., S]`` (int64; sampled states carry it). It only spares the gather-sum layers
+            their search for the ones (:func:`layers.remember_onehot`); combining states of
+            which one lacks it gives a state without it.
 
     Dims passed to ``stack``/``cat``/``select``/``flatten`` count batch axes only; negative dims
     count from the last batch axis.
@@ -68,6 +73,7 @@ class RSSMState:
     logits: torch.Tensor | None = None
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -80,7 +86,10 @@ class RSSMState:
     def feat(self) -> torch.Tensor:
         """Model features ``[..., F]``: ``deter`` concatenated with the flattened ``stoch``."""
         stoch = self.stoch.flatten(-2) if self.is_categorical else self.stoch  # [..., S*K]
-        return torch.cat([self.deter, stoch.to(self.deter.dtype)], -1)  # [..., F]
+        feat = torch.cat([self.deter, stoch.to(self.deter.dtype)], -1)  # [..., F]
+        if self.index is not None:
+            remember_onehot(feat, self.deter.shape[-1], self.index, self.stoch.shape[-1])
+        return feat
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> RSSMState:
         """Apply ``fn`` to every tensor field (None fields stay None)."""
@@ -143,7 +152,7 @@ class RSSMState:
         out = {}
         for f in fields(cls):
             a, b = getattr(lhs, f.name), getattr(rhs, f.name)
-            if a is None:
+            if a is None or b is None:
                 out[f.name] = None
                 continue
             mask = cond.reshape(*cond.shape, *([1] * (b.ndim - cond.ndim)))  # [..., 1, (1)]
@@ -158,7 +167,7 @@ def _maybe(
 
 
 def _maybe_many(fn: Callable, xs: list[torch.Tensor | None], dim: int) -> torch.Tensor | None:
-    return None if xs[0] is None else fn(xs, dim)
+    return None if any(x is None for x in xs) else fn(xs, dim)
 
 
 @dataclass(frozen=True)
@@ -289,8 +298,8 @@ class RSSM(nn.Module):
             dist = OneHotDist(
                 stats.unflatten(-1, (self.cfg.stoch, self.cfg.classes)), self.cfg.unimix
             )
-            stoch = dist.sample(generator) if sample else dist.mode  # [..., S, K]
-            return RSSMState(deter, stoch, logits=dist.logits)
+            stoch, index = dist.sample_with_index(generator) if sample else dist.mode_with_index()  # [..., S, K]
+            return RSSMState(deter, stoch, logits=dist.logits, index=index)
         dist = GaussianLatent.from_raw(stats, self.cfg.min_std)
         stoch = dist.sample(generator) if sample else dist.mode  # [..., S]
         return RSSMState(deter, stoch, mean=dist.mean, std=dist.std)
@@ -299,8 +308,13 @@ class RSSM(nn.Module):
         """One GRU step: ``deter [..., D]`` from the previous state and ``action [..., A]``."""
         stoch = prev.stoch.flatten(-2) if prev.is_categorical else prev.stoch  # [..., S*K]
         if self.cfg.gru_blocks == 1:
-            x = self.dyn_in[0](torch.cat([stoch, action], -1))  # [..., hidden]
+            x = torch.cat([stoch, action], -1)  # [..., S*K + A]
+            if prev.index is not None:
+                remember_onehot(x, 0, prev.index, self.cfg.classes)
+            x = self.dyn_in[0](x)  # [..., hidden]
         else:
+            if prev.index is not None:
+                remember_onehot(stoch, 0, prev.index, self.cfg.classes)
             parts = [net(x) for net, x in zip(self.dyn_in, (prev.deter, stoch, action))]
             x = torch.cat(parts, -1)  # [..., 3*hidden]
         return self.cell(x, prev.deter)  # [..., D]

@@ -194,6 +194,27 @@ def test_one_hot_sample_with_generator_is_deterministic_and_works_on_latents():
     assert dist.log_prob(one).shape == (2, 3, 8) and dist.entropy().shape == (2, 3, 8)
 
 
+@pytest.mark.parametrize("search_from", [2, 1000])  # the binary search, the comparison
+def test_one_hot_draw_equals_counting_the_classes_below_the_noise(search_from, monkeypatch):
+    """Either way of drawing (a binary search over the cumulative probabilities, or the plain
+    count ``sum(cdf < u)``) draws exactly the counted class, with zero-probability classes, ties
+    and a probability-1 class; the returned classes are the positions of the sample's ones."""
+    from dreamer_core.nets import distributions
+
+    monkeypatch.setattr(distributions, "_DRAW_SEARCH_CLASSES", search_from)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 1.0, 0.0], [1.0, 0, 0, 0]])
+    probs = torch.cat([probs, torch.softmax(torch.randn(500, 4, generator=torch.Generator().manual_seed(1)), -1)])
+    dist = OneHotDist(probs.log())
+    sample, index = dist.sample_with_index(torch.Generator().manual_seed(5))
+    noise = torch.rand((probs.shape[0], 1), generator=torch.Generator().manual_seed(5))
+    expected = (dist.probs.cumsum(-1) < noise).sum(-1).clamp(max=3)
+    assert torch.equal(index, expected) and torch.equal(sample, F.one_hot(expected, 4).float())
+    assert torch.equal(dist.sample(torch.Generator().manual_seed(5)), sample)
+    mode, mode_index = dist.mode_with_index()
+    assert torch.equal(mode_index, dist.probs.argmax(-1)) and torch.equal(mode, dist.mode)
+    assert (sample[probs == 0] == 0).all()  # a class of probability 0 is never drawn
+
+
 @pytest.mark.parametrize("method", ["sample", "mode"])
 def test_straight_through_gradient_is_the_gradient_of_probs(method):
     logits = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)

@@ -339,6 +339,47 @@ def test_onehot_indices_are_reused_only_for_the_same_unchanged_input(monkeypatch
     assert len(searches) == 3
 
 
+def test_remembered_onehot_classes_replace_the_search(monkeypatch):
+    """Classes left by ``remember_onehot`` (as the RSSM's sampled states leave them) spare the
+    search and give nn.Linear's value and gradients, also through a detached alias; another
+    tensor, or the same one written in place, is searched as before."""
+    from dreamer_core.nets import layers
+
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_rows", 1)
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_classes", 1)
+    searches = []
+    real_search = layers._onehot_positions
+    monkeypatch.setattr(layers, "_onehot_positions", lambda x3: searches.append(1) or real_search(x3))
+    torch.manual_seed(0)
+    layer = layers.OneHotAwareLinear(2 + 12 + 1, 5, True, onehot=(2, 3, 4))
+    plain = torch.nn.Linear(15, 5)
+    plain.load_state_dict(layer.state_dict())
+    index = torch.randint(0, 4, (2, 6, 3))
+    onehot = F.one_hot(index, 4).float().flatten(-2).requires_grad_(True)
+    x = torch.cat([torch.randn(2, 6, 2), onehot, torch.randn(2, 6, 1)], -1)
+    layers.remember_onehot(x, 2, index, 4)
+    out = layer(x.detach())  # a detached alias: the same memory and version
+    assert searches == []
+    x.retain_grad()
+    layers.remember_onehot(x, 2, index, 4)
+    (layer(x) * torch.arange(5.0)).sum().backward()
+    grads = (x.grad.clone(), layer.weight.grad.clone())
+    x.grad = None
+    (plain(x) * torch.arange(5.0)).sum().backward()
+    assert searches == []
+    torch.testing.assert_close(out, plain(x))
+    torch.testing.assert_close(grads[0], x.grad)
+    torch.testing.assert_close(grads[1], plain.weight.grad)
+    layers.remember_onehot(x, 2, index, 4)
+    y = x.detach().clone()
+    layer(y)
+    assert searches == [1]  # another tensor: searched
+    layers.remember_onehot(y, 2, index, 4)
+    y[..., 2:14] = F.one_hot((index + 1) % 4, 4).float().flatten(-2)  # written in place: a new version
+    torch.testing.assert_close(layer(y), plain(y))
+    assert searches == [1, 1]
+
+
 @pytest.mark.parametrize("shape, chunk", [((6, 3, 4), 1 << 20), ((5, 7, 3, 4), 8), ((3, 4), 5), ((2, 9, 32, 32), 1000)])
 def test_onehot_positions_equal_argmax(shape, chunk, monkeypatch):
     """The search by products with 0..K-1, in chunks of any size, finds what argmax finds, on

@@ -100,9 +100,9 @@ def test_observe_equals_a_sampled_obs_step_loop_when_draws_share_their_noise(var
     ``obs_step`` a prior before each posterior, so one seed gives the two paths different samples.
     Given the same noise at every draw, the order cannot matter and the paths agree (categorical
     samples exactly; Gaussian ones up to observe's batched embedding projection)."""
-    for cls in (OneHotDist, GaussianLatent):
-        sample = cls.sample
-        monkeypatch.setattr(cls, "sample", lambda self, generator=None, _s=sample: _s(
+    for cls, name in ((OneHotDist, "sample_with_index"), (GaussianLatent, "sample")):
+        sample = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, generator=None, _s=sample: _s(
             self, torch.Generator().manual_seed(0)))
     rssm = make_rssm(VARIANTS[variant])
     embed, action, is_first = inputs(3, 6, first_at=(0, 3))
@@ -282,6 +282,53 @@ def test_state_helpers():
     )
     assert not post.detach().deter.requires_grad and post.deter.requires_grad
     assert post.map(lambda x: x * 0).deter.abs().sum() == 0
+
+
+@pytest.mark.parametrize("variant", ["categorical", "blocks8"])
+def test_sampled_states_carry_their_classes_and_imagine_the_same_without_them(variant, monkeypatch):
+    """Sampled categorical states (and the learned initial state) carry the class of every group
+    (``index``, the position of the one); combining them with a state that lacks it drops it. The
+    gather-sum layers use those classes instead of searching, with bit-identical results and
+    gradients (compared with the classes withheld)."""
+    from dreamer_core.nets import layers
+    from dreamer_core.nets import rssm as rssm_module
+
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_rows", 1)
+    monkeypatch.setattr(layers.OneHotAwareLinear, "min_classes", 1)
+    cfg = dataclasses.replace(VARIANTS[variant], stoch=3, classes=5)
+    model = make_rssm(cfg)
+    post, prior = model.observe(*inputs(4, 6))
+    for state in (post, prior):
+        assert state.index.dtype == torch.long and torch.equal(state.index, state.stoch.argmax(-1))
+    learned = model.initial(4)  # the mode of the learned initial deter's prior
+    assert torch.equal(learned.index, learned.stoch.argmax(-1))
+    unknown = dataclasses.replace(post[:, 0], index=None)  # e.g. a zero initial state
+    assert RSSMState.stack([unknown, post[:, 1]], 1).index is None
+    assert RSSMState.cat([post[:, :1], unknown[:, None]], 1).index is None
+    assert RSSMState.where(torch.tensor([True, False, True, False]), unknown, post[:, 0]).index is None
+    assert torch.equal(RSSMState.stack([post[:, 0], post[:, 1]], 1).index, post.index[:, :2])
+
+    def rollout():
+        torch.manual_seed(7)
+        net = make_rssm(cfg)
+        start, _ = net.observe(*inputs(4, 3))
+        head = layers.OneHotAwareLinear(cfg.deter + cfg.stoch * cfg.classes, A, True, net.feat_onehot)
+        states, actions = net.imagine(start.flatten(0, 1), lambda s: torch.tanh(head(s.feat())), 4,
+                                      torch.Generator().manual_seed(1))
+        loss = head(states.feat()).square().sum() + actions.sum()
+        loss.backward()
+        return states, [p.grad.clone() for p in (*net.parameters(), *head.parameters()) if p.grad is not None]
+
+    searches = []
+    real_search = layers._onehot_positions
+    monkeypatch.setattr(layers, "_onehot_positions", lambda x3: searches.append(1) or real_search(x3))
+    fast, fast_grads = rollout()
+    assert searches == []
+    monkeypatch.setattr(rssm_module, "remember_onehot", lambda *args: None)
+    slow, slow_grads = rollout()
+    assert searches  # without the classes the layers search
+    assert_states_equal(fast, slow, rtol=0, atol=0)
+    assert len(fast_grads) == len(slow_grads) and all(torch.equal(a, b) for a, b in zip(fast_grads, slow_grads))
 
 
 def test_observe_under_bf16_autocast_keeps_latents_float32():
