@@ -63,9 +63,24 @@ def _draw_search_off() -> Callable[[], None]:
     return undo
 
 
+def _state_classes_off() -> Callable[[], None]:
+    """Sampled states carry no classes at all (``RSSMState.index`` None): neither the
+    bookkeeping (stacking, selecting the classes with the states) nor the layers' use of them."""
+    from dreamer_core.nets import distributions
+
+    kept = distributions.OneHotDist.sample_with_index, distributions.OneHotDist.mode_with_index
+    distributions.OneHotDist.sample_with_index = lambda self, generator=None: (kept[0](self, generator)[0], None)
+    distributions.OneHotDist.mode_with_index = lambda self: (kept[1](self)[0], None)
+
+    def undo() -> None:
+        distributions.OneHotDist.sample_with_index, distributions.OneHotDist.mode_with_index = kept
+    return undo
+
+
 SWITCHES: dict[str, Callable[[], Callable[[], None]]] = {
     "onehot-classes": _onehot_classes_off,
     "draw-search": _draw_search_off,
+    "state-classes": _state_classes_off,
 }
 
 

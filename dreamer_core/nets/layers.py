@@ -178,8 +178,11 @@ def remember_onehot(x: torch.Tensor, start: int, index: torch.Tensor, classes: i
     :class:`OneHotAwareLinear` that reads ``x`` (or a detached alias of it) with ``onehot =
     (start, S, classes)`` skips the search. ``index`` ``[..., S]`` holds the class of each group
     of ``x[..., start:start + S*classes]``, and that entry must be exactly 1 (the others 0)."""
-    if not x.is_inference():  # the rows of W.T are worked out only if a layer asks (_onehot_indices)
-        _last_indices.entry = (_cache_key(x, start, index.shape[-1], classes), x, index)
+    groups = index.shape[-1]
+    if x.is_inference() or classes < OneHotAwareLinear.min_classes or index.numel() // groups < OneHotAwareLinear.min_rows:
+        return  # no layer would take the gather path: keep nothing alive (a few MB, for the tiny size)
+    # The rows of W.T are worked out only if a layer asks (_onehot_indices).
+    _last_indices.entry = (_cache_key(x, start, groups, classes), x, index)
 
 
 # Elements of the one-hot block searched at a time: the product below and its sum then stay in
