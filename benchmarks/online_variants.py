@@ -127,7 +127,8 @@ NOTES = {
         'it is with the defaults: every seed reaches -200 (at 8-12k env steps, 10-12k with the defaults) and '
         'ends at -137 on average (defaults: -130). Three seeds.\n\n'
         "Session 12: `criticlr1e-3+slow0.1`, the setting that gets CartPole to 475 on 4 of 5 seeds, on two "
-        'Pendulum seeds (a third did not fit in the session): both reach -200 at 10k env steps and end at -156 and -132 (the defaults' seeds 0 and 1: -156 and -133).'
+        'Pendulum seeds (a third did not fit in the session): both reach -200 at 10k env steps and end at '
+        "-156 and -132 (the defaults' seeds 0 and 1: -156 and -133)."
     ),
 }
 
