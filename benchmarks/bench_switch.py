@@ -28,52 +28,42 @@ import time
 from collections.abc import Callable
 
 
+def _patch(owner, name: str, value) -> Callable[[], None]:
+    """Set ``owner.name`` to ``value``; the returned function puts the kept one back."""
+    kept = getattr(owner, name)
+    setattr(owner, name, value)
+    return lambda: setattr(owner, name, kept)
+
+
 def _onehot_classes_off() -> Callable[[], None]:
     """Sampled states no longer hand their classes to the gather-sum layers: each layer
     searches its one-hot block (the code before this change)."""
     from dreamer_core.nets import rssm
 
-    kept = rssm.remember_onehot
-    rssm.remember_onehot = lambda *args: None
-
-    def undo() -> None:
-        rssm.remember_onehot = kept
-    return undo
+    return _patch(rssm, "remember_onehot", lambda *args: None)
 
 
 def _draw_search_off() -> Callable[[], None]:
-    """Categorical draws count the classes whose cumulative probability is below the noise
-    (a [..., K] comparison, converted and summed) instead of a binary search."""
-    import torch
-
+    """Categorical draws of any number of classes count the classes whose cumulative
+    probability is below the noise (a [..., K] comparison, converted and summed) instead of a
+    binary search."""
     from dreamer_core.nets import distributions
 
-    kept = distributions.OneHotDist.sample_with_index
-
-    def counted(self, generator=None):
-        probs = self.probs.detach()
-        noise = torch.rand((*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype)
-        index = (probs.cumsum(-1) < noise).sum(-1).clamp(max=probs.shape[-1] - 1)
-        return self._straight_through(distributions._one_hot(index, probs)), index
-
-    distributions.OneHotDist.sample_with_index = counted
-
-    def undo() -> None:
-        distributions.OneHotDist.sample_with_index = kept
-    return undo
+    return _patch(distributions, "_DRAW_SEARCH_CLASSES", 1 << 62)
 
 
 def _state_classes_off() -> Callable[[], None]:
     """Sampled states carry no classes at all (``RSSMState.index`` None): neither the
     bookkeeping (stacking, selecting the classes with the states) nor the layers' use of them."""
-    from dreamer_core.nets import distributions
+    from dreamer_core.nets.distributions import OneHotDist
 
-    kept = distributions.OneHotDist.sample_with_index, distributions.OneHotDist.mode_with_index
-    distributions.OneHotDist.sample_with_index = lambda self, generator=None: (kept[0](self, generator)[0], None)
-    distributions.OneHotDist.mode_with_index = lambda self: (kept[1](self)[0], None)
+    sample, mode = OneHotDist.sample_with_index, OneHotDist.mode_with_index
+    undo_sample = _patch(OneHotDist, "sample_with_index", lambda self, generator=None: (sample(self, generator)[0], None))
+    undo_mode = _patch(OneHotDist, "mode_with_index", lambda self: (mode(self)[0], None))
 
     def undo() -> None:
-        distributions.OneHotDist.sample_with_index, distributions.OneHotDist.mode_with_index = kept
+        undo_mode()
+        undo_sample()
     return undo
 
 

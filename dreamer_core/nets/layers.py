@@ -142,9 +142,9 @@ def _onehot_weight_grad(grad: torch.Tensor, flat: torch.Tensor, value: torch.Ten
 
 # The last input's one-hot positions, per thread: the reward and continue heads read the same
 # imagined features, and so do the critic and the slow critic, so each pair finds its groups
-# once; the RSSM's sampled states leave their known positions here (:func:`remember_onehot`),
-# so no search runs at all. The entry holds its input alive, so a hit (same memory, shape, strides and version
-# counter) is the same data: an in-place write bumps the version and misses.
+# once; the RSSM's sampled states leave their known classes here (:func:`remember_onehot`), so
+# no search runs at all. The entry holds its input alive, so a hit (same memory, shape, strides
+# and version counter) is the same data: an in-place write bumps the version and misses.
 _last_indices = threading.local()  # .entry = (key, input kept alive, (flat, value) or the classes)
 
 
@@ -158,14 +158,16 @@ def _onehot_indices(x: torch.Tensor, start: int, groups: int, classes: int) -> t
     cacheable = not x.is_inference()
     key = _cache_key(x, start, groups, classes) if cacheable else None
     entry = getattr(_last_indices, "entry", None)
-    if cacheable and entry is not None and entry[0] == key:
-        if isinstance(entry[2], torch.Tensor):  # the classes left by remember_onehot
-            flat = entry[2].reshape(-1, groups) + torch.arange(groups, device=x.device) * classes  # [R, S]
-            _last_indices.entry = (key, x, (flat, torch.ones(flat.shape, dtype=x.dtype, device=x.device)))
-        return _last_indices.entry[2]
-    x3 = x.detach()[..., start:start + groups * classes].unflatten(-1, (groups, classes))  # [..., S, K]
-    index = _onehot_positions(x3)  # [..., S]
-    value = x3.gather(-1, index[..., None]).squeeze(-1).reshape(-1, groups)  # [R, S]
+    hit = cacheable and entry is not None and entry[0] == key
+    if hit and not isinstance(entry[2], torch.Tensor):
+        return entry[2]
+    if hit:  # the classes left by remember_onehot: every group holds a 1
+        index = entry[2]  # [..., S]
+        value = torch.ones(index.numel() // groups, groups, dtype=x.dtype, device=x.device)  # [R, S]
+    else:
+        x3 = x.detach()[..., start:start + groups * classes].unflatten(-1, (groups, classes))  # [..., S, K]
+        index = _onehot_positions(x3)  # [..., S]
+        value = x3.gather(-1, index[..., None]).squeeze(-1).reshape(-1, groups)  # [R, S]
     flat = (index + torch.arange(groups, device=x.device) * classes).reshape(-1, groups)  # [R, S]
     if cacheable:
         _last_indices.entry = (key, x, (flat, value))
@@ -179,7 +181,8 @@ def remember_onehot(x: torch.Tensor, start: int, index: torch.Tensor, classes: i
     (start, S, classes)`` skips the search. ``index`` ``[..., S]`` holds the class of each group
     of ``x[..., start:start + S*classes]``, and that entry must be exactly 1 (the others 0)."""
     groups = index.shape[-1]
-    if x.is_inference() or classes < OneHotAwareLinear.min_classes or index.numel() // groups < OneHotAwareLinear.min_rows:
+    rows = index.numel() // groups
+    if x.is_inference() or classes < OneHotAwareLinear.min_classes or rows < OneHotAwareLinear.min_rows:
         return  # no layer would take the gather path: keep nothing alive (a few MB, for the tiny size)
     # The rows of W.T are worked out only if a layer asks (_onehot_indices).
     _last_indices.entry = (_cache_key(x, start, groups, classes), x, index)
