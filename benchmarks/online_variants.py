@@ -9,6 +9,10 @@ run of benchmarks/online_learning.py (benchmarks/_work/online/<task>-s<seed>), s
 trained once for both scripts. A finished run is not trained again; a stopped one is continued
 with ``--resume``. Runs go one after another (start several invocations to fill the cores).
 
+Each finished run's evaluation curve is also kept in benchmarks/online_variants_runs.json (in the
+repository, unlike benchmarks/_work), so a fresh checkout still summarizes the runs made before it;
+a run directory present on disk is read first.
+
 Reported per variant, over the seeds that finished: how many reached the task's target with the
 greedy evaluation (and the first env step), the mean final evaluation, and the mean over all
 evaluations of a run (the area under the curve, which a single lucky evaluation moves little).
@@ -19,6 +23,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +41,7 @@ from results import update_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "variants"
+RECORDS = HERE / "online_variants_runs.json"  # "task/variant/s<seed>": {"steps", "return", "source"}
 
 # task: (env flags, target of the greedy evaluation, env steps)
 TASKS = {
@@ -58,6 +64,10 @@ VARIANTS = {
                               "critic learning rate 1e-3 and imagined steps discounted by the continue probability"),
     "criticlr1e-3+slow0.1": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.critic.slow_rate=0.1"],
                              "critic learning rate 1e-3 and the slow critic's EMA at 0.1 per update instead of 0.02"),
+    "criticlr1e-3+slow0.3": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.critic.slow_rate=0.3"],
+                             "critic learning rate 1e-3 and the slow critic's EMA at 0.3 per update instead of 0.02"),
+    "slow0.1": (["--set", "behavior.critic.slow_rate=0.1"],
+                "the slow critic's EMA at 0.1 per update instead of 0.02 (critic learning rate as the defaults)"),
 }
 
 
@@ -83,6 +93,32 @@ def train(task: str, variant: str, seed: int, threads: int) -> None:
     cmd = command(task, variant, seed, threads)
     print(" ".join(cmd).replace(str(HERE.parent) + "/", ""), flush=True)
     subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True)
+
+
+def load_records() -> dict[str, dict]:
+    return json.loads(RECORDS.read_text()) if RECORDS.exists() else {}
+
+
+def save_records(records: dict[str, dict]) -> None:
+    """One run per line, sorted, so that a new run is a one-line change."""
+    lines = [f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)]
+    tmp = RECORDS.with_suffix(".tmp")
+    tmp.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    tmp.replace(RECORDS)
+
+
+def evaluations(task: str, variant: str, seed: int, records: dict[str, dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(env steps, greedy eval return) of a finished run up to the task's budget: read from its
+    directory when it is on disk (and recorded), else from the records; None if neither has it."""
+    steps, key = TASKS[task][2], f"{task}/{variant}/s{seed}"
+    run = run_dir(task, variant, seed)
+    if finished(run, steps):
+        x, y, _, _ = curve(run)
+        keep = x <= steps
+        records[key] = {"steps": x[keep].tolist(), "return": y[keep].tolist(), "source": "run"}
+    if key not in records:
+        return None
+    return np.array(records[key]["steps"]), np.array(records[key]["return"], dtype=float)
 
 
 # What the table cannot say, per task; written under it by --summarize.
@@ -136,16 +172,14 @@ NOTES = {
 def summarize(task: str, variants: list[str], seeds: list[int], write: bool) -> None:
     _, target, steps = TASKS[task]
     fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.5), sharey=True, squeeze=False)
-    rows, curves = [], []
+    rows, curves, records = [], [], load_records()
     for ax, variant in zip(axes[0], variants):
         finals, areas, hits, done = [], [], [], []
         for seed in seeds:
-            run = run_dir(task, variant, seed)
-            if not finished(run, steps):
+            found = evaluations(task, variant, seed, records)
+            if found is None:
                 continue
-            x, y, _, _ = curve(run)
-            keep = x <= steps
-            x, y = x[keep], y[keep]
+            x, y = found
             done.append(seed)
             finals.append(y[-1])
             areas.append(y.mean())
@@ -165,6 +199,12 @@ def summarize(task: str, variants: list[str], seeds: list[int], write: bool) -> 
         rows.append(f"| {variant} | {VARIANTS[variant][1]} | {' '.join(map(str, done))} | {len(reached)} of {len(done)} "
                     f"({first}) | {np.mean(finals):.1f} ({', '.join(f'{v:.0f}' for v in finals)}) | "
                     f"{np.mean(areas):.1f} |")
+    save_records(records)
+    old = sum(records[f"{task}/{v}/s{s}"]["source"] != "run" for v in variants for s in seeds
+              if f"{task}/{v}/s{s}" in records)
+    read_back = (f"{old} of these runs were made before their directories were kept (before session 13): their "
+                 f"curves are read back from the whole numbers RESULTS.md printed, so a mean here can differ "
+                 f"from an earlier table's in the first decimal.\n\n" if old else "")
     axes[0][0].set_ylabel("greedy eval return")
     fig.suptitle(f"dreamer train variants: {task}", fontsize=10)
     fig.tight_layout()
@@ -186,7 +226,7 @@ is the mean over all evaluations of a run (the area under the curve), then over 
 
 | variant | what it changes | seeds | reached target (first at) | final eval: mean (per seed) | mean eval |
 |---|---|---|---|---|---|
-""" + "\n".join(rows) + "\n\n" + "\n".join(curves) + (f"\n\n{NOTES[task].strip()}" if task in NOTES else "")
+""" + "\n".join(rows) + "\n\n" + read_back + "\n".join(curves) + (f"\n\n{NOTES[task].strip()}" if task in NOTES else "")
     print(body)
     if write:
         update_section(f"online-variants-{task}", body)
