@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_LEFT_KEY = "dreamer_core/left/"  # + rank: set in the launch's store once that rank has left the group
 
 
 @dataclass(frozen=True)
@@ -168,15 +169,26 @@ class Context:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group when ``init`` joined it. On a normal end the ranks leave
-        together (a barrier first): a gloo rank that tore its group down while a peer was still
-        finishing was seen to abort ("terminate called without an active exception") after a
-        successful run. Called while an exception propagates, it leaves at once (torchrun then
-        stops the other ranks)."""
-        if self.owned and dist.is_initialized():
-            if sys.exc_info()[0] is None:
-                dist.barrier()
+        """Leave the process group when ``init`` joined it.
+
+        On a normal end the ranks pass a barrier, then leave one at a time, the highest rank
+        first: each waits (in the launch's key-value store, not over the group's sockets) until
+        the rank above it has torn its group down. A gloo rank has been seen to abort ("terminate
+        called without an active exception") after a successful 2-rank run, twice in CI, even
+        with the barrier before a simultaneous teardown; one at a time, no rank's sockets close
+        while a peer is still tearing its own down. Called while an exception propagates, it
+        leaves at once (torchrun then stops the other ranks)."""
+        if not (self.owned and dist.is_initialized()):
+            return
+        if sys.exc_info()[0] is not None:
             dist.destroy_process_group()
+            return
+        store = dist.distributed_c10d._get_default_store()  # outlives the group: torchrun's store
+        dist.barrier()
+        if self.rank < self.world_size - 1:
+            store.wait([f"{_LEFT_KEY}{self.rank + 1}"])
+        dist.destroy_process_group()
+        store.set(f"{_LEFT_KEY}{self.rank}", "1")
 
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")

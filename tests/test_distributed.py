@@ -131,7 +131,7 @@ def _initial(data: Path) -> dict[str, torch.Tensor]:
 
 
 def _torchrun(*args: object, port: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort prints where it happened
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), "-m", "dreamer_core", "train-world-model", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

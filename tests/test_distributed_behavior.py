@@ -163,7 +163,7 @@ def test_two_ranks_with_half_batches_match_one_rank_with_the_full_batch(world_mo
 def _torchrun(*args: object, port: int) -> subprocess.CompletedProcess:
     """``torchrun ... -m dreamer_core -- train-behavior ARGS``: without the ``--`` torchrun's own
     parser takes ``--run`` for an abbreviation of its ``--run-path`` and stops ("ambiguous option")."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort prints where it happened
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), "-m", "dreamer_core", "--", "train-behavior", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -42,7 +42,7 @@ FOREIGN_STEPS = 60  # the shard another process writes during the first run (3 e
 
 
 def _torchrun(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort prints where it happened
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "dreamer_core", "train", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
