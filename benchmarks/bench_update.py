@@ -313,7 +313,7 @@ def main() -> None:
     parser.add_argument("--breakdown", default=None, help="size whose vector update is split into parts")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default=None,
-                        help="text written under the table (kept in benchmarks/_work/bench_update/NOTE.md for later "
+                        help="text written under the table (kept in benchmarks/records/NOTE-update-speed.md for later "
                              "runs; '' removes it)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the update runs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -388,11 +388,11 @@ def main() -> None:
     write(saved, args.note, args.no_write)
 
 
-# What a run keeps (benchmarks/_work/bench_update/last.json) so that --summarize can write its
+# What a run keeps (benchmarks/records/update-speed-last.json) so that --summarize can write its
 # section again, e.g. with a new --note.
 SAVED_ARGS = ("sizes", "obs", "repeats", "rounds", "threads", "peer", "peer_sizes", "breakdown", "device")
-LAST = HERE / "_work" / "bench_update" / "last.json"
-NOTE = HERE / "_work" / "bench_update" / "NOTE.md"
+LAST = HERE / "records" / "update-speed-last.json"
+NOTE = HERE / "records" / "NOTE-update-speed.md"
 
 
 def write(saved: dict, note: str | None, no_write: bool = False) -> None:

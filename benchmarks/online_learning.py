@@ -17,6 +17,7 @@ Run tasks side by side on a 2-core machine with --threads 1 (the default here).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -29,13 +30,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import kept_note, update_section  # noqa: E402
+from results import RECORDS, kept_note, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "online"
+RUNS = RECORDS / "online_learning_runs.json"  # "task/s<seed>": the curve and counters of a run (see `recorded`)
 TASKS = {
     # task: (env flags (the only per-task change: observation kind), target return, what the issue asks)
     "cartpole": (["--env", "CartPole-v1"], 475.0, "greedy eval return >= 475 within 20k env steps on 5 of 5 seeds"),
@@ -103,16 +105,32 @@ def curve(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             np.array([r["eval/return_std"] for r in rows]), np.array([r["eval/wall_seconds"] for r in rows]))
 
 
+def recorded(task: str, seed: int, records: dict[str, dict]) -> dict | None:
+    """A run's evaluations (steps, return, std, wall seconds) and counters: read from its
+    directory when that is on disk (and kept in ``records``, which is in the repository, unlike
+    benchmarks/_work), else the kept ones; None if neither has any evaluation."""
+    key, run = f"{task}/s{seed}", WORK / f"{task}-s{seed}"
+    x, y, std, wall = curve(run)
+    if len(x):
+        blob = counters(run)
+        records[key] = {"steps": x.tolist(), "return": y.tolist(), "std": std.tolist(), "wall": wall.tolist(),
+                        **{k: blob[k] for k in ("env_steps", "updates", "resumes", "clock")}}
+    return records.get(key)
+
+
 def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[str]], note: str = "") -> None:
     target, asked = TASKS[task][1], TASKS[task][2]
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows, reached = [], 0
+    rows, reached, curves = [], 0, []
+    records = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    missing = [seed for seed in seeds if recorded(task, seed, records) is None]
+    if missing:  # writing now would drop their rows from RESULTS.md
+        sys.exit(f"seeds {missing} of {task} have neither a run directory under {WORK} with an evaluation nor a "
+                 f"record in {RUNS}: train them (without --summarize) or leave them out of --seeds. RESULTS.md "
+                 "is unchanged.")
     for seed in seeds:
-        run = WORK / f"{task}-s{seed}"
-        x, y, std, wall = curve(run)
-        if not len(x):
-            continue
-        blob = counters(run)
+        blob = records[f"{task}/s{seed}"]
+        x, y, std, wall = (np.array(blob[k], dtype=float) for k in ("steps", "return", "std", "wall"))
         line, = ax.plot(x, y, marker="o", markersize=3, label=f"seed {seed}" + (" (killed, resumed)" if blob["resumes"] else ""))
         ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.12)
         hit = np.nonzero((y >= target) & (x <= steps))[0]
@@ -126,6 +144,9 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
             f"{int(blob['updates'])} | {total / 60:.1f} | {blob['resumes']} | {share} |"
         )
         print(f"seed {seed}: " + ", ".join(f"{int(a)}: {b:.1f}" for a, b in zip(x, y)))
+        curves.append(f"- seed {seed}: " + ", ".join(f"{int(a)}: {b:.0f}" for a, b in zip(x, y)))
+    RUNS.parent.mkdir(parents=True, exist_ok=True)
+    RUNS.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)) + "\n}\n")
     ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("greedy eval return (10 episodes)")
@@ -136,10 +157,6 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
     png = HERE / f"online_{task}.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    curves = []
-    for seed in seeds:
-        x, y, _, wall = curve(WORK / f"{task}-s{seed}")
-        curves.append(f"- seed {seed}: " + ", ".join(f"{int(a)}: {b:.0f}" for a, b in zip(x, y)))
     root = str(HERE.parent) + "/"
     cmds = "\n".join(f"    {c}".replace(root, "") for seed in seeds
                      for c in commands.get(seed, [" ".join(command(task, seed, steps, 1))]))
@@ -177,7 +194,7 @@ def main() -> None:
     if not args.summarize:
         for seed in args.seeds:
             commands[seed] = train(args.task, seed, args.steps, args.threads, args.kill_at)
-    summarize(args.task, args.seeds, args.steps, commands, kept_note(WORK / f"NOTE-{args.task}.md", args.note))
+    summarize(args.task, args.seeds, args.steps, commands, kept_note(RECORDS / f"NOTE-online-{args.task}.md", args.note))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ run of benchmarks/online_learning.py (benchmarks/_work/online/<task>-s<seed>), s
 trained once for both scripts. A finished run is not trained again; a stopped one is continued
 with ``--resume``. Runs go one after another (start several invocations to fill the cores).
 
-Each finished run's evaluation curve is also kept in benchmarks/online_variants_runs.json (in the
+Each finished run's evaluation curve is also kept in benchmarks/records/online_variants_runs.json (in the
 repository, unlike benchmarks/_work), so a fresh checkout still summarizes the runs made before it;
 a run directory present on disk is read first.
 
@@ -37,11 +37,12 @@ import numpy as np  # noqa: E402
 from online_learning import TASKS as ONLINE_TASKS  # noqa: E402
 from online_learning import WORK as ONLINE_WORK  # noqa: E402
 from online_learning import curve, finished  # noqa: E402
+from results import RECORDS as RECORDS_DIR  # noqa: E402
 from results import update_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "variants"
-RECORDS = HERE / "online_variants_runs.json"  # "task/variant/s<seed>": {"steps", "return", "source"}
+RECORDS = RECORDS_DIR / "online_variants_runs.json"  # "task/variant/s<seed>": {"steps", "return", "source"}
 
 # task: (env flags, target of the greedy evaluation, env steps)
 TASKS = {

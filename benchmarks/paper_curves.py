@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import kept_note, run_parallel, update_section  # noqa: E402
+from results import RECORDS, kept_note, run_parallel, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -207,7 +207,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     jobs = [(task, seed) for seed in args.seeds for task in args.tasks]
     started = [] if args.summarize else train(jobs, args)
-    summarize(args.tasks, args.seeds, args.steps, started, kept_note(WORK / "NOTE.md", args.note))
+    summarize(args.tasks, args.seeds, args.steps, started, kept_note(RECORDS / "NOTE-paper-curves.md", args.note))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# What a later call needs to write a section again, kept in the repository (benchmarks/_work, where
+# the runs train, is not: a fresh checkout has none of it): the notes written under sections, the
+# curves of finished runs, the last speed run.
+RECORDS = Path(__file__).resolve().parent / "records"
 HEADER = "# Benchmark results\n\nFigures measured on the project machine (2 CPU cores, no GPU); each section names its command.\n"
 
 
