@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from dreamer_core.logging import read_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "paper"
+RUNS = RECORDS / "paper_curves_runs.json"  # "task/s<seed>": what the table and plot read from a run (`recorded`)
 REFERENCE = [HERE / "reference" / "dmc_proprio_dreamerv3.csv",
              HERE.parent.parent / "shared" / "reference" / "dmc_proprio_dreamerv3.csv"]
 BIN = 10_000  # the published x-axis spacing
@@ -115,8 +117,39 @@ def minutes(run: Path) -> float:
     return sum(checkpoint.load(path, checkpoint.TrainState).counters["clock"].values()) / 60
 
 
+def recorded(task: str, seed: int, records: dict[str, dict]) -> dict | None:
+    """What the summary reads from a run (training-episode bins, greedy evals, loop minutes, env
+    steps): from its directory when that is on disk (and kept in ``records``, which is in the
+    repository, unlike benchmarks/_work), else the kept ones; None if neither has the run."""
+    key, run = f"{task}/s{seed}", run_dir(task, seed)
+    if env_steps(task, seed):
+        records[key] = {"train_bins": binned_train_returns(run, 10**12), "evals": evals(run, 10**12),
+                        "minutes": minutes(run), "env_steps": env_steps(task, seed)}
+    if key not in records:
+        return None
+    blob = records[key]
+    return {**blob, "train_bins": {int(k): v for k, v in blob["train_bins"].items()},
+            "evals": {int(k): v for k, v in blob["evals"].items()}}
+
+
 def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str], note: str) -> None:
     ref = reference()
+    records = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    runs_kept = {(t, s): recorded(t, s, records) for t in tasks for s in seeds}
+    RUNS.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)) + "\n}\n")
+
+    def bins(task: str, seed: int, upto: int) -> dict[int, float]:
+        blob = runs_kept[task, seed]
+        return {k: v for k, v in blob["train_bins"].items() if k <= upto} if blob else {}
+
+    def evals_upto(task: str, seed: int, upto: int) -> dict[int, float]:
+        blob = runs_kept[task, seed]
+        return {k: v for k, v in blob["evals"].items() if k <= upto} if blob else {}
+
+    def reached(task: str, seed: int) -> int:
+        blob = runs_kept[task, seed]
+        return blob["env_steps"] if blob else 0
+
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     table = []
     for ax, task in zip(axes[0], tasks):
@@ -126,11 +159,11 @@ def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str]
             ax.fill_between(xs, [published[k][1] for k in xs], [published[k][2] for k in xs], color="gray",
                             alpha=0.25, label="published DreamerV3 (min-max, 5 seeds)")
             ax.plot(xs, [published[k][0] for k in xs], color="black", label="published mean")
-        per_seed = {s: binned_train_returns(run_dir(task, s), steps) for s in seeds}
+        per_seed = {s: bins(task, s, steps) for s in seeds}
         per_seed = {s: v for s, v in per_seed.items() if v}
         for s, curve in per_seed.items():
             ax.plot(list(curve), list(curve.values()), color="C0", alpha=0.35, linewidth=1)
-            ev = evals(run_dir(task, s), steps)
+            ev = evals_upto(task, s, steps)
             if ev:
                 ax.plot(list(ev), list(ev.values()), color="C1", alpha=0.5, linewidth=1, linestyle="--")
         marks = sorted({k for curve in per_seed.values() for k in curve})
@@ -146,9 +179,9 @@ def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str]
         for mark in (50_000, 100_000):
             if mark > steps or mark not in published:
                 continue
-            done = [s for s in per_seed if env_steps(task, s) >= mark]
+            done = [s for s in per_seed if reached(task, s) >= mark]
             ours = [per_seed[s].get(mark, float("nan")) for s in done]
-            ev = [evals(run_dir(task, s), mark) for s in done]
+            ev = [evals_upto(task, s, mark) for s in done]
             last_ev = [e[max(e)] for e in ev if e]
             table.append(
                 f"| {task} | {mark // 1000}k | {published[mark][0]:.1f} [{published[mark][1]:.0f}, "
@@ -157,7 +190,7 @@ def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str]
                 + f" | {len(done)} | "
                 + (f"{np.mean(last_ev):.1f}" if last_ev else "-")
                 + f" | {'yes' if ours and np.mean(ours) >= published[mark][0] else 'no'} | "
-                + ", ".join(f"{minutes(run_dir(task, s)):.0f}" for s in done) + " |")
+                + ", ".join(f"{runs_kept[task, s]['minutes']:.0f}" for s in done) + " |")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     png = HERE / "paper_curves.png"
@@ -165,7 +198,7 @@ def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str]
     plt.close(fig)
     root = str(HERE.parent) + "/"
     cmds = "\n".join(f"    {c}".replace(root, "") for c in started) or "    (no run started by the last call)"
-    progress = ", ".join(f"{t} s{s}: {env_steps(t, s)}" for t in tasks for s in seeds)
+    progress = ", ".join(f"{t} s{s}: {reached(t, s)}" for t in tasks for s in seeds)
     body = f"""## Beside the published DreamerV3 curves: DMC proprio (`benchmarks/paper_curves.py`)
 
 `python benchmarks/paper_curves.py --tasks {' '.join(tasks)} --seeds {' '.join(map(str, seeds))} --steps {steps}`

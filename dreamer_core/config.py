@@ -40,7 +40,7 @@ dreamerv3-2025     2025 code: RMSNorm everywhere, block GRU (8 blocks), 2 prior 
 dreamerv2          KL balancing 0.8, MSE heads, ELU, no norm, deter 600; Adam 3e-4
 dreamerv1          Gaussian latents, KL free nats 3, MSE heads, dynamics backprop
 laprop             only the 2025 world-model optimizer (and dyn 1.0)
-paper-lr           the DreamerV3 paper's learning rates (``dreamer train`` raises them 10x)
+paper-lr           the DreamerV3 paper's learning rates (``dreamer train`` raises them 10x, the critic's 33x)
 =================  ========================================================================
 
 Sizes. 2023 (the DreamerV3 paper's table; CNN channel multipliers 1, 2, 4, 8):
@@ -200,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "behavior.critic_optim.lr": 8e-5,
     },
     "laprop": _LAPROP | {"model.scales.dyn": 1.0},
-    # The DreamerV3 paper's learning rates (`dreamer train` raises them 10x by default; see stages/online.py).
+    # The DreamerV3 paper's learning rates (`dreamer train` raises them 10x, the critic's 33x, by default; see stages/online.py).
     "paper-lr": {"optim.lr": 1e-4, "behavior.actor_optim.lr": 3e-5, "behavior.critic_optim.lr": 3e-5},
     # Sizes (tables in the module docstring), plus `tiny` for tests and smoke runs.
     "tiny": _size_2023(deter=64, units=64, layers=1, depth=8, stoch=8, classes=8) | {"batch_size": 4, "seq_len": 16},
