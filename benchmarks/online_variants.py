@@ -49,26 +49,34 @@ TASKS = {
     "cartpole": (ONLINE_TASKS["cartpole"][0], 475.0, 20_000),
     "pendulum": (ONLINE_TASKS["pendulum"][0], -200.0, 20_000),
 }
+# The critic's settings of the defaults before session 13 (learning rate 3e-4, slow critic's EMA
+# 0.02 per update). The variants measured then changed those defaults, so their flags pin them: a
+# run of such a variant today repeats the recorded one (the updates are deterministic on CPU).
+LR, EMA = "behavior.critic_optim.lr", "behavior.critic.slow_rate"
+BEFORE = ["--set", f"{LR}=3e-4", "--set", f"{EMA}=0.02"]
 # variant: (flags added to the default command, what it changes)
 VARIANTS = {
-    "default": ([], "the defaults of `dreamer train`"),
-    "queue": (["--set", "online_queue=true"], "the 2025 code's online queue (each new chunk replayed once soon)"),
-    "ratio128": (["--train-ratio", "128"], "train ratio 128 instead of 64 (twice the updates per env step)"),
-    "reinforce": (["--set", "behavior.actor.grad=reinforce"], "REINFORCE for Box actions too (the 2025 code)"),
-    "actorlr1e-4": (["--set", "behavior.actor_optim.lr=1e-4"], "actor learning rate 1e-4 instead of 3e-4"),
-    "contprob": (["--set", "behavior.cont=prob"], "imagined steps discounted by the continue probability (2025)"),
-    "norepval": (["--set", "behavior.critic.replay_scale=0"], "no replay value loss (the 2023 code had none)"),
-    "batch32": (["--batch-size", "32"], "32 windows per update instead of 16 (same train ratio: half the updates)"),
-    "criticlr1e-3": (["--set", "behavior.critic_optim.lr=1e-3"], "critic learning rate 1e-3 instead of 3e-4"),
-    "criticlr3e-3": (["--set", "behavior.critic_optim.lr=3e-3"], "critic learning rate 3e-3 instead of 3e-4"),
-    "criticlr1e-3+contprob": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.cont=prob"],
-                              "critic learning rate 1e-3 and imagined steps discounted by the continue probability"),
-    "criticlr1e-3+slow0.1": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.critic.slow_rate=0.1"],
-                             "critic learning rate 1e-3 and the slow critic's EMA at 0.1 per update instead of 0.02"),
-    "criticlr1e-3+slow0.3": (["--set", "behavior.critic_optim.lr=1e-3", "--set", "behavior.critic.slow_rate=0.3"],
-                             "critic learning rate 1e-3 and the slow critic's EMA at 0.3 per update instead of 0.02"),
-    "slow0.1": (["--set", "behavior.critic.slow_rate=0.1"],
-                "the slow critic's EMA at 0.1 per update instead of 0.02 (critic learning rate as the defaults)"),
+    "default": ([], "the defaults of `dreamer train` (since session 13: critic learning rate 1e-3, slow critic's EMA 0.1)"),
+    "before": (BEFORE, "the defaults before session 13: critic learning rate 3e-4, slow critic's EMA 0.02"),
+    "queue": ([*BEFORE, "--set", "online_queue=true"],
+              "before + the 2025 code's online queue (each new chunk replayed once soon)"),
+    "ratio128": ([*BEFORE, "--train-ratio", "128"], "before + train ratio 128 instead of 64 (twice the updates per env step)"),
+    "reinforce": ([*BEFORE, "--set", "behavior.actor.grad=reinforce"], "before + REINFORCE for Box actions too (the 2025 code)"),
+    "actorlr1e-4": ([*BEFORE, "--set", "behavior.actor_optim.lr=1e-4"], "before + actor learning rate 1e-4 instead of 3e-4"),
+    "contprob": ([*BEFORE, "--set", "behavior.cont=prob"],
+                 "before + imagined steps discounted by the continue probability (2025)"),
+    "norepval": ([*BEFORE, "--set", "behavior.critic.replay_scale=0"], "before + no replay value loss (the 2023 code had none)"),
+    "batch32": ([*BEFORE, "--batch-size", "32"],
+                "before + 32 windows per update instead of 16 (same train ratio: half the updates)"),
+    "criticlr1e-3": (["--set", f"{LR}=1e-3", "--set", f"{EMA}=0.02"], "critic learning rate 1e-3, slow critic's EMA 0.02"),
+    "criticlr3e-3": (["--set", f"{LR}=3e-3", "--set", f"{EMA}=0.02"], "critic learning rate 3e-3, slow critic's EMA 0.02"),
+    "criticlr1e-3+contprob": (["--set", f"{LR}=1e-3", "--set", f"{EMA}=0.02", "--set", "behavior.cont=prob"],
+                              "critic learning rate 1e-3, slow critic's EMA 0.02, imagined steps discounted by the "
+                              "continue probability"),
+    "criticlr1e-3+slow0.1": (["--set", f"{LR}=1e-3", "--set", f"{EMA}=0.1"],
+                             "critic learning rate 1e-3, slow critic's EMA 0.1 (the defaults since session 13)"),
+    "criticlr1e-3+slow0.3": (["--set", f"{LR}=1e-3", "--set", f"{EMA}=0.3"], "critic learning rate 1e-3, slow critic's EMA 0.3"),
+    "criticlr3e-4+slow0.1": (["--set", f"{LR}=3e-4", "--set", f"{EMA}=0.1"], "critic learning rate 3e-4, slow critic's EMA 0.1"),
 }
 
 
