@@ -165,7 +165,13 @@ NOTES = {
         '20k), the most of any setting; seed 0 peaks at 434 (10-14k) and ends at 235. Final mean 433.5. This '
         'supports the reading above that the slow critic holds the critic back, but the curves still fall '
         'back (seed 1: 500 at 10k, 306 at 14k), and the setting is unmeasured on Pendulum and DMC: not '
-        'adopted yet.'
+        'adopted yet.\n\n'
+        "Session 13: `criticlr1e-3+slow0.1` is now the default (the `default` row: benchmarks/online_learning.py's "
+        "runs with the new defaults, which repeat the session-12 runs of that setting evaluation for evaluation; "
+        'the updates are deterministic on CPU). The former defaults are the `before` row, and every variant '
+        "measured against them now pins their critic settings in its flags, so that a re-run repeats it. The "
+        'run directories of sessions 9-12 were lost with the old checkout: those curves are read back from '
+        'the RESULTS.md of commit f20ca70 and kept in benchmarks/records/online_variants_runs.json.'
     ),
     "pendulum": (
         'Session 11: the critic learning rate of 3e-3 that lifts CartPole to 3 of 5 seeds leaves Pendulum as '
@@ -173,7 +179,11 @@ NOTES = {
         'ends at -137 on average (defaults: -130). Three seeds.\n\n'
         "Session 12: `criticlr1e-3+slow0.1`, the setting that gets CartPole to 475 on 4 of 5 seeds, on two "
         'Pendulum seeds (a third did not fit in the session): both reach -200 at 10k env steps and end at '
-        "-156 and -132 (the defaults' seeds 0 and 1: -156 and -133)."
+        "-156 and -132 (the defaults' seeds 0 and 1: -156 and -133).\n\n"
+        "Session 13: `criticlr1e-3+slow0.1` is now the default (the `default` row: benchmarks/online_learning.py's "
+        "runs with the new defaults; its seeds 0 and 2 repeat this setting's runs exactly). The former defaults "
+        'are the `before` row. Seed 2 of the variant itself ran again here, its curve identical to the '
+        "new defaults' seed 2."
     ),
 }
 
