@@ -17,7 +17,6 @@ Run tasks side by side on a 2-core machine with --threads 1 (the default here).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import RECORDS, kept_note, update_section  # noqa: E402
+from results import RECORDS, kept_note, load_records, save_records, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -122,7 +121,7 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
     target, asked = TASKS[task][1], TASKS[task][2]
     fig, ax = plt.subplots(figsize=(7, 4))
     rows, reached, curves = [], 0, []
-    records = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    records = load_records(RUNS)
     missing = [seed for seed in seeds if recorded(task, seed, records) is None]
     if missing:  # writing now would drop their rows from RESULTS.md
         sys.exit(f"seeds {missing} of {task} have neither a run directory under {WORK} with an evaluation nor a "
@@ -145,8 +144,7 @@ def summarize(task: str, seeds: list[int], steps: int, commands: dict[int, list[
         )
         print(f"seed {seed}: " + ", ".join(f"{int(a)}: {b:.1f}" for a, b in zip(x, y)))
         curves.append(f"- seed {seed}: " + ", ".join(f"{int(a)}: {b:.0f}" for a, b in zip(x, y)))
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    RUNS.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)) + "\n}\n")
+    save_records(RUNS, records)
     ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("greedy eval return (10 episodes)")

@@ -23,7 +23,6 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from online_learning import TASKS as ONLINE_TASKS  # noqa: E402
 from online_learning import WORK as ONLINE_WORK  # noqa: E402
 from online_learning import curve, finished  # noqa: E402
 from results import RECORDS as RECORDS_DIR  # noqa: E402
-from results import update_section  # noqa: E402
+from results import load_records, save_records, update_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "variants"
@@ -102,18 +101,6 @@ def train(task: str, variant: str, seed: int, threads: int) -> None:
     cmd = command(task, variant, seed, threads)
     print(" ".join(cmd).replace(str(HERE.parent) + "/", ""), flush=True)
     subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True)
-
-
-def load_records() -> dict[str, dict]:
-    return json.loads(RECORDS.read_text()) if RECORDS.exists() else {}
-
-
-def save_records(records: dict[str, dict]) -> None:
-    """One run per line, sorted, so that a new run is a one-line change."""
-    lines = [f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)]
-    tmp = RECORDS.with_suffix(".tmp")
-    tmp.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-    tmp.replace(RECORDS)
 
 
 def evaluations(task: str, variant: str, seed: int, records: dict[str, dict]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -191,7 +178,7 @@ NOTES = {
 def summarize(task: str, variants: list[str], seeds: list[int], write: bool) -> None:
     _, target, steps = TASKS[task]
     fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.5), sharey=True, squeeze=False)
-    rows, curves, records = [], [], load_records()
+    rows, curves, records = [], [], load_records(RECORDS)
     for ax, variant in zip(axes[0], variants):
         finals, areas, hits, done = [], [], [], []
         for seed in seeds:
@@ -218,7 +205,7 @@ def summarize(task: str, variants: list[str], seeds: list[int], write: bool) -> 
         rows.append(f"| {variant} | {VARIANTS[variant][1]} | {' '.join(map(str, done))} | {len(reached)} of {len(done)} "
                     f"({first}) | {np.mean(finals):.1f} ({', '.join(f'{v:.0f}' for v in finals)}) | "
                     f"{np.mean(areas):.1f} |")
-    save_records(records)
+    save_records(RECORDS, records)
     old = sum(records[f"{task}/{v}/s{s}"]["source"] != "run" for v in variants for s in seeds
               if f"{task}/{v}/s{s}" in records)
     read_back = (f"{old} of these runs were made before their directories were kept (before session 13): their "

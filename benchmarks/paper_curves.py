@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from results import RECORDS, kept_note, run_parallel, update_section  # noqa: E402
+from results import RECORDS, kept_note, load_records, run_parallel, save_records, update_section  # noqa: E402
 
 from dreamer_core import checkpoint, runs  # noqa: E402
 from dreamer_core.logging import read_metrics  # noqa: E402
@@ -134,9 +133,9 @@ def recorded(task: str, seed: int, records: dict[str, dict]) -> dict | None:
 
 def summarize(tasks: list[str], seeds: list[int], steps: int, started: list[str], note: str) -> None:
     ref = reference()
-    records = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    records = load_records(RUNS)
     runs_kept = {(t, s): recorded(t, s, records) for t in tasks for s in seeds}
-    RUNS.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)) + "\n}\n")
+    save_records(RUNS, records)
 
     def bins(task: str, seed: int, upto: int) -> dict[int, float]:
         blob = runs_kept[task, seed]

@@ -3,6 +3,7 @@ other sections alone), and run training jobs a few at a time."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +28,20 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """The records kept at ``path`` (a JSON object; empty when the file does not exist yet)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_records(path: Path, records: dict[str, dict]) -> None:
+    """One record per line, sorted by key, so that a new run is a one-line change; replaced whole."""
+    lines = [f"{json.dumps(k)}: {json.dumps(records[k])}" for k in sorted(records)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    tmp.replace(path)
 
 
 def kept_note(path: Path, given: str | None) -> str:
