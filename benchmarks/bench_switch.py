@@ -84,10 +84,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from dreamer_core import runtime
-
-    runtime.prepare_environment()  # as the CLI does, before torch is imported
     import torch
+
+    from dreamer_core import runtime
 
     runtime.setup(args.threads)
     from bench_update import build, full_update, make_batch

@@ -310,6 +310,9 @@ def main() -> None:
     parser.add_argument("--base-tree", default=None,
                         help="a checkout (e.g. a git worktree of an earlier commit) whose dreamer_core is timed "
                              "too, interleaved with this one: an A/B of a change")
+    parser.add_argument("--base-env", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="environment of the --base-tree workers only: what that checkout's CLI set before "
+                             "importing torch (e.g. THP_MEM_ALLOC_ENABLE=1 for commits before the allocator change)")
     parser.add_argument("--breakdown", default=None, help="size whose vector update is split into parts")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default=None,
@@ -329,8 +332,6 @@ def main() -> None:
         return
     from dreamer_core import runtime
 
-    if hasattr(runtime, "prepare_environment"):  # (a --base-tree checkout may predate it)
-        runtime.prepare_environment()  # as the CLI does, before torch is imported; workers inherit it
     if args.worker:
         args.obs = args.obs[0]
         worker(args)
@@ -343,6 +344,9 @@ def main() -> None:
         jobs += [(who, s, "vector") for s in args.peer_sizes for who in ("peer", "peer+alloc")]
     results: dict[tuple, list[dict]] = {j: [] for j in jobs}
     allocator = runtime.allocator_env()
+    if any("=" not in item for item in args.base_env):
+        parser.error("--base-env takes KEY=VALUE items")
+    base_env = dict(item.split("=", 1) for item in args.base_env)
     for r in range(args.rounds):
         for job in jobs:
             who, size, obs = job
@@ -353,7 +357,7 @@ def main() -> None:
                 if r == 0 and who == "ours":
                     cmd.append("--count-flops")
                 if who == "base":
-                    env = {**os.environ, "PYTHONPATH": str(Path(args.base_tree).resolve())}
+                    env = {**os.environ, **base_env, "PYTHONPATH": str(Path(args.base_tree).resolve())}
             else:
                 cmd = [args.peer, str(HERE / "peer_update.py"), "--size", size, "--threads", str(args.threads),
                        "--repeats", str(args.repeats), "--json"] + (["--count-flops"] if r == 0 else [])
@@ -430,8 +434,8 @@ def render(saved: dict) -> list[str]:
         f"runs it. Median over {args.rounds} interleaved rounds (fresh process each) of the median of "
         f"{args.repeats} updates. Measured float32 matmul rate (2048 x 2048, {args.threads} threads, same run): "
         f"**{rate:.0f} GFLOP/s**. Load average at the end: {' '.join(saved['load'])}. This toolkit's workers start as "
-        "every training stage does (`runtime`: glibc keeps freed blocks of up to 32 MiB for reuse instead "
-        "of unmapping them, torch backs blocks of 2 MiB and more with transparent huge pages)"
+        "every training stage does (`runtime`: glibc serves every block from its heap and keeps freed "
+        "blocks there for reuse instead of unmapping them)"
         + ("; the peer runs as installed and, in a second row, with the same allocator settings given as "
            "environment variables." if args.peer else "."),
         "",

@@ -39,7 +39,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dreamer_core import __version__, runtime
+from dreamer_core import __version__
 from dreamer_core import config as config_lib
 from dreamer_core.errors import DreamerError
 
@@ -920,7 +920,6 @@ def version() -> None:
 
 
 def main() -> None:
-    runtime.prepare_environment()  # before any stage imports torch
     app(prog_name="dreamer")
 
 

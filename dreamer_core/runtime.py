@@ -5,18 +5,21 @@
 glibc's malloc serves large blocks (the [rows, 255] head outputs, activations of a batch) with
 mmap and gives them back with munmap, so every update page-faults its tensors in again: on
 the project machine 20-55 thousand page faults per second per training process and a third
-of its time in the kernel. Raising the mmap threshold to its maximum (32 MiB) and keeping
-freed memory in the heap lets those blocks be reused; a `tiny` online update went from about
-490 to 350 ms (benchmarks/RESULTS.md, online-speed). Setting ``MALLOC_MMAP_THRESHOLD_``
-yourself (or ``DREAMER_MALLOC=default``) leaves the allocator alone.
+of its time in the kernel. ``tune_allocator`` keeps every block in the heap instead: no block is
+served by mmap (``M_MMAP_MAX`` 0; blocks above glibc's largest mmap threshold, 32 MiB, such as
+the features of all imagined states, would otherwise still be mapped afresh on every update),
+and freed memory stays in the heap until a gigabyte of it is free at its top. An update then
+reuses the blocks of the one before. A `tiny` online update went from about 490 to 350 ms with
+the first of these settings (benchmarks/RESULTS.md, online-speed); the S vector update from
+about 9.7 to 5.5 s and the 64x64-pixel XS update from 12.4 to 5.5 s with the second
+(benchmarks/RESULTS.md, update-speed). The price is memory: blocks stay mapped between updates
+(the pixel XS benchmark process peaks at 2.6 GB). Setting ``MALLOC_MMAP_THRESHOLD_`` yourself
+(or ``DREAMER_MALLOC=default``) leaves the allocator alone.
 
-Blocks above 32 MiB (the features of all imagined states, ``[1024, 16, 1280]`` floats at the
-XS size) are still mapped afresh on every update. ``prepare_environment`` asks torch's CPU
-allocator to back blocks of 2 MiB and more with transparent huge pages
-(``THP_MEM_ALLOC_ENABLE``, read by torch once, at its first allocation), so such a block costs
-a few hundred page faults instead of tens of thousands (benchmarks/RESULTS.md, update-speed).
-The CLI calls it before torch is imported; ``DREAMER_MALLOC=default`` or setting the variable
-yourself leaves it alone.
+Torch's own option to back large CPU blocks with transparent huge pages
+(``THP_MEM_ALLOC_ENABLE=1``) is not set: on the project machine (a virtual machine) a huge-page
+fault costs so much kernel time that it made the pixel XS update slower, not faster (the same
+update: 6.2 s with it against 5.5 s without, 16 s of kernel time against 2 s).
 
 Imports: ctypes, torch (in functions: importing this module does not import torch), errors.
 """
@@ -26,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import sys
 from typing import TYPE_CHECKING
 
 from dreamer_core.errors import DreamerError
@@ -36,35 +38,27 @@ if TYPE_CHECKING:
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum
 TRIM_THRESHOLD = 1 << 30
-THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 _done = False
 
 
 def _switched_off() -> bool:
-    """``DREAMER_MALLOC=default``: leave the allocators (glibc's and torch's) as they are."""
+    """``DREAMER_MALLOC=default``: leave glibc's allocator as it is."""
     return os.environ.get("DREAMER_MALLOC") == "default"
-
-
-def prepare_environment() -> bool:
-    """Before torch is imported: transparent huge pages for torch's large CPU blocks (see the
-    module docstring). Returns True when they will apply: not when ``DREAMER_MALLOC=default``,
-    when the variable was set otherwise, or when torch is already imported (it has read it)."""
-    if _switched_off() or "torch" in sys.modules:
-        return False
-    return os.environ.setdefault(THP_VARIABLE, "1") == "1"
 
 
 def allocator_env() -> dict[str, str]:
     """The same allocator settings as environment variables, for a process not started by
-    this toolkit (glibc and torch read them at start-up); e.g. a peer program timed beside ours."""
+    this toolkit (glibc reads them at start-up); e.g. a peer program timed beside ours."""
     return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
-            THP_VARIABLE: "1"}
+            "MALLOC_MMAP_MAX_": "0"}
 
 
 def tune_allocator() -> bool:
-    """Keep large freed blocks for reuse (glibc only; idempotent). Returns True when applied."""
+    """Serve every block from the heap and keep freed blocks there for reuse (glibc only;
+    idempotent). Returns True when applied."""
     global _done
     if _done:
         return True
@@ -75,7 +69,8 @@ def tune_allocator() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    ok = (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+          and mallopt(M_MMAP_MAX, 0) == 1)
     _done = ok
     return ok
 

@@ -1,0 +1,262 @@
+"""How fast one update could be if only its matrix products ran: the matmul floor of an update.
+
+    python benchmarks/bench_floor.py [--jobs update:XS:vector update:S:vector update:XS:image online:tiny]
+                                     [--threads 1] [--repeats 5] [--no-write] [--note TEXT]
+
+For each job, one process:
+
+1. times the update itself (median of ``--repeats`` after two warm-ups);
+2. runs one more update under a dispatch mode that records every call of the products that
+   carry the update's arithmetic: ``mm``, ``addmm``, ``bmm``, ``baddbmm``, ``addmv``, ``mv``,
+   ``convolution`` and ``convolution_backward`` (each with its shapes, strides, dtypes and
+   arguments);
+3. replays each distinct call on its own, on fresh tensors of the same layout, and takes the
+   median of ``--repeats`` runs of it (cache-warm, back to back: the most favourable conditions
+   such a call gets);
+4. sums them, weighted by how often the update made each call: **the floor**. Only the products
+   run in it: no norm, activation, softmax, sampling, autograd bookkeeping, optimizer or copy.
+
+The floor is the time the update cannot go below with the same products: a change that keeps
+the mathematics (and so the products) can remove at most ``update - floor`` milliseconds. A
+speed target below the floor needs fewer products or faster ones, not less overhead.
+
+Jobs: ``update:SIZE:OBS`` is ``benchmarks/bench_update.py``'s full update (B=16 x T=64, the
+stage-02/03 presets of SIZE, ``vector`` or 64x64 ``image`` observations); ``online:tiny`` is one
+``OnlineTrainer.train_step`` of ``dreamer train`` with every default (tiny, B=16 x T=32),
+after its random prefill on CartPole-v1, as ``benchmarks/bench_online.py`` times it (the
+online loop's acting is not in it).
+
+Writes the ``update-floor`` section of benchmarks/RESULTS.md (unless ``--no-write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from results import update_section
+
+HERE = Path(__file__).resolve().parent
+PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "convolution", "convolution_backward")
+
+
+def _is_product(func) -> bool:
+    return func.__module__.startswith("torch._ops.aten") and func._opname in PRODUCTS  # noqa: SLF001
+
+
+def record_products(step) -> list[tuple]:
+    """Run ``step()`` once and return each product call as ``(func, args, kwargs)`` with every
+    tensor replaced by its ``(shape, stride, dtype)``."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    calls = []
+
+    def describe(x):
+        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype) if isinstance(x, torch.Tensor) else x
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if _is_product(func):
+                calls.append((func, tree_map(describe, args), tree_map(describe, kwargs)))
+            return func(*args, **kwargs)
+
+    with Recorder():
+        step()
+    return calls
+
+
+def replay(calls: list[tuple], repeats: int) -> list[dict]:
+    """Time each distinct recorded call on its own; one row per distinct call."""
+    import torch
+    from torch.utils._pytree import tree_map
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def key(call):
+        func, args, kwargs = call
+        return repr((str(func), args, sorted(kwargs.items())))
+
+    counts: dict[str, list] = {}
+    for call in calls:
+        counts.setdefault(key(call), [call, 0])[1] += 1
+    rows = []
+    for call, count in counts.values():
+        func, args, kwargs = call
+
+        def make(x):
+            if isinstance(x, tuple) and len(x) == 4 and x[0] == "T":
+                _, shape, stride, dtype = x
+                t = torch.empty_strided(shape, stride, dtype=dtype)
+                return t.normal_() if dtype.is_floating_point else t.zero_()
+            return x
+
+        real_args, real_kwargs = tree_map(make, args, is_leaf=lambda x: isinstance(x, tuple) and x[:1] == ("T",)), \
+            tree_map(make, kwargs, is_leaf=lambda x: isinstance(x, tuple) and x[:1] == ("T",))
+        with FlopCounterMode(display=False) as counter:
+            func(*real_args, **real_kwargs)
+        for _ in range(2):
+            func(*real_args, **real_kwargs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            func(*real_args, **real_kwargs)
+            times.append(time.perf_counter() - start)
+        shapes = [list(a[1]) for a in args if isinstance(a, tuple) and a[:1] == ("T",)]
+        rows.append({"op": func._opname, "shapes": shapes, "count": count,  # noqa: SLF001
+                     "ms": 1000 * statistics.median(times), "flops": counter.get_total_flops()})
+    return rows
+
+
+# --- the jobs -----------------------------------------------------------------------------------
+
+
+def make_step(job: str, threads: int):
+    """``(step, cleanup)`` for a job name (see the module docstring)."""
+    kind, *rest = job.split(":")
+    if kind == "update":
+        import bench_update
+
+        size, obs = rest
+        parts = bench_update.build(size, obs)
+        batch = bench_update.make_batch(obs)
+        counter = [0]
+
+        def step():
+            bench_update.full_update(parts, batch, counter[0])
+            counter[0] += 1
+        return step, lambda: None
+    if kind == "online" and rest == ["tiny"]:
+        from dreamer_core.stages import online
+
+        tmp = Path(tempfile.mkdtemp())
+        cfg = online.make_config(str(tmp / "run"), [], [f"threads={threads}", "eval_every=0", "eval_episodes=0",
+                                                              "checkpoint_seconds=1e9"],
+                                 {"env.id": "CartPole-v1", "device": "cpu"})
+        cfg = online.replace(cfg, steps=cfg.prefill + 8, log_every=cfg.prefill)
+        trainer = online.OnlineTrainer(cfg, progress=False)
+        trainer.run()  # the random prefill and the first update
+
+        def cleanup():
+            trainer.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return trainer.train_step, cleanup
+    raise SystemExit(f"unknown job {job!r}: use update:SIZE:vector|image or online:tiny")
+
+
+def worker(job: str, threads: int, repeats: int) -> dict:
+    import bench_update
+    import torch
+
+    from dreamer_core import runtime
+
+    runtime.setup(threads)
+    step, cleanup = make_step(job, threads)
+    try:
+        for _ in range(2):
+            step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        calls = record_products(step)
+        rows = replay(calls, repeats)
+    finally:
+        cleanup()
+    return {"job": job, "threads": threads, "torch": torch.__version__, "update_ms": 1000 * statistics.median(times),
+            "update_runs_ms": [1000 * t for t in times], "calls": len(calls), "rows": rows,
+            "matmul_gflops": bench_update.matmul_gflops()}
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def summarize(result: dict) -> dict:
+    rows = result["rows"]
+    floor = sum(r["ms"] * r["count"] for r in rows)
+    gflop = sum(r["flops"] * r["count"] for r in rows) / 1e9
+    return {"floor_ms": floor, "gflop": gflop, "rate": gflop / (floor / 1000) if floor else 0.0}
+
+
+def render(results: list[dict], args) -> str:
+    lines = [
+        "## The matmul floor of an update (`benchmarks/bench_floor.py`)",
+        "",
+        f"Command: `python benchmarks/bench_floor.py --jobs {' '.join(args.jobs)} --threads {args.threads} "
+        f"--repeats {args.repeats}`. torch {results[0]['torch']}, {args.threads} thread(s), float32, CPU. "
+        "Each job in its own process: the update timed (median of the repeats after two warm-ups), then one "
+        "more update with every matrix product recorded (mm, addmm, bmm, baddbmm, addmv, mv, convolution "
+        "and its backward), each distinct product replayed alone on fresh tensors of the same layout "
+        "(median of the repeats, cache-warm) and summed by how often the update made it. The floor is what "
+        "the update would take if only its products ran; no change that keeps the same products can make "
+        "the update faster than it.",
+        "",
+        "| job | update ms | products per update | product GFLOP | floor ms | products' rate | matmul rate (2048^2) "
+        "| rest (update - floor) ms | floor / update |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = summarize(r)
+        lines.append(f"| {r['job']} | {r['update_ms']:.0f} | {r['calls']} | {s['gflop']:.1f} | {s['floor_ms']:.0f} | "
+                     f"{s['rate']:.1f} GFLOP/s | {r['matmul_gflops']:.0f} GFLOP/s | "
+                     f"{r['update_ms'] - s['floor_ms']:.0f} | {100 * s['floor_ms'] / r['update_ms']:.0f}% |")
+    lines += ["", "The five costliest products of each job (count x median):", ""]
+    for r in results:
+        top = sorted(r["rows"], key=lambda x: -x["ms"] * x["count"])[:5]
+        lines.append(f"- {r['job']}: " + "; ".join(
+            f"{t['op']} {' x '.join(str(s) for s in t['shapes'])} x{t['count']}: {t['ms'] * t['count']:.0f} ms "
+            f"({t['flops'] / 1e9 / (t['ms'] / 1000):.0f} GFLOP/s)" if t["ms"] else f"{t['op']} x{t['count']}" for t in top))
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", nargs="+", default=["online:tiny", "update:XS:vector", "update:S:vector",
+                                                      "update:XS:image"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--note", default="", help="text written under the table (machine load etc.)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.threads, args.repeats)))
+        return
+    results = []
+    for job in args.jobs:
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        done = subprocess.run([sys.executable, __file__, "--worker", job, "--threads", str(args.threads),
+                               "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"the {job} worker failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        s = summarize(result)
+        print(f"{job}: update {result['update_ms']:.0f} ms, floor {s['floor_ms']:.0f} ms "
+              f"({s['gflop']:.1f} GFLOP at {s['rate']:.1f} GFLOP/s), matmul rate {result['matmul_gflops']:.0f}",
+              flush=True)
+        results.append(result)
+    records = HERE / "records" / "bench_floor.json"
+    if not args.no_write:
+        records.write_text(json.dumps(results) + "\n")
+    body = render(results, args)
+    print(body)
+    if not args.no_write:
+        update_section("update-floor", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
