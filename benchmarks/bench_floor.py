@@ -9,7 +9,8 @@ For each job, one process:
 2. runs one more update under a dispatch mode that records every call of the products that
    carry the update's arithmetic: ``mm``, ``addmm``, ``bmm``, ``baddbmm``, ``addmv``, ``mv``,
    ``convolution`` and ``convolution_backward`` (each with its shapes, strides, dtypes and
-   arguments);
+   arguments; a sparse operand, the one-hot layers' weight gradient, is kept whole and counted
+   as one multiply-add per entry and output column);
 3. replays each distinct call on its own, on fresh tensors of the same layout, and takes the
    median of ``--repeats`` runs of it (cache-warm, back to back: the most favourable conditions
    such a call gets);
@@ -62,7 +63,11 @@ def record_products(step) -> list[tuple]:
     calls = []
 
     def describe(x):
-        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype) if isinstance(x, torch.Tensor) else x
+        if not isinstance(x, torch.Tensor):
+            return x
+        if x.layout != torch.strided:  # the one-hot layers' sparse weight gradient: kept whole (its pattern)
+            return ("S", tuple(x.shape), x._nnz(), x.detach().clone())  # noqa: SLF001
+        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype)
 
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -82,8 +87,12 @@ def replay(calls: list[tuple], repeats: int) -> list[dict]:
     from torch.utils._pytree import tree_map
     from torch.utils.flop_counter import FlopCounterMode
 
-    def key(call):
+    def is_tensor(x) -> bool:
+        return isinstance(x, tuple) and x[:1] in (("T",), ("S",))
+
+    def key(call):  # a sparse operand by its shape and number of entries
         func, args, kwargs = call
+        args, kwargs = (tree_map(lambda x: x[:3] if is_tensor(x) else x, a, is_leaf=is_tensor) for a in (args, kwargs))
         return repr((str(func), args, sorted(kwargs.items())))
 
     counts: dict[str, list] = {}
@@ -94,16 +103,22 @@ def replay(calls: list[tuple], repeats: int) -> list[dict]:
         func, args, kwargs = call
 
         def make(x):
-            if isinstance(x, tuple) and len(x) == 4 and x[0] == "T":
-                _, shape, stride, dtype = x
-                t = torch.empty_strided(shape, stride, dtype=dtype)
-                return t.normal_() if dtype.is_floating_point else t.zero_()
-            return x
+            if not is_tensor(x):
+                return x
+            if x[0] == "S":
+                return x[3]
+            _, shape, stride, dtype = x
+            t = torch.empty_strided(shape, stride, dtype=dtype)
+            return t.normal_() if dtype.is_floating_point else t.zero_()
 
-        real_args, real_kwargs = tree_map(make, args, is_leaf=lambda x: isinstance(x, tuple) and x[:1] == ("T",)), \
-            tree_map(make, kwargs, is_leaf=lambda x: isinstance(x, tuple) and x[:1] == ("T",))
-        with FlopCounterMode(display=False) as counter:
-            func(*real_args, **real_kwargs)
+        real_args, real_kwargs = tree_map(make, args, is_leaf=is_tensor), tree_map(make, kwargs, is_leaf=is_tensor)
+        sparse = [a for a in args if is_tensor(a) and a[0] == "S"]
+        if sparse:  # FlopCounterMode counts a sparse product as the dense one: one multiply-add per entry
+            flops = 2 * sparse[0][2] * real_args[1].shape[-1]
+        else:
+            with FlopCounterMode(display=False) as counter:
+                func(*real_args, **real_kwargs)
+            flops = counter.get_total_flops()
         for _ in range(2):
             func(*real_args, **real_kwargs)
         times = []
@@ -111,9 +126,9 @@ def replay(calls: list[tuple], repeats: int) -> list[dict]:
             start = time.perf_counter()
             func(*real_args, **real_kwargs)
             times.append(time.perf_counter() - start)
-        shapes = [list(a[1]) for a in args if isinstance(a, tuple) and a[:1] == ("T",)]
+        shapes = [list(a[1]) + (["sparse"] if a[0] == "S" else []) for a in args if is_tensor(a)]
         rows.append({"op": func._opname, "shapes": shapes, "count": count,  # noqa: SLF001
-                     "ms": 1000 * statistics.median(times), "flops": counter.get_total_flops()})
+                     "ms": 1000 * statistics.median(times), "flops": flops})
     return rows
 
 
@@ -229,12 +244,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default="", help="text written under the table (machine load etc.)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="write the section again from the last run's records (e.g. with a new --note)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
     if args.worker:
         print(json.dumps(worker(args.worker, args.threads, args.repeats)))
+        return
+    records = HERE / "records" / "bench_floor.json"
+    if args.summarize:
+        if not records.exists():
+            raise SystemExit(f"--summarize: no saved run at {records}; run the benchmark first.")
+        saved = json.loads(records.read_text())
+        vars(args).update(saved["args"])
+        update_section("update-floor", render(saved["results"], args))
         return
     results = []
     for job in args.jobs:
@@ -249,9 +274,9 @@ def main() -> None:
               f"({s['gflop']:.1f} GFLOP at {s['rate']:.1f} GFLOP/s), matmul rate {result['matmul_gflops']:.0f}",
               flush=True)
         results.append(result)
-    records = HERE / "records" / "bench_floor.json"
     if not args.no_write:
-        records.write_text(json.dumps(results) + "\n")
+        saved_args = {k: getattr(args, k) for k in ("jobs", "threads", "repeats")}
+        records.write_text(json.dumps({"args": saved_args, "results": results}) + "\n")
     body = render(results, args)
     print(body)
     if not args.no_write:

@@ -10,16 +10,18 @@ served by mmap (``M_MMAP_MAX`` 0; blocks above glibc's largest mmap threshold, 3
 the features of all imagined states, would otherwise still be mapped afresh on every update),
 and freed memory stays in the heap until a gigabyte of it is free at its top. An update then
 reuses the blocks of the one before. A `tiny` online update went from about 490 to 350 ms with
-the first of these settings (benchmarks/RESULTS.md, online-speed); the S vector update from
-about 9.7 to 5.5 s and the 64x64-pixel XS update from 12.4 to 5.5 s with the second
-(benchmarks/RESULTS.md, update-speed). The price is memory: blocks stay mapped between updates
-(the pixel XS benchmark process peaks at 2.6 GB). Setting ``MALLOC_MMAP_THRESHOLD_`` yourself
+the first of these settings (benchmarks/RESULTS.md, online-speed). Serving the large blocks from
+the heap too took the 64x64-pixel XS update from 9.0 to 5.1 s and the S vector update from 8.2
+to 5.7 s; the XS vector update went from 1.73 to 1.88 s (benchmarks/RESULTS.md, update-speed,
+an interleaved A/B). The price is memory: blocks stay mapped between updates (the pixel XS
+benchmark process peaks at 2.6 GB, 2.2 GB before). Setting ``MALLOC_MMAP_THRESHOLD_`` yourself
 (or ``DREAMER_MALLOC=default``) leaves the allocator alone.
 
-Torch's own option to back large CPU blocks with transparent huge pages
-(``THP_MEM_ALLOC_ENABLE=1``) is not set: on the project machine (a virtual machine) a huge-page
-fault costs so much kernel time that it made the pixel XS update slower, not faster (the same
-update: 6.2 s with it against 5.5 s without, 16 s of kernel time against 2 s).
+Torch's option to back large CPU blocks with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``)
+is not set: on the project machine (a virtual machine) huge-page faults cost much kernel time,
+and with the heap settings above it made three of four updates slower in an interleaved A/B
+(pixel XS 6.2 s against 5.6 s, XS vector 1.96 against 1.84 s, S pixels 10.9 against 10.0 s; S
+vector 5.6 against 6.1 s).
 
 Imports: ctypes, torch (in functions: importing this module does not import torch), errors.
 """

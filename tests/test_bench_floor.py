@@ -56,3 +56,24 @@ def test_replayed_flops_equal_the_counted_flops_of_a_world_model_update():
     assert replayed == counter.get_total_flops() > 0
     summary = bench_floor.summarize({"rows": rows})
     assert summary["floor_ms"] == sum(r["ms"] * r["count"] for r in rows) > 0
+
+
+def test_a_sparse_one_hot_weight_gradient_is_replayed_on_its_pattern():
+    """The gather-sum layers' weight gradient is a sparse product: kept whole, one multiply-add
+    per entry and output column (not the dense count FlopCounterMode would give)."""
+    from dreamer_core.nets.layers import OneHotAwareLinear
+
+    torch.manual_seed(0)
+    rows, groups, classes, out = 256, 4, 32, 8
+    layer = OneHotAwareLinear(groups * classes, out, bias=False, onehot=(0, groups, classes))
+    picks = torch.randint(0, classes, (rows, groups))
+    x = torch.nn.functional.one_hot(picks, classes).float().reshape(rows, -1)
+
+    def step():
+        layer(x).square().sum().backward()
+
+    calls = bench_floor.record_products(step)
+    rows_out = bench_floor.replay(calls, repeats=1)
+    sparse = [r for r in rows_out if any("sparse" in s for s in r["shapes"])]
+    assert len(sparse) == 1 and sparse[0]["count"] == 1
+    assert sparse[0]["flops"] == 2 * rows * groups * out
