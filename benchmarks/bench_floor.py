@@ -55,7 +55,8 @@ def _is_product(func) -> bool:
 
 def record_products(step) -> list[tuple]:
     """Run ``step()`` once and return each product call as ``(func, args, kwargs)`` with every
-    tensor replaced by its ``(shape, stride, dtype)``."""
+    tensor replaced by ``("T", shape, stride, dtype)``, a sparse one by ``("S", shape, entries,
+    a copy of it)``."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_map
