@@ -61,6 +61,10 @@ def main() -> None:
     ref = torch.load(args.compare)
     bad = 0
     for case, tensors in results.items():
+        if case not in ref:
+            print(f"{case:24s} not in {args.compare} (saved with other --sizes, --obs or --actions)")
+            bad += 1
+            continue
         worst, where = 0.0, ""
         for k, v in tensors.items():
             r = ref[case][k]
