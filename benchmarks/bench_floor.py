@@ -37,15 +37,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from results import update_section
+from results import RECORDS, kept_note, update_section
 
-HERE = Path(__file__).resolve().parent
+RUNS = RECORDS / "bench_floor.json"
+NOTE = RECORDS / "NOTE-update-floor.md"
 PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "convolution", "convolution_backward")
 
 
@@ -152,12 +152,12 @@ def make_step(job: str, threads: int):
             counter[0] += 1
         return step, lambda: None
     if kind == "online" and rest == ["tiny"]:
+        import bench_online
+
         from dreamer_core.stages import online
 
         tmp = Path(tempfile.mkdtemp())
-        cfg = online.make_config(str(tmp / "run"), [], [f"threads={threads}", "eval_every=0", "eval_episodes=0",
-                                                              "checkpoint_seconds=1e9"],
-                                 {"env.id": "CartPole-v1", "device": "cpu"})
+        cfg = bench_online.online_config(str(tmp / "run"), "tiny", threads)
         cfg = online.replace(cfg, steps=cfg.prefill + 8, log_every=cfg.prefill)
         trainer = online.OnlineTrainer(cfg, progress=False)
         trainer.run()  # the random prefill and the first update
@@ -204,15 +204,14 @@ def summarize(result: dict) -> dict:
     return {"floor_ms": floor, "gflop": gflop, "rate": gflop / (floor / 1000) if floor else 0.0}
 
 
-def render(results: list[dict], args) -> str:
+def render(results: list[dict], args, note: str) -> str:
     lines = [
         "## The matmul floor of an update (`benchmarks/bench_floor.py`)",
         "",
         f"Command: `python benchmarks/bench_floor.py --jobs {' '.join(args.jobs)} --threads {args.threads} "
         f"--repeats {args.repeats}`. torch {results[0]['torch']}, {args.threads} thread(s), float32, CPU. "
         "Each job in its own process: the update timed (median of the repeats after two warm-ups), then one "
-        "more update with every matrix product recorded (mm, addmm, bmm, baddbmm, addmv, mv, convolution "
-        "and its backward), each distinct product replayed alone on fresh tensors of the same layout "
+        f"more update with every matrix product recorded ({', '.join(PRODUCTS)}), each distinct product replayed alone on fresh tensors of the same layout "
         "(median of the repeats, cache-warm) and summed by how often the update made it. The floor is what "
         "the update would take if only its products ran; no change that keeps the same products can make "
         "the update faster than it.",
@@ -232,8 +231,8 @@ def render(results: list[dict], args) -> str:
         lines.append(f"- {r['job']}: " + "; ".join(
             f"{t['op']} {' x '.join(str(s) for s in t['shapes'])} x{t['count']}: {t['ms'] * t['count']:.0f} ms "
             f"({t['flops'] / 1e9 / (t['ms'] / 1000):.0f} GFLOP/s)" if t["ms"] else f"{t['op']} x{t['count']}" for t in top))
-    if args.note:
-        lines += ["", args.note]
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -244,7 +243,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--note", default="", help="text written under the table (machine load etc.)")
+    parser.add_argument("--note", default=None,
+                        help="text written under the table (kept in benchmarks/records/NOTE-update-floor.md for "
+                             "later runs; \"\" removes it)")
     parser.add_argument("--summarize", action="store_true",
                         help="write the section again from the last run's records (e.g. with a new --note)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -254,22 +255,19 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.threads, args.repeats)))
         return
-    records = HERE / "records" / "bench_floor.json"
     if args.summarize:
-        if not records.exists():
-            raise SystemExit(f"--summarize: no saved run at {records}; run the benchmark first.")
-        saved = json.loads(records.read_text())
+        if not RUNS.exists():
+            raise SystemExit(f"--summarize: no saved run at {RUNS}; run the benchmark first.")
+        saved = json.loads(RUNS.read_text())
         vars(args).update(saved["args"])
-        update_section("update-floor", render(saved["results"], args))
+        update_section("update-floor", render(saved["results"], args, kept_note(NOTE, args.note)))
         return
+    from bench_update import run_json
+
     results = []
     for job in args.jobs:
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        done = subprocess.run([sys.executable, __file__, "--worker", job, "--threads", str(args.threads),
-                               "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"the {job} worker failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = run_json([sys.executable, __file__, "--worker", job, "--threads", str(args.threads),
+                           "--repeats", str(args.repeats)], dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
         s = summarize(result)
         print(f"{job}: update {result['update_ms']:.0f} ms, floor {s['floor_ms']:.0f} ms "
               f"({s['gflop']:.1f} GFLOP at {s['rate']:.1f} GFLOP/s), matmul rate {result['matmul_gflops']:.0f}",
@@ -277,8 +275,8 @@ def main() -> None:
         results.append(result)
     if not args.no_write:
         saved_args = {k: getattr(args, k) for k in ("jobs", "threads", "repeats")}
-        records.write_text(json.dumps({"args": saved_args, "results": results}) + "\n")
-    body = render(results, args)
+        RUNS.write_text(json.dumps({"args": saved_args, "results": results}) + "\n")
+    body = render(results, args, args.note if args.no_write else kept_note(NOTE, args.note))
     print(body)
     if not args.no_write:
         update_section("update-floor", body)

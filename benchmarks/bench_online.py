@@ -59,12 +59,18 @@ def apply_variant(variant: str) -> None:
         online.behavior_update = refilter
 
 
+def online_config(out: str, size: str, threads: int) -> online.TrainConfig:
+    """`dreamer train`'s defaults on CartPole-v1 with ``size``'s model, on the CPU, with no
+    evaluation and no timed checkpoint: what this benchmark (and bench_floor.py) time."""
+    return online.make_config(out, [size] if size != "tiny" else [],
+                              [f"threads={threads}", "eval_every=0", "eval_episodes=0", "checkpoint_seconds=1e9"],
+                              {"env.id": "CartPole-v1", "batch_size": 16, "seq_len": 32, "device": "cpu"})
+
+
 def measure(size: str, updates: int, threads: int, variant: str = "all") -> dict:
     tmp = Path(tempfile.mkdtemp())
     try:
-        cfg = online.make_config(str(tmp / "run"), [size] if size != "tiny" else [],
-                                 [f"threads={threads}", "eval_every=0", "eval_episodes=0", "checkpoint_seconds=1e9"],
-                                 {"env.id": "CartPole-v1", "batch_size": 16, "seq_len": 32, "device": "cpu"})
+        cfg = online_config(str(tmp / "run"), size, threads)
         per_update = cfg.batch_size * cfg.seq_len / cfg.train_ratio
         cfg = online.replace(cfg, steps=cfg.prefill + int(updates * per_update), log_every=cfg.prefill)
         apply_variant(variant)
